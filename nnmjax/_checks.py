@@ -1,0 +1,64 @@
+"""Argument validation shared by every rule: fail early, name the argument.
+
+All checks run on static shapes and Python ints, so they cost nothing under
+``jax.jit`` and raise before any compilation.
+"""
+from __future__ import annotations
+
+import operator
+
+import jax.numpy as jnp
+
+
+def as_matrix(x, *, name: str = "x"):
+    """Return ``x`` as a floating ``(n, d)`` array or raise ``ValueError``."""
+    x = jnp.asarray(x)
+    if x.ndim != 2:
+        raise ValueError(
+            f"{name} must have shape (n, d) (one row per worker); got an array of "
+            f"rank {x.ndim} with shape {tuple(x.shape)}")
+    if x.shape[0] == 0:
+        raise ValueError(f"{name} must hold at least one worker row; got shape {tuple(x.shape)}")
+    if not jnp.issubdtype(x.dtype, jnp.inexact):
+        x = x.astype(jnp.float32)
+    return x
+
+
+def check_f(f, n: int, *, rule: str, min_n=None) -> int:
+    """Validate the number of Byzantine inputs ``f`` against ``n`` inputs.
+
+    The default requirement is ``2f < n`` (no rule can be (f, kappa)-robust
+    otherwise, paper Proposition 6); ``min_n(f)`` states a stronger bound.
+    """
+    try:
+        f = operator.index(f)
+    except TypeError:
+        raise ValueError(f"f must be a non-negative integer; got {f!r} for {rule}") from None
+    if f < 0:
+        raise ValueError(f"f must be a non-negative integer; got f={f} for {rule}")
+    need = 2 * f + 1 if min_n is None else min_n(f)
+    if n < need:
+        raise ValueError(
+            f"{rule} needs n >= {need} inputs for f={f} Byzantine ones; got n={n}")
+    return f
+
+
+def check_positive(value, *, name: str, rule: str, allow_zero: bool = False):
+    """Raise ``ValueError`` unless ``value`` is a positive (or >= 0) number."""
+    ok = value >= 0 if allow_zero else value > 0
+    if not ok:
+        bound = ">= 0" if allow_zero else "> 0"
+        raise ValueError(f"{name} must be {bound} for {rule}; got {name}={value!r}")
+    return value
+
+
+def check_int(value, *, name: str, rule: str, low: int, high: int | None = None) -> int:
+    """Raise ``ValueError`` unless ``low <= value (<= high)`` is an integer."""
+    try:
+        value = operator.index(value)
+    except TypeError:
+        raise ValueError(f"{name} must be an integer for {rule}; got {value!r}") from None
+    if value < low or (high is not None and value > high):
+        rng = f">= {low}" if high is None else f"in [{low}, {high}]"
+        raise ValueError(f"{name} must be {rng} for {rule}; got {name}={value}")
+    return value

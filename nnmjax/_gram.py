@@ -1,0 +1,98 @@
+"""Pairwise geometry of the worker rows from one Gram matrix.
+
+Every distance-based rule (NNM, Krum, Multi-Krum, GM, MDA, MoNNA, CAF, SMEA,
+centered clipping) needs only the ``n x n`` Gram matrix ``G = x x^T``: squared
+distances are ``G_ii + G_jj - 2 G_ij`` and an output that is a combination
+``c^T x`` of the rows is formed with one final ``(n,) @ (n, d)`` product. So
+each rule reads ``x`` twice (Gram and combination), whatever its iterations.
+
+Rows whose squared norm is not finite (NaN, Inf, or values so large that the
+norm overflows, e.g. 1e38) are *far*: their distance to every other row is
+``+inf``, their Gram entries are zeroed, and rules give them zero weight.
+"""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+_CHUNK = 1 << 16
+
+
+def gram(x):
+    """``x @ x.T`` summed over column chunks (faster on CPU for large ``d``)."""
+    d = x.shape[1]
+    if d <= 2 * _CHUNK:
+        return jnp.matmul(x, x.T, precision=jax.lax.Precision.HIGHEST)
+    out = None
+    for i in range(0, d, _CHUNK):
+        c = x[:, i:i + _CHUNK]
+        g = jnp.matmul(c, c.T, precision=jax.lax.Precision.HIGHEST)
+        out = g if out is None else out + g
+    return out
+
+
+class Geometry:
+    """Gram matrix, far-row mask and squared distances of the rows of ``x``."""
+
+    def __init__(self, x):
+        g = gram(x)
+        sq = jnp.diagonal(g)
+        self.far = ~jnp.isfinite(sq)
+        pair_far = self.far[:, None] | self.far[None, :]
+        self.gram = jnp.where(pair_far, 0.0, g)
+        sq = jnp.where(self.far, 0.0, sq)
+        d2 = jnp.maximum(sq[:, None] + sq[None, :] - 2.0 * self.gram, 0.0)
+        d2 = jnp.where(pair_far | ~jnp.isfinite(d2), jnp.inf, d2)
+        n = x.shape[0]
+        self.sqdist = jnp.where(jnp.eye(n, dtype=bool), 0.0, d2)
+        self.sqnorm = sq
+
+    def dist_to_combination(self, c):
+        """Squared distances ``||c^T x - x_i||^2`` for coefficients ``c`` (zero on far rows)."""
+        gc = self.gram @ c
+        d2 = c @ gc - 2.0 * gc + self.sqnorm
+        return jnp.where(self.far, jnp.inf, jnp.maximum(d2, 0.0))
+
+
+def combine(c, x):
+    """``c @ x`` for coefficients ``c`` of shape ``(n,)`` or ``(m, n)``.
+
+    Rows with non-finite entries contribute exactly zero where their
+    coefficient is zero (never ``0 * inf = nan``). For small ``n`` the sum is
+    unrolled so that it fuses with what consumes it; otherwise one matmul.
+    """
+    from nnmjax._order import NETWORK_MAX_N
+
+    c = c.astype(x.dtype)
+    x = jnp.where(jnp.isfinite(x), x, 0.0)
+    n = x.shape[0]
+    if n > NETWORK_MAX_N:
+        return jnp.matmul(c, x, precision=jax.lax.Precision.HIGHEST)
+    if c.ndim == 1:
+        return sum(c[j] * x[j] for j in range(n))
+    return jnp.stack([sum(c[i, j] * x[j] for j in range(n)) for i in range(c.shape[0])])
+
+
+def nearest(sqdist, k: int):
+    """Indices ``(n, k)`` of each row's ``k`` nearest rows, itself first, ties to lower index."""
+    n = sqdist.shape[0]
+    d = jnp.where(jnp.eye(n, dtype=bool), -1.0, sqdist)
+    return jnp.argsort(d, axis=1, stable=True)[:, :k]
+
+
+def subset_indices(n: int, k: int, *, rule: str, max_subsets: int):
+    """All ``k``-subsets of ``range(n)`` as a static ``(C(n,k), k)`` int array.
+
+    Raises ``ValueError`` when ``C(n, k)`` exceeds ``max_subsets``.
+    """
+    import itertools
+    import math
+
+    import numpy as np
+
+    count = math.comb(n, k)
+    if count > max_subsets:
+        raise ValueError(
+            f"{rule} enumerates all C(n, n-f) = C({n}, {k}) = {count:,} subsets, more than "
+            f"max_subsets={max_subsets:,}; use fewer workers, a smaller f, or raise max_subsets")
+    return jnp.asarray(np.array(list(itertools.combinations(range(n), k)), dtype=np.int32))

@@ -1,0 +1,322 @@
+"""Robust aggregation rules: pure functions ``(x: (n, d), f) -> (d,)``.
+
+Every rule validates its arguments before tracing (``ValueError`` naming the
+argument), is ``jax.jit``- and ``jax.vmap``-able, never mutates its input and,
+with at most ``f`` rows holding NaN, +-Inf or huge values, returns a finite
+vector (non-finite entries are treated as extreme values by the
+coordinate-wise rules, non-finite rows as infinitely far by the distance
+rules). The robustness coefficients quoted below are those of Definition 2
+of Allouah et al., "Fixing by Mixing" (AISTATS 2023):
+``||F(x) - mean_S||^2 <= kappa / |S| * sum_{i in S} ||x_i - mean_S||^2``
+for every ``S`` of size ``n - f``.
+
+Cost: coordinate-wise rules make one fused pass over ``x`` for
+``n <= 32`` (a sorting network, see :mod:`nnmjax._order`), a sort otherwise;
+distance-based rules form the ``n x n`` Gram matrix (one pass), work in
+``n``-dimensional coefficient space and combine rows once (second pass).
+Memory is ``O(n d + n^2)``; MDA and SMEA also hold ``C(n, f)`` subsets.
+"""
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+
+from nnmjax import _gram, _order
+from nnmjax._checks import as_matrix, check_f, check_int, check_positive
+
+__all__ = ["mean", "cwmed", "cwtm", "gm", "krum", "multikrum", "mda", "meamed",
+           "cclip", "monna", "caf", "smea", "AGGREGATORS"]
+
+
+def _prepare(x, f, rule, min_n=None):
+    x = as_matrix(x)
+    f = check_f(f, x.shape[0], rule=rule, min_n=min_n)
+    return x, f
+
+
+def mean(x, f: int = 0):
+    """Average ``(1/n) sum_i x_i``. Not robust (kappa is unbounded for f >= 1)."""
+    x = as_matrix(x)
+    check_f(f, x.shape[0], rule="mean", min_n=lambda f: 1)
+    return _order.sum_rows(_rows(x), 0, x.shape[0]) / x.shape[0]
+
+
+def _rows(x):
+    n = x.shape[0]
+    return [x[i] for i in range(n)] if n <= _order.NETWORK_MAX_N else x
+
+
+def cwmed(x, f: int = 0):
+    """Coordinate-wise median (paper eq. 13); the two middle values are averaged for even ``n``.
+
+    (f, kappa)-robust with ``kappa = 4 (1 + f/(n-2f))^2`` (Proposition 5).
+    """
+    x, f = _prepare(x, f, "cwmed")
+    n = x.shape[0]
+    s = _order.sorted_rows(_order.sanitize(x))
+    if n % 2:
+        return s[n // 2]
+    return 0.5 * s[n // 2 - 1] + 0.5 * s[n // 2]
+
+
+def cwtm(x, f: int):
+    """Coordinate-wise trimmed mean (Appendix 8.1.1): per coordinate, drop the ``f`` smallest
+    and ``f`` largest values and average the remaining ``n - 2f``.
+
+    (f, kappa)-robust with ``kappa = 6f/(n-2f) (1 + f/(n-2f))`` (Proposition 2).
+    """
+    x, f = _prepare(x, f, "cwtm")
+    n = x.shape[0]
+    if f == 0:
+        return mean(x)
+    s = _order.sorted_rows(_order.sanitize(x))
+    return _order.sum_rows(s, f, n - f) / (n - 2 * f)
+
+
+def meamed(x, f: int):
+    """Mean around the median (Xie et al., 2018): per coordinate, the average of the ``n - f``
+    values closest to the coordinate-wise median.
+
+    The ``n - f`` closest values form a window ``s[k : k + n - f]`` of the sorted
+    values (``0 <= k <= f``); we pick the window whose farthest value from the
+    median is closest (ties: lowest ``k``).
+    """
+    x, f = _prepare(x, f, "meamed")
+    n = x.shape[0]
+    if f == 0:
+        return mean(x)
+    s = _order.sorted_rows(_order.sanitize(x))
+    med = s[n // 2] if n % 2 else 0.5 * s[n // 2 - 1] + 0.5 * s[n // 2]
+    core = _order.sum_rows(s, f, n - f)
+    best_cost, best_sum = None, None
+    low = None  # sum of s[k:f], grown as k decreases
+    extras = [None] * (f + 1)
+    for k in range(f, -1, -1):
+        if k < f:
+            low = s[k] if low is None else low + s[k]
+        extras[k] = low
+    high = None  # sum of s[n-f : n-f+k]
+    for k in range(f + 1):
+        if k > 0:
+            high = s[n - f + k - 1] if high is None else high + s[n - f + k - 1]
+        total = core
+        for part in (extras[k], high):
+            if part is not None:
+                total = total + part
+        cost = jnp.maximum(med - s[k], s[k + n - f - 1] - med)
+        if best_cost is None:
+            best_cost, best_sum = cost, total
+        else:
+            better = cost < best_cost
+            best_cost = jnp.where(better, cost, best_cost)
+            best_sum = jnp.where(better, total, best_sum)
+    return best_sum / (n - f)
+
+
+def krum(x, f: int):
+    """Krum in the paper's variant (Appendix 8.1.2): output ``x_k`` minimising the sum of squared
+    distances to its ``n - f`` nearest neighbours (itself included); ties to the lower index.
+
+    (f, kappa)-robust with ``kappa = 6 (1 + f/(n-2f))`` (Proposition 3).
+    """
+    x, f = _prepare(x, f, "krum")
+    geo = _gram.Geometry(x)
+    return x[jnp.argmin(_krum_scores(geo.sqdist, f))]
+
+
+def _krum_scores(sqdist, f):
+    n = sqdist.shape[0]
+    return jnp.sum(jnp.sort(sqdist, axis=1)[:, : n - f], axis=1)
+
+
+def multikrum(x, f: int, *, m: int | None = None):
+    """Multi-Krum (Blanchard et al., 2017): average of the ``m`` rows with the lowest Krum
+    scores (default ``m = n - f``, as ByzFL); ties to the lower index."""
+    x, f = _prepare(x, f, "multikrum")
+    n = x.shape[0]
+    m = n - f if m is None else check_int(m, name="m", rule="multikrum", low=1, high=n)
+    geo = _gram.Geometry(x)
+    order = jnp.argsort(_krum_scores(geo.sqdist, f), stable=True)[:m]
+    c = jnp.zeros((n,), x.dtype).at[order].set(1.0 / m)
+    return _gram.combine(c, x)
+
+
+def gm(x, f: int = 0, *, nu: float = 1e-6, max_iter: int = 100, tol: float = 1e-6,
+       init: str = "medoid"):
+    """Geometric median ``argmin_z sum_i ||z - x_i||`` (Appendix 8.1.3) by smoothed Weiszfeld
+    (Pillutla et al., 2022): ``z <- sum_i w_i x_i / sum_i w_i``, ``w_i = 1 / max(nu, ||z - x_i||)``.
+
+    Iterates in the span of the rows via the Gram matrix, so ``max_iter`` costs
+    ``O(n^2)`` each, not a pass over ``x``; stops (freezes) once the relative
+    decrease of the objective is ``<= tol``. ``init="medoid"`` starts at the average
+    of the ``n - f`` nearest rows of the medoid (the row with the smallest sum of distances
+    to its ``n - f`` nearest rows), which is robust and rarely a data point;
+    ``init="zero"`` starts at the origin (ByzFL: ``nu=0.1, max_iter=3, tol=0``).
+    Differentiable (a fixed-length ``lax.scan``).
+    (f, kappa)-robust with ``kappa = 4 (1 + f/(n-2f))^2`` (Proposition 4).
+    """
+    x, f = _prepare(x, f, "gm")
+    check_positive(nu, name="nu", rule="gm")
+    check_int(max_iter, name="max_iter", rule="gm", low=1)
+    check_positive(tol, name="tol", rule="gm", allow_zero=True)
+    if init not in ("medoid", "zero"):
+        raise ValueError(f"init must be 'medoid' or 'zero' for gm; got {init!r}")
+    n = x.shape[0]
+    geo = _gram.Geometry(x)
+    live = (~geo.far).astype(x.dtype)
+
+    def step(d2):
+        w = live / jnp.maximum(nu, jnp.sqrt(d2))
+        return w / jnp.sum(w)
+
+    def objective(d2):
+        return jnp.sum(jnp.where(geo.far, 0.0, jnp.sqrt(d2)))
+
+    if init == "zero":
+        c = step(geo.sqnorm)
+    else:
+        score = jnp.sum(jnp.sort(jnp.sqrt(geo.sqdist), axis=1)[:, : n - f], axis=1)
+        nbrs = _gram.nearest(geo.sqdist, n - f)[jnp.argmin(score)]
+        c = jnp.zeros((n,), x.dtype).at[nbrs].set(1.0 / (n - f))
+    d2 = geo.dist_to_combination(c)
+
+    def body(carry, _):
+        c, d2, obj, done = carry
+        c_new = step(d2)
+        d2_new = geo.dist_to_combination(c_new)
+        obj_new = objective(d2_new)
+        stop = done | (obj - obj_new <= tol * obj_new)
+        keep = done
+        c = jnp.where(keep, c, c_new)
+        d2 = jnp.where(keep, d2, d2_new)
+        obj = jnp.where(keep, obj, obj_new)
+        return (c, d2, obj, stop), None
+
+    iters = max_iter - 1 if init == "zero" else max_iter
+    if iters > 0:
+        (c, _, _, _), _ = jax.lax.scan(body, (c, d2, objective(d2), jnp.array(tol < 0)),
+                                       None, length=iters)
+    return _gram.combine(c, x)
+
+
+def monna(x, f: int, *, idx: int = 0):
+    """MoNNA (Farhadkhani et al., 2023): the average of the ``n - f`` nearest neighbours of the
+    trusted row ``x[idx]`` (itself included; ties to the lower index)."""
+    x, f = _prepare(x, f, "monna")
+    n = x.shape[0]
+    idx = check_int(idx, name="idx", rule="monna", low=0, high=n - 1)
+    geo = _gram.Geometry(x)
+    nbrs = _gram.nearest(geo.sqdist, n - f)[idx]
+    c = jnp.zeros((n,), x.dtype).at[nbrs].set(1.0 / (n - f))
+    return _gram.combine(c, x)
+
+
+def cclip(x, f: int = 0, *, tau: float = 100.0, n_iter: int = 1, init=None):
+    """Centered clipping (Karimireddy et al., 2021), ``n_iter`` iterations from ``init``
+    (default the origin; in training, the previous aggregate):
+    ``v <- v + (1/n) sum_i (x_i - v) min(1, tau / ||x_i - v||)``.
+
+    Rows at infinite distance get weight zero. ByzFL's defaults: ``tau=100, n_iter=1``.
+    """
+    x, f = _prepare(x, f, "cclip")
+    check_positive(tau, name="tau", rule="cclip")
+    check_int(n_iter, name="n_iter", rule="cclip", low=1)
+    n, d = x.shape
+    v0 = jnp.zeros((d,), x.dtype) if init is None else jnp.asarray(init, x.dtype)
+    if v0.shape != (d,):
+        raise ValueError(f"init must have shape ({d},) for cclip; got {v0.shape}")
+    geo = _gram.Geometry(x)
+    xs = jnp.where(geo.far[:, None], 0.0, x)
+    bv = jnp.matmul(xs, v0, precision=jax.lax.Precision.HIGHEST)
+    vv = jnp.dot(v0, v0)
+    a = jnp.ones((), x.dtype)
+    c = jnp.zeros((n,), x.dtype)
+    for _ in range(n_iter):
+        gc = geo.gram @ c
+        d2 = a * a * vv + c @ gc + geo.sqnorm + 2 * a * (c @ bv) - 2 * a * bv - 2 * gc
+        d2 = jnp.where(geo.far, jnp.inf, jnp.maximum(d2, 0.0))
+        s = jnp.where(geo.far, 0.0, jnp.minimum(1.0, tau / jnp.sqrt(d2)))
+        shrink = 1.0 - jnp.sum(s) / n
+        a, c = a * shrink, c * shrink + s / n
+    return a * v0 + _gram.combine(c, x)
+
+
+def mda(x, f: int, *, max_subsets: int = 200_000):
+    """Minimum-diameter averaging (El Mhamdi et al., 2018; Rousseeuw's MVE idea): the average
+    of the ``n - f`` rows whose largest pairwise distance is smallest (first such subset in
+    lexicographic order, as ByzFL). Enumerates ``C(n, f)`` subsets (static; refused past
+    ``max_subsets``)."""
+    x, f = _prepare(x, f, "mda")
+    n = x.shape[0]
+    subsets = _gram.subset_indices(n, n - f, rule="mda", max_subsets=max_subsets)
+    geo = _gram.Geometry(x)
+    diam = jnp.max(geo.sqdist[subsets[:, :, None], subsets[:, None, :]], axis=(1, 2))
+    best = subsets[jnp.argmin(diam)]
+    return _gram.combine(jnp.zeros((n,), x.dtype).at[best].set(1.0 / (n - f)), x)
+
+
+def smea(x, f: int, *, max_subsets: int = 200_000):
+    """Smallest maximum eigenvalue averaging (Allouah et al., 2024): the average of the ``n - f``
+    rows whose empirical covariance has the smallest top eigenvalue. Eigenvalues are exact
+    (from the centred Gram matrix of each subset, no random power iteration); ``C(n, f)``
+    subsets are enumerated statically and refused past ``max_subsets``."""
+    x, f = _prepare(x, f, "smea")
+    n = x.shape[0]
+    k = n - f
+    subsets = _gram.subset_indices(n, k, rule="smea", max_subsets=max_subsets)
+    geo = _gram.Geometry(x)
+    g = geo.gram[subsets[:, :, None], subsets[:, None, :]]
+    centre = jnp.eye(k, dtype=x.dtype) - 1.0 / k
+    top = jnp.linalg.eigvalsh(centre @ g @ centre)[:, -1]
+    top = jnp.where(jnp.any(geo.far[subsets], axis=1), jnp.inf, top)
+    best = subsets[jnp.argmin(top)]
+    return _gram.combine(jnp.zeros((n,), x.dtype).at[best].set(1.0 / k), x)
+
+
+def caf(x, f: int):
+    """Covariance-bound agnostic filter (Allouah et al., 2024). With weights ``c`` (all 1), while
+    ``sum(c) > n - 2f``: ``mu = sum c_i x_i / sum c``; ``(lam, v)`` = top eigenpair of
+    ``sum c_i (x_i - mu)(x_i - mu)^T / sum c``; remember ``mu`` if ``lam`` is the smallest so
+    far; ``c_i <- c_i (1 - tau_i / max tau)`` with ``tau_i = ((x_i - mu) . v)^2``. Output the
+    remembered ``mu``.
+
+    The eigenpair is exact and deterministic (``eigh`` of the ``n x n`` weighted, centred Gram
+    matrix), unlike ByzFL's single random power iteration. At most ``n`` filtering rounds.
+    """
+    x, f = _prepare(x, f, "caf")
+    n = x.shape[0]
+    geo = _gram.Geometry(x)
+    live = (~geo.far).astype(x.dtype)
+    eye = jnp.eye(n, dtype=x.dtype)
+
+    def body(carry, _):
+        c, best_w, best_lam, done = carry
+        csum = jnp.sum(c)
+        active = (~done) & (csum > n - 2 * f)
+        w = c / jnp.where(csum > 0, csum, 1.0)
+        proj = eye - w[None, :]  # rows: e_i - w, so (proj @ x)_i = x_i - mu
+        k = proj @ geo.gram @ proj.T
+        sq = jnp.sqrt(w)
+        lams, us = jnp.linalg.eigh(sq[:, None] * k * sq[None, :])
+        lam, u = lams[-1], us[:, -1]
+        tau = jnp.square(k @ (sq * u)) / jnp.maximum(lam, jnp.finfo(x.dtype).tiny)
+        tmax = jnp.max(tau)
+        improve = active & (lam < best_lam)
+        best_w = jnp.where(improve, w, best_w)
+        best_lam = jnp.where(improve, lam, best_lam)
+        step = active & (tmax > 0)
+        c = jnp.where(step, c * (1.0 - tau / jnp.where(tmax > 0, tmax, 1.0)), c)
+        return (c, best_w, best_lam, done | ~step), None
+
+    init = (live, live / jnp.sum(live), jnp.array(jnp.inf, x.dtype), jnp.array(False))
+    (_, best_w, _, _), _ = jax.lax.scan(body, init, None, length=n)
+    return _gram.combine(best_w, x)
+
+
+AGGREGATORS = {
+    "mean": mean, "cwmed": cwmed, "cwtm": cwtm, "gm": gm, "krum": krum,
+    "multikrum": multikrum, "mda": mda, "meamed": meamed, "cclip": cclip,
+    "monna": monna, "caf": caf, "smea": smea,
+}

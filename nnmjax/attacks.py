@@ -1,0 +1,191 @@
+"""Byzantine attacks: pure functions ``(honest: (h, d), f, ...) -> (f, d)``.
+
+With ``s`` the mean of the honest inputs (gradients, or momentums in D-SHB), the
+attacks of the paper's Appendix 14.3 send ``s + eta * a``:
+
+* ALIE (Baruch et al., 2019): ``a = sigma``, the coordinate-wise (unbiased,
+  ``ddof=1``) standard deviation of the honest inputs;
+* FOE (Xie et al., 2020): ``a = -s``, i.e. ``(1 - eta) s``;
+* SF: ``eta = 2`` in FOE, i.e. ``-s``.
+
+The optimal versions pick ``eta`` from a grid to maximise ``||R - s||`` where
+``R`` is the output of the defence actually in use, evaluating the whole grid in
+one ``jax.vmap`` call and refining around the best point. Label flipping acts
+on data (:func:`nnmjax.data.label_flip`).
+"""
+from __future__ import annotations
+
+import math
+from typing import Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from nnmjax._checks import as_matrix, check_int
+
+__all__ = ["sign_flipping", "foe", "alie", "optimal_foe", "optimal_alie", "mimic", "inf",
+           "gaussian", "MimicState", "mimic_init", "mimic_update", "alie_z_max", "ATTACKS",
+           "DEFAULT_ETAS"]
+
+#: The default search grid of the optimal attacks: 0 and a geometric range to 1e3.
+DEFAULT_ETAS = (0.0,) + tuple(float(v) for v in jnp.geomspace(1e-2, 1e3, 63))
+
+
+def _prepare(honest, f, name):
+    honest = as_matrix(honest, name="honest")
+    f = check_int(f, name="f", rule=name, low=0)
+    return honest, f
+
+
+def _repeat(v, f):
+    return jnp.broadcast_to(v, (f,) + v.shape)
+
+
+def sign_flipping(honest, f: int):
+    """Sign flipping: every Byzantine worker sends ``-s``."""
+    honest, f = _prepare(honest, f, "sign_flipping")
+    return _repeat(-jnp.mean(honest, axis=0), f)
+
+
+def foe(honest, f: int, *, eta: float = 3.0):
+    """Fall of Empires / inner-product manipulation: ``(1 - eta) s``. The default ``eta = 3``
+    sends ``-2 s`` (ByzFL's ``InnerProductManipulation(tau=2)`` is ``eta = 1 + tau``)."""
+    honest, f = _prepare(honest, f, "foe")
+    return _repeat((1.0 - eta) * jnp.mean(honest, axis=0), f)
+
+
+def _std(honest):
+    h = honest.shape[0]
+    if h < 2:
+        raise ValueError("ALIE needs at least 2 honest rows for an unbiased standard deviation")
+    return jnp.std(honest, axis=0, ddof=1)
+
+
+def alie(honest, f: int, *, eta: float = 1.5):
+    """A little is enough: ``s + eta * sigma`` with ``sigma`` the unbiased coordinate-wise
+    standard deviation. Default ``eta = 1.5`` as ByzFL; Baruch et al.'s choice is
+    :func:`alie_z_max`."""
+    honest, f = _prepare(honest, f, "alie")
+    return _repeat(jnp.mean(honest, axis=0) + eta * _std(honest), f)
+
+
+def alie_z_max(n: int, f: int) -> float:
+    """Baruch et al.'s ``z_max = Phi^{-1}((n - s) / n)``, ``s = floor(n/2 + 1) - f``."""
+    from statistics import NormalDist
+
+    s = math.floor(n / 2 + 1) - f
+    return NormalDist().inv_cdf((n - s) / n)
+
+
+def inf(honest, f: int):
+    """Every Byzantine worker sends ``+inf`` in every coordinate."""
+    honest, f = _prepare(honest, f, "inf")
+    return jnp.full((f, honest.shape[1]), jnp.inf, honest.dtype)
+
+
+def gaussian(honest, f: int, *, key, mu: float = 0.0, sigma: float = 200.0):
+    """Each Byzantine worker sends an independent draw of ``N(mu, sigma^2 I)``."""
+    honest, f = _prepare(honest, f, "gaussian")
+    if key is None:
+        raise ValueError("gaussian is randomized: pass key=jax.random.key(...)")
+    return mu + sigma * jax.random.normal(key, (f, honest.shape[1]), honest.dtype)
+
+
+def _search(honest, f, rule, etas, direction, refine):
+    """Evaluate ``s + eta * direction`` for every ``eta`` in one vmap; return the most damaging."""
+    s = jnp.mean(honest, axis=0)
+
+    def damage(eta):
+        byz = _repeat(s + eta * direction, f)
+        out = rule(jnp.concatenate([honest, byz.astype(honest.dtype)], axis=0))
+        err = jnp.sum(jnp.square(out - s))
+        return jnp.where(jnp.isfinite(err), err, -1.0)
+
+    etas = jnp.asarray(etas, honest.dtype)
+    scores = jax.vmap(damage)(etas)
+    i = jnp.argmax(scores)
+    best, best_score = etas[i], scores[i]
+    if refine > 0:
+        lo = etas[jnp.maximum(i - 1, 0)]
+        hi = etas[jnp.minimum(i + 1, etas.shape[0] - 1)]
+        fine = jnp.linspace(lo, hi, refine, dtype=honest.dtype)
+        fine_scores = jax.vmap(damage)(fine)
+        j = jnp.argmax(fine_scores)
+        take = fine_scores[j] > best_score
+        best = jnp.where(take, fine[j], best)
+    return _repeat(s + best * direction, f), best
+
+
+def optimal_alie(honest, f: int, *, rule: Callable, etas=DEFAULT_ETAS, refine: int = 33,
+                 return_eta: bool = False):
+    """ALIE with ``eta`` chosen to maximise ``||rule(honest ++ byz) - s||`` over ``etas``
+    (one vmapped call), then over ``refine`` points between the best grid point's
+    neighbours. ``rule`` maps the ``(h + f, d)`` inputs to ``(d,)`` (e.g.
+    ``nnmjax.rule("nnm+cwtm", f)``)."""
+    honest, f = _prepare(honest, f, "optimal_alie")
+    byz, eta = _search(honest, f, rule, etas, _std(honest), refine)
+    return (byz, eta) if return_eta else byz
+
+
+def optimal_foe(honest, f: int, *, rule: Callable, etas=DEFAULT_ETAS, refine: int = 33,
+                return_eta: bool = False):
+    """FOE, ``(1 - eta) s``, with ``eta`` chosen like :func:`optimal_alie`."""
+    honest, f = _prepare(honest, f, "optimal_foe")
+    byz, eta = _search(honest, f, rule, etas, -jnp.mean(honest, axis=0), refine)
+    return (byz, eta) if return_eta else byz
+
+
+class MimicState(NamedTuple):
+    """State of the Mimic attack: step count, running honest mean ``mu``, direction ``z``
+    and the mimicked honest worker ``target``."""
+
+    step: jax.Array
+    mu: jax.Array
+    z: jax.Array
+    target: jax.Array
+
+
+def mimic_init(key, d: int, dtype=jnp.float32) -> MimicState:
+    """Initial Mimic state with a random unit direction drawn from ``key``."""
+    z = jax.random.normal(key, (d,), dtype)
+    return MimicState(jnp.zeros((), jnp.int32), jnp.zeros((d,), dtype),
+                      z / jnp.linalg.norm(z), jnp.zeros((), jnp.int32))
+
+
+def mimic_update(state: MimicState, honest, *, warmup: int = 1) -> MimicState:
+    """One step of Karimireddy et al.'s (2022) Mimic heuristic (their ``MimicVariantAttacker``).
+
+    During the first ``warmup`` steps (``t = state.step``) track the honest mean
+    ``mu <- (t mu + mean_i x_i) / (t + 1)`` and the top principal direction of the honest
+    inputs by online power iteration,
+    ``z <- normalise(t z + u / ||u||)`` with ``u = sum_i <x_i - mu, z> (x_i - mu)``;
+    the target is ``argmax_i <x_i, z>``, re-chosen at every warm-up step and frozen after.
+    """
+    honest = as_matrix(honest, name="honest")
+    t = state.step
+    warming = t < warmup
+    tf = t.astype(honest.dtype)
+    mu = jnp.where(warming, (tf * state.mu + jnp.mean(honest, axis=0)) / (tf + 1.0), state.mu)
+    centred = honest - mu
+    u = (centred @ state.z) @ centred
+    u = u / jnp.maximum(jnp.linalg.norm(u), jnp.finfo(honest.dtype).tiny)
+    z = tf * state.z + u
+    z = z / jnp.maximum(jnp.linalg.norm(z), jnp.finfo(honest.dtype).tiny)
+    z = jnp.where(warming, z, state.z)
+    target = jnp.where(warming, jnp.argmax(honest @ z).astype(jnp.int32), state.target)
+    return MimicState(t + 1, mu, z, target)
+
+
+def mimic(honest, f: int, *, state: MimicState, warmup: int = 1):
+    """Mimic: every Byzantine worker sends the honest input of the worker chosen by
+    Karimireddy et al.'s heuristic. Returns ``(byzantine, new_state)``; start from
+    :func:`mimic_init`."""
+    honest, f = _prepare(honest, f, "mimic")
+    state = mimic_update(state, honest, warmup=warmup)
+    return _repeat(honest[state.target], f), state
+
+
+ATTACKS = {
+    "sign_flipping": sign_flipping, "foe": foe, "alie": alie, "optimal_foe": optimal_foe,
+    "optimal_alie": optimal_alie, "mimic": mimic, "inf": inf, "gaussian": gaussian,
+}

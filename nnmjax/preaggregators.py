@@ -1,0 +1,111 @@
+"""Pre-aggregation rules: pure functions ``(x: (n, d), f, ...) -> (m, d)``.
+
+Composed before an aggregator, ``F(pre(x, f), f)``; see :func:`nnmjax.rule`.
+None of them mutates its input (ByzFL's Clipping and ARC do).
+"""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from nnmjax import _gram
+from nnmjax._checks import as_matrix, check_f, check_int, check_positive
+
+__all__ = ["nnm", "bucketing", "clipping", "arc", "PREAGGREGATORS", "bucket_size",
+           "output_size"]
+
+
+def nnm(x, f: int):
+    """Nearest Neighbor Mixing (paper Algorithm 2, eq. 1): each ``x_i`` becomes the average of
+    its ``n - f`` nearest rows in Euclidean distance, itself included (ties to the lower
+    index): ``y_i = (1/(n-f)) sum_{j=1}^{n-f} x_{i:j}``.
+
+    If ``F`` is (f, kappa)-robust, ``F o NNM`` is (f, kappa')-robust with
+    ``kappa' <= 8f/(n-f) (kappa + 1)`` (Lemma 1). Computed from the ``n x n`` Gram matrix
+    and one ``(n, n) @ (n, d)`` mixing product: ``O(n^2 d)`` time, ``O(n d + n^2)`` memory
+    (never an ``(n, n-f, d)`` gather). Rows at infinite distance (non-finite) are nobody's
+    neighbour but their own.
+    """
+    x = as_matrix(x)
+    n = x.shape[0]
+    f = check_f(f, n, rule="nnm")
+    return _gram.combine(mixing_matrix(x, f), x)
+
+
+def mixing_matrix(x, f: int):
+    """The ``(n, n)`` NNM weights ``W`` with ``nnm(x, f) = W @ x``: ``W_ij = 1/(n-f)`` if ``x_j``
+    is among the ``n - f`` nearest rows of ``x_i``."""
+    n = x.shape[0]
+    idx = _gram.nearest(_gram.Geometry(x).sqdist, n - f)
+    rows = jnp.arange(n)[:, None]
+    return jnp.zeros((n, n), x.dtype).at[rows, idx].set(1.0 / (n - f))
+
+
+def bucket_size(n: int, f: int) -> int:
+    """Karimireddy et al.'s default bucket size ``s = floor(n / (2f))`` (1 when ``f = 0``)."""
+    return max(1, n // (2 * f)) if f > 0 else 1
+
+
+def bucketing(x, f: int, *, key, s: int | None = None):
+    """Bucketing (Karimireddy et al., 2022; paper Appendix 10): shuffle the rows with a random
+    permutation drawn from ``key``, then average consecutive groups of ``s`` rows
+    (default ``s = floor(n / 2f)``); the last bucket holds the ``n mod s`` leftovers when
+    ``s`` does not divide ``n``. Output ``ceil(n / s)`` rows, of which at most ``f`` are
+    contaminated.
+    """
+    x = as_matrix(x)
+    n = x.shape[0]
+    f = check_f(f, n, rule="bucketing")
+    s = bucket_size(n, f) if s is None else check_int(s, name="s", rule="bucketing", low=1, high=n)
+    if key is None:
+        raise ValueError("bucketing is randomized: pass key=jax.random.key(...)")
+    perm = jax.random.permutation(key, n)
+    m = -(-n // s)
+    bucket = jnp.arange(n) // s
+    sizes = jnp.minimum(s, n - jnp.arange(m) * s).astype(x.dtype)
+    weights = (bucket[None, :] == jnp.arange(m)[:, None]).astype(x.dtype) / sizes[:, None]
+    return _gram.combine(weights[:, jnp.argsort(perm)], x)
+
+
+def clipping(x, f: int = 0, *, c: float = 2.0):
+    """Static clipping: ``x_i <- x_i * min(1, c / ||x_i||)``. Rows with non-finite norm become 0."""
+    x = as_matrix(x)
+    check_f(f, x.shape[0], rule="clipping", min_n=lambda f: f + 1)
+    check_positive(c, name="c", rule="clipping")
+    return _scale_rows(x, c)
+
+
+def _scale_rows(x, threshold):
+    xs = jnp.where(jnp.isfinite(x), x, 0.0)
+    norm = jnp.sqrt(jnp.sum(jnp.square(xs), axis=1))
+    bad = ~jnp.all(jnp.isfinite(x), axis=1) | ~jnp.isfinite(norm)
+    scale = jnp.minimum(1.0, threshold / jnp.where(norm > 0, norm, 1.0))
+    return jnp.where(bad[:, None], 0.0, xs * jnp.where(bad, 0.0, scale)[:, None])
+
+
+def arc(x, f: int):
+    """Adaptive robust clipping (Allouah et al., 2024): clip the ``k = floor(2 f (n - f) / n)``
+    largest-norm rows to the norm of the largest unclipped row (ByzFL's ARC). Rows with
+    non-finite norm count as the largest and are set to 0 (they cannot be rescaled)."""
+    x = as_matrix(x)
+    n = x.shape[0]
+    f = check_f(f, n, rule="arc", min_n=lambda f: f)
+    k = int((2 * f / n) * (n - f))
+    if k == 0:
+        return x
+    xs = jnp.where(jnp.isfinite(x), x, 0.0)
+    norm = jnp.sqrt(jnp.sum(jnp.square(xs), axis=1))
+    norm = jnp.where(jnp.all(jnp.isfinite(x), axis=1) & jnp.isfinite(norm), norm, jnp.inf)
+    threshold = jnp.sort(norm)[n - k - 1]
+    return _scale_rows(x, threshold)
+
+
+def output_size(name: str, n: int, f: int, **options) -> int:
+    """Number of rows a pre-aggregator returns for ``n`` inputs."""
+    if name == "bucketing":
+        s = options.get("s") or bucket_size(n, f)
+        return -(-n // s)
+    return n
+
+
+PREAGGREGATORS = {"nnm": nnm, "bucketing": bucketing, "clipping": clipping, "arc": arc}

@@ -1,0 +1,98 @@
+"""Rule names -> callables: ``nnmjax.rule("nnm+cwtm", f)``.
+
+A name is ``pre1+pre2+...+aggregator``: zero or more pre-aggregators from
+:data:`nnmjax.preaggregators.PREAGGREGATORS` applied left to right, then one
+aggregator from :data:`nnmjax.aggregators.AGGREGATORS`. Every stage receives the
+same ``f`` (a pre-aggregator's output holds at most ``f`` contaminated rows).
+"""
+from __future__ import annotations
+
+import inspect
+from typing import Any, Mapping
+
+import jax
+
+from nnmjax import aggregators as _agg
+from nnmjax import preaggregators as _pre
+
+__all__ = ["rule", "Rule", "RANDOMIZED", "known_names"]
+
+#: Stages that draw randomness and therefore need a ``key``.
+RANDOMIZED = frozenset({"bucketing"})
+
+
+def known_names() -> str:
+    return (f"aggregators: {', '.join(sorted(_agg.AGGREGATORS))}; "
+            f"pre-aggregators: {', '.join(sorted(_pre.PREAGGREGATORS))}")
+
+
+def _keyword_options(fn) -> set[str]:
+    return {p.name for p in inspect.signature(fn).parameters.values()
+            if p.kind is inspect.Parameter.KEYWORD_ONLY and p.name != "key"}
+
+
+def _check_options(stage: str, fn, options: Mapping[str, Any]):
+    allowed = _keyword_options(fn)
+    unknown = sorted(set(options) - allowed)
+    if unknown:
+        raise ValueError(f"unknown option(s) {unknown} for {stage!r}; "
+                         f"it accepts {sorted(allowed) or 'no options'}")
+
+
+class Rule:
+    """A composed robust rule ``x: (n, d) -> (d,)``; call as ``r(x)`` or ``r(x, key=key)``
+    when :attr:`randomized`. Pure and jit/vmap-able."""
+
+    def __init__(self, name: str, f: int, options: Mapping[str, Any],
+                 pre_options: Mapping[str, Mapping[str, Any]]):
+        stages = [s.strip() for s in name.split("+")]
+        if not name or any(not s for s in stages):
+            raise ValueError(f"bad rule name {name!r}; expected e.g. 'cwtm' or 'nnm+cwtm' ({known_names()})")
+        *pres, last = stages
+        for s in pres:
+            if s not in _pre.PREAGGREGATORS:
+                hint = " (aggregators go last)" if s in _agg.AGGREGATORS else ""
+                raise ValueError(f"unknown pre-aggregator {s!r} in rule {name!r}{hint}; {known_names()}")
+        if last not in _agg.AGGREGATORS:
+            hint = " (a pre-aggregator cannot end a rule)" if last in _pre.PREAGGREGATORS else ""
+            raise ValueError(f"unknown aggregator {last!r} in rule {name!r}{hint}; {known_names()}")
+        unknown_pre = sorted(set(pre_options) - set(pres))
+        if unknown_pre:
+            raise ValueError(f"pre_options names {unknown_pre}, which are not stages of {name!r}")
+        if not isinstance(f, int) or isinstance(f, bool) or f < 0:
+            raise ValueError(f"f must be a non-negative integer; got {f!r}")
+        _check_options(last, _agg.AGGREGATORS[last], options)
+        for s in pres:
+            _check_options(s, _pre.PREAGGREGATORS[s], pre_options.get(s, {}))
+        self.name = "+".join(stages)
+        self.f = f
+        self.stages = tuple(stages)
+        self.options = dict(options)
+        self.pre_options = {k: dict(v) for k, v in pre_options.items()}
+        self.randomized = any(s in RANDOMIZED for s in pres)
+
+    def __call__(self, x, key=None):
+        if self.randomized and key is None:
+            raise ValueError(f"rule {self.name!r} is randomized: call it with key=jax.random.key(...)")
+        *pres, last = self.stages
+        for s in pres:
+            opts = self.pre_options.get(s, {})
+            if s in RANDOMIZED:
+                key, sub = jax.random.split(key)
+                x = _pre.PREAGGREGATORS[s](x, self.f, key=sub, **opts)
+            else:
+                x = _pre.PREAGGREGATORS[s](x, self.f, **opts)
+        return _agg.AGGREGATORS[last](x, self.f, **self.options)
+
+    def __repr__(self):
+        opts = "".join(f", {k}={v!r}" for k, v in self.options.items())
+        return f"rule({self.name!r}, f={self.f}{opts})"
+
+
+def rule(name: str, f: int, *, pre_options: Mapping[str, Mapping[str, Any]] | None = None,
+         **options) -> Rule:
+    """Build the rule named ``name`` (e.g. ``"cwtm"``, ``"nnm+cwtm"``, ``"bucketing+krum"``,
+    ``"arc+nnm+gm"``) for ``f`` Byzantine inputs. ``options`` go to the final aggregator
+    (``rule("gm", 4, max_iter=3)``); ``pre_options={"bucketing": {"s": 2}}`` to a stage.
+    Unknown names or options raise ``ValueError`` listing the valid ones."""
+    return Rule(name, f, options, pre_options or {})
