@@ -1,0 +1,210 @@
+"""Experiment configuration: a TOML file -> a validated, frozen :class:`Config`.
+
+Every key is checked before anything is compiled; unknown keys and bad values
+raise ``ValueError`` listing what is allowed. ``--set key=value`` overrides take
+TOML literals (``--set steps=200 --set 'rules=["nnm+cwtm"]'``).
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+__all__ = ["Config", "RunSpec", "load_config", "parse_set", "QUICKSTART", "ATTACK_NAMES"]
+
+ATTACK_NAMES = ("none", "sign_flipping", "foe", "alie", "optimal_foe", "optimal_alie", "mimic",
+                "inf", "gaussian", "label_flipping")
+DATASETS = ("digits", "mnist", "fashion_mnist", "cifar10")
+MODELS = ("paper_cnn", "cifar_cnn", "logreg", "mlp")
+PARTITIONS = ("iid", "dirichlet", "dirichlet_per_class", "gamma_similarity", "extreme")
+SCHEDULES = ("constant", "paper_mnist", "paper_cifar")
+
+
+@dataclass(frozen=True)
+class Config:
+    """A grid of runs: every (attack, rule, seed) with the shared settings below.
+
+    Defaults are the paper's MNIST/Fashion-MNIST setting (Table 3) on the embedded
+    ``digits`` data with a small model.
+    """
+
+    dataset: str = "digits"
+    data_dir: str | None = None
+    model: str = "mlp"
+    algorithm: str = "dshb"
+    n: int = 17
+    f: int = 4
+    partition: str = "dirichlet"
+    alpha: float = 0.1
+    gamma: float = 0.5
+    attacks: tuple[str, ...] = ("optimal_alie",)
+    rules: tuple[str, ...] = ("nnm+cwtm",)
+    seeds: tuple[int, ...] = (1,)
+    steps: int = 800
+    batch_size: int = 25
+    lr: float = 0.75
+    lr_schedule: str = "paper_mnist"
+    momentum: float = 0.9
+    clip: float | None = 2.0
+    weight_decay: float = 1e-4
+    eval_every: int = 50
+    baseline: bool = False
+    augment_flip: bool = False
+
+    def __post_init__(self):
+        _validate(self)
+
+    @property
+    def honest(self) -> int:
+        return self.n - self.f
+
+    def runs(self) -> list["RunSpec"]:
+        """Every (attack, rule, seed) of the grid, plus the fault-free mean baseline."""
+        specs = [RunSpec(self, a, r, s) for a in self.attacks for r in self.rules for s in self.seeds]
+        if self.baseline:
+            specs += [RunSpec(dataclasses.replace(self, f=0, n=self.honest), "none", "mean", s)
+                      for s in self.seeds]
+        return specs
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """One run of a grid: the shared config with one attack, rule and seed."""
+
+    config: Config
+    attack: str
+    rule: str
+    seed: int
+
+    def record_key(self) -> dict[str, Any]:
+        base = dataclasses.asdict(self.config)
+        for k in ("attacks", "rules", "seeds", "baseline"):
+            base.pop(k)
+        return {**base, "attack": self.attack, "rule": self.rule, "seed": self.seed}
+
+    def hash(self) -> str:
+        blob = json.dumps(self.record_key(), sort_keys=True, default=list)
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def _fail(key, msg):
+    raise ValueError(f"config key {key!r}: {msg}")
+
+
+def _validate(c: Config):
+    from nnmjax.rules import rule as make_rule
+
+    if c.dataset not in DATASETS:
+        _fail("dataset", f"unknown {c.dataset!r}; choose from {list(DATASETS)}")
+    if c.model not in MODELS:
+        _fail("model", f"unknown {c.model!r}; choose from {list(MODELS)}")
+    if c.algorithm not in ("dshb", "dgd"):
+        _fail("algorithm", f"must be 'dshb' or 'dgd'; got {c.algorithm!r}")
+    if c.partition not in PARTITIONS:
+        _fail("partition", f"unknown {c.partition!r}; choose from {list(PARTITIONS)}")
+    if c.lr_schedule not in SCHEDULES:
+        _fail("lr_schedule", f"unknown {c.lr_schedule!r}; choose from {list(SCHEDULES)}")
+    for key in ("n", "steps", "batch_size", "eval_every"):
+        v = getattr(c, key)
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            _fail(key, f"must be a positive integer; got {v!r}")
+    if isinstance(c.f, bool) or not isinstance(c.f, int) or c.f < 0:
+        _fail("f", f"must be a non-negative integer; got {c.f!r}")
+    if 2 * c.f >= c.n:
+        _fail("f", f"needs 2f < n; got f={c.f}, n={c.n}")
+    if not c.alpha > 0:
+        _fail("alpha", f"must be > 0; got {c.alpha!r}")
+    if not 0.0 <= c.gamma <= 1.0:
+        _fail("gamma", f"must be in [0, 1]; got {c.gamma!r}")
+    if not c.lr > 0:
+        _fail("lr", f"must be > 0; got {c.lr!r}")
+    if not 0.0 <= c.momentum < 1.0:
+        _fail("momentum", f"must be in [0, 1); got {c.momentum!r}")
+    if c.clip is not None and not c.clip > 0:
+        _fail("clip", f"must be > 0 or omitted; got {c.clip!r}")
+    if not c.weight_decay >= 0:
+        _fail("weight_decay", f"must be >= 0; got {c.weight_decay!r}")
+    for key, names in (("attacks", ATTACK_NAMES), ("rules", None), ("seeds", None)):
+        v = getattr(c, key)
+        if not isinstance(v, tuple) or not v:
+            _fail(key, "must be a non-empty list")
+    for a in c.attacks:
+        if a not in ATTACK_NAMES:
+            _fail("attacks", f"unknown attack {a!r}; choose from {list(ATTACK_NAMES)}")
+    for r in c.rules:
+        try:
+            make_rule(r, c.f)
+        except ValueError as e:
+            _fail("rules", str(e))
+    for s in c.seeds:
+        if isinstance(s, bool) or not isinstance(s, int):
+            _fail("seeds", f"must be integers; got {s!r}")
+
+
+_FIELDS = {f.name: f for f in dataclasses.fields(Config)}
+
+
+def _coerce(key: str, value: Any):
+    if key not in _FIELDS:
+        raise ValueError(f"unknown config key {key!r}; valid keys: {sorted(_FIELDS)}")
+    default = _FIELDS[key].default
+    if isinstance(default, tuple):
+        if not isinstance(value, (list, tuple)):
+            _fail(key, f"must be a list; got {value!r}")
+        return tuple(value)
+    if isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    return value
+
+
+def from_mapping(data: dict[str, Any]) -> Config:
+    """Build a :class:`Config` from a mapping (e.g. a parsed TOML file)."""
+    return Config(**{k: _coerce(k, v) for k, v in data.items()})
+
+
+def parse_set(items: list[str]) -> dict[str, Any]:
+    """Parse ``key=value`` overrides whose values are TOML literals (bare words are strings)."""
+    out = {}
+    for item in items:
+        if "=" not in item:
+            raise ValueError(f"--set expects key=value; got {item!r}")
+        key, raw = item.split("=", 1)
+        key = key.strip()
+        try:
+            value = tomllib.loads(f"v = {raw}")["v"]
+        except tomllib.TOMLDecodeError:
+            value = raw
+        out[key] = value
+    return out
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+    """Read ``path`` (TOML; ``None`` gives the quickstart) and apply ``--set`` overrides."""
+    data: dict[str, Any] = dict(QUICKSTART) if path is None else {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"config file {str(path)!r} does not exist")
+        with open(path, "rb") as fh:
+            data = tomllib.load(fh)
+    data.update(parse_set(overrides or []))
+    return from_mapping(data)
+
+
+#: ``nnmjax run`` with no config: the paper's setting on the embedded digits data.
+QUICKSTART: dict[str, Any] = {
+    "dataset": "digits", "model": "mlp", "algorithm": "dshb", "n": 17, "f": 4,
+    "partition": "dirichlet", "alpha": 0.1, "attacks": ["optimal_alie", "sign_flipping"],
+    "rules": ["cwtm", "bucketing+cwtm", "nnm+cwtm"], "seeds": [1], "steps": 300,
+    "batch_size": 25, "lr": 0.5, "lr_schedule": "paper_mnist", "momentum": 0.9, "clip": 2.0,
+    "weight_decay": 1e-4, "eval_every": 25, "baseline": True,
+}

@@ -1,0 +1,95 @@
+"""Run a config's grid: compile each (attack, rule) once, vmap it over the seeds not yet done.
+
+Progress is one bar over all (run, step) pairs; after each (attack, rule)
+group its records are written atomically and ``summary.csv`` is rebuilt, so an
+interrupted grid loses nothing finished and a re-run skips it.
+"""
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import jax
+import numpy as np
+from tqdm.auto import tqdm
+
+from nnmjax import results
+from nnmjax.config import Config, RunSpec
+from nnmjax.data import load_dataset
+from nnmjax.simulate import build_experiment
+
+__all__ = ["run_grid", "pending_runs"]
+
+
+def pending_runs(config: Config, out_dir: Path | str) -> tuple[list[RunSpec], list[RunSpec]]:
+    """Split the grid into (done, todo); a corrupt record raises
+    :class:`~nnmjax.results.CorruptRecordError`."""
+    done, todo = [], []
+    for spec in config.runs():
+        path = results.record_path(out_dir, spec.hash())
+        if path.exists():
+            results.read_record(path)
+            done.append(spec)
+        else:
+            todo.append(spec)
+    return done, todo
+
+
+def _eval_points(steps: int, every: int) -> list[int]:
+    pts = list(range(every, steps + 1, every))
+    return pts if pts and pts[-1] == steps else pts + [steps]
+
+
+def run_grid(config: Config, out_dir: Path | str, *, progress: bool = True) -> list[dict]:
+    """Run every pending run of ``config`` into ``out_dir``; return all records of the grid."""
+    out_dir = Path(out_dir)
+    done, todo = pending_runs(config, out_dir)
+    groups: dict[tuple, list[RunSpec]] = defaultdict(list)
+    for spec in todo:
+        groups[(spec.config, spec.attack, spec.rule)].append(spec)
+    dataset = load_dataset(config.dataset, data_dir=config.data_dir,
+                           augment_flip=config.augment_flip) if todo else None
+    total = sum(len(g) * g[0].config.steps for g in groups.values())
+    bar = tqdm(total=total, unit="step", disable=not progress, dynamic_ncols=True,
+               desc=f"{len(todo)} runs ({len(done)} already done)")
+    for (cfg, attack, rule_name), specs in groups.items():
+        bar.set_postfix_str(f"{attack} / {rule_name}")
+        t0 = time.perf_counter()
+        exp = build_experiment(cfg, attack, rule_name, [s.seed for s in specs], dataset=dataset)
+        state = exp.init()
+        losses, kappas, accs, at = [], [], [], []
+        t_prev = 0
+        for t in _eval_points(cfg.steps, cfg.eval_every):
+            state, (loss, kappa) = exp.run_chunk(state, t - t_prev)
+            acc = exp.evaluate(state)
+            losses.append(np.asarray(loss))
+            kappas.append(np.asarray(kappa))
+            accs.append(np.asarray(acc))
+            at.append(t)
+            bar.update(len(specs) * (t - t_prev))
+            t_prev = t
+        jax.block_until_ready(state)
+        wall = time.perf_counter() - t0
+        loss = np.concatenate(losses, axis=1)
+        kappa = np.concatenate(kappas, axis=1)
+        acc = np.stack(accs, axis=1)
+        for i, spec in enumerate(specs):
+            record = {
+                "hash": spec.hash(),
+                "key": spec.record_key(),
+                "curves": {"loss": loss[i], "kappa_hat": kappa[i], "eval_steps": at,
+                           "test_acc": acc[i]},
+                "summary": {"max_test_acc": float(np.max(acc[i])),
+                            "final_test_acc": float(acc[i][-1]),
+                            "wall_s": wall, "steps_per_s": cfg.steps * len(specs) / wall,
+                            "vmapped_seeds": len(specs)},
+                "machine": {"backend": jax.default_backend(),
+                            "device": jax.devices()[0].device_kind},
+            }
+            results.write_record(out_dir, spec.hash(), record)
+        results.write_summary(out_dir)
+    bar.close()
+    records = results.load_records(out_dir)
+    wanted = {s.hash() for s in config.runs()}
+    return [r for r in records if r["hash"] in wanted]
