@@ -1,0 +1,242 @@
+"""The ``nnmjax`` console script.
+
+Each subcommand lives in its own ``_add_<name>(subparsers)`` function that declares its
+options and sets ``func`` (called with the parsed arguments, returning an exit status);
+:func:`main` only builds the parser and dispatches. Add a subcommand by writing its
+``_add_*`` function and listing it in :data:`SUBCOMMANDS`.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Sequence
+
+__all__ = ["main", "build_parser"]
+
+
+# ---------------------------------------------------------------------- nnmjax bench
+
+def _add_bench(subparsers) -> None:
+    p = subparsers.add_parser(
+        "bench",
+        help="time the aggregation rules against a streaming pass, NumPy and ByzFL",
+        description=(
+            "Time every aggregation rule (and nnm+<rule>) jitted, compared with one "
+            "streaming pass over x (jnp.sum, x.sum), a straightforward NumPy version and "
+            "ByzFL's faster backend (NumPy or torch inputs) when byzfl is importable. "
+            "Prints a table and writes every raw timing and the machine to JSON."))
+    p.add_argument("--quick", action="store_true",
+                   help="only the cases 17:1e5:4 and 17:1e6:4 and a few rules")
+    p.add_argument("--cases", nargs="+", metavar="N:D:F", default=None,
+                   help="cases to run, e.g. 17:1e6:4 100:1e5:20 "
+                        "(default: 17:1e5:4 17:1e6:4 100:1e5:20 1000:1e4:200)")
+    p.add_argument("--rules", nargs="+", metavar="RULE", default=None,
+                   help="rules to time (also comma-separated), e.g. cwtm nnm nnm+cwtm "
+                        "(default: every aggregator, nnm, and nnm+<aggregator>)")
+    p.add_argument("--repeats", type=int, default=5,
+                   help="timed calls per rule after one warm-up call; the median is reported "
+                        "(default: %(default)s)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the random normal data (default: %(default)s)")
+    p.add_argument("--out", default=None, metavar="PATH.json",
+                   help="JSON output (default: benchmarks/results/aggregators-<platform>.json)")
+    p.add_argument("--no-byzfl", dest="byzfl", action="store_false",
+                   help="do not time ByzFL even if it is installed")
+    p.add_argument("--no-numpy", dest="numpy", action="store_false",
+                   help="do not time the NumPy baselines")
+    p.add_argument("--budget", type=float, default=10.0, metavar="S",
+                   help="seconds of timed calls per rule and implementation; stop "
+                        "repeating past it (default: %(default)s)")
+    p.add_argument("--single-call", type=float, default=5.0, metavar="S",
+                   help="a warm-up call longer than this is the only sample "
+                        "(default: %(default)s)")
+    p.add_argument("--call-timeout", type=float, default=20.0, metavar="S",
+                   help="kill and record as a timeout any single call running longer "
+                        "(default: %(default)s)")
+    p.add_argument("--compile-timeout", type=float, default=300.0, metavar="S",
+                   help="kill and record as a timeout a compilation running longer "
+                        "(default: %(default)s)")
+    p.add_argument("--in-process", dest="isolate", action="store_false",
+                   help="run in this process (no worker process, so no timeouts)")
+    p.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
+    p.set_defaults(func=_run_bench)
+
+
+def _split(items: Sequence[str] | None) -> list[str] | None:
+    if items is None:
+        return None
+    return [s for item in items for s in item.split(",") if s.strip()]
+
+
+def _run_bench(args) -> int:
+    from nnmjax import bench
+
+    try:
+        if args.cases is not None:
+            cases = [bench.parse_case(c) for c in args.cases]
+        else:
+            cases = list(bench.QUICK_CASES if args.quick else bench.DEFAULT_CASES)
+        rules = _split(args.rules)
+        if rules is None and args.quick:
+            rules = list(bench.QUICK_RULES)
+        cfg = bench.BenchConfig(
+            cases=cases, rules=rules, repeats=args.repeats, seed=args.seed,
+            byzfl=args.byzfl, numpy=args.numpy, isolate=args.isolate,
+            budget_s=args.budget, single_call_s=args.single_call,
+            call_timeout_s=args.call_timeout, compile_timeout_s=args.compile_timeout)
+    except ValueError as e:
+        print(f"nnmjax bench: error: {e}", file=sys.stderr)
+        return 2
+
+    out = args.out
+    state = {"out": out}
+
+    def save(result):
+        if state["out"] is None:  # the platform is known once the worker has reported
+            backend = (result.get("machine") or {}).get("jax_backend", "unknown")
+            state["out"] = f"benchmarks/results/aggregators-{backend}.json"
+        bench.write_json(result, state["out"])
+
+    try:
+        result = bench.run(cfg, verbose=not args.quiet, on_update=save)
+    except ValueError as e:
+        print(f"nnmjax bench: error: {e}", file=sys.stderr)
+        return 2
+    m = result["machine"]
+    print(f"# {m['processor'] or m['machine']}, {m['cpu_count']} CPUs, "
+          f"jax {m['jax']} ({m['jax_backend']}: {m['device_kind']}), "
+          f"byzfl {m['byzfl'] or 'not timed'}, {m['date']}")
+    print(bench.format_table(result))
+    if result.get("targets"):
+        print("\nTargets (speed-up over ByzFL's faster backend):")
+        print(bench.format_targets(result))
+    print(f"\nwrote {state['out']} ({result['wall_s']:.0f} s)")
+    return 0
+
+
+
+# ----------------------------------------------------------- nnmjax run / table / plot
+
+def _add_run(subparsers) -> None:
+    p = subparsers.add_parser(
+        "run", help="run every (attack, rule, seed) of a config (default: the digits quickstart)",
+        description="Run a config's grid: each (attack, rule) is compiled once and vmapped over "
+                    "its seeds; finished runs are skipped. Without CONFIG, the quickstart on the "
+                    "embedded digits data.")
+    p.add_argument("config", nargs="?", default=None, help="TOML config file")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config key with a TOML literal, e.g. --set steps=200")
+    p.add_argument("--out", default="out/quickstart", metavar="DIR",
+                   help="output directory (default: %(default)s)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=_run_run)
+
+
+def _report(out_dir, records) -> None:
+    from pathlib import Path
+
+    from nnmjax import plots, table
+
+    out_dir = Path(out_dir)
+    md = table.format_markdown(records)
+    (out_dir / "table.md").write_text(md + "\n")
+    table.write_csv(records, out_dir / "table.csv")
+    plots.plot_all(records, out_dir / "plots")
+    print("Max test accuracy (%), mean ± std over seeds:")
+    print(md)
+    print(f"\nrecords: {out_dir / 'runs'}  summary: {out_dir / 'summary.csv'}  plots: {out_dir / 'plots'}")
+
+
+def _run_run(args) -> int:
+    from nnmjax.config import load_config
+    from nnmjax.data import DatasetNotFoundError
+    from nnmjax.grid import run_grid
+    from nnmjax.results import CorruptRecordError
+
+    try:
+        config = load_config(args.config, args.overrides)
+    except (ValueError, FileNotFoundError) as e:
+        raise SystemExit(f"nnmjax run: error: {e}")
+    try:
+        records = run_grid(config, args.out, progress=not args.quiet)
+    except (DatasetNotFoundError, CorruptRecordError, ValueError) as e:
+        raise SystemExit(f"nnmjax run: error: {e}")
+    _report(args.out, records)
+    return 0
+
+
+def _add_table(subparsers) -> None:
+    p = subparsers.add_parser("table", help="print and write the results table of a run directory")
+    p.add_argument("dir", help="output directory of nnmjax run")
+    p.set_defaults(func=_run_table)
+
+
+def _load(dir_):
+    from nnmjax import results
+
+    records = results.load_records(dir_)
+    if not records:
+        raise SystemExit(f"nnmjax: no run records under {dir_}/runs")
+    return records
+
+
+def _run_table(args) -> int:
+    from pathlib import Path
+
+    from nnmjax import results, table
+
+    records = _load(args.dir)
+    md = table.format_markdown(records)
+    Path(args.dir, "table.md").write_text(md + "\n")
+    table.write_csv(records, Path(args.dir, "table.csv"))
+    results.write_summary(args.dir, records)
+    print(md)
+    return 0
+
+
+def _add_plot(subparsers) -> None:
+    p = subparsers.add_parser("plot", help="draw accuracy and kappa-hat curves of a run directory")
+    p.add_argument("dir", help="output directory of nnmjax run")
+    p.set_defaults(func=_run_plot)
+
+
+def _run_plot(args) -> int:
+    from pathlib import Path
+
+    from nnmjax import plots
+
+    for path in plots.plot_all(_load(args.dir), Path(args.dir) / "plots"):
+        print(f"wrote {path}")
+    return 0
+
+
+# ------------------------------------------------------------------------ the parser
+
+#: Functions that add one subcommand each, in the order ``--help`` lists them.
+SUBCOMMANDS = (_add_run, _add_table, _add_plot, _add_bench)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="nnmjax",
+        description="Byzantine-robust aggregation in JAX (Nearest Neighbor Mixing).")
+    from nnmjax import __version__
+
+    parser.add_argument("--version", action="version", version=f"nnmjax {__version__}")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for add in SUBCOMMANDS:
+        add(subparsers)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``nnmjax`` console script; returns the exit status."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if getattr(args, "func", None) is None:
+        parser.print_help()
+        return 2
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,95 @@
+"""Per-worker data held on device as padded stacked arrays, and jittable sampling.
+
+Worker ``i``'s ``counts[i]`` samples sit in rows ``0..counts[i]-1`` of
+``x[i]``/``y[i]``; rows past ``counts[i]`` are zero padding and are never
+sampled. Memory is ``h * max_i counts[i]`` rows, so very unequal partitions
+(e.g. ``dirichlet_per_class`` at small ``alpha``) pay for the largest worker;
+the default ``dirichlet`` partition has equal sizes and no padding.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple, Optional, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from .partition import label_flip
+
+__all__ = ["WorkerData", "to_worker_arrays", "sample_batches", "flip_worker_labels"]
+
+
+class WorkerData(NamedTuple):
+    """Padded per-worker data.
+
+    Attributes:
+      x: ``[h, m_max, ...]`` inputs (worker ``i`` valid in rows ``< counts[i]``).
+      y: ``int32[h, m_max]`` labels (padding rows hold 0).
+      counts: ``int32[h]`` number of valid rows per worker, all ``>= 1``.
+    """
+
+    x: jax.Array
+    y: jax.Array
+    counts: jax.Array
+
+
+def to_worker_arrays(x, y, parts: Sequence[np.ndarray]) -> WorkerData:
+    """Gathers ``x[parts[i]], y[parts[i]]`` into a padded :class:`WorkerData` on device.
+
+    Args:
+      x: ``[N, ...]`` dataset inputs (NumPy or JAX).
+      y: ``[N]`` integer labels.
+      parts: one index array per worker (e.g. from :mod:`nnmjax.data.partition`).
+
+    Raises:
+      ValueError: no parts, an empty part, or ``x``/``y`` length mismatch.
+    """
+    x = np.asarray(x)
+    y = np.asarray(y)
+    if x.shape[0] != y.shape[0] or y.ndim != 1:
+        raise ValueError(f"x, y: need x [N, ...] and y [N]; got {x.shape} and {y.shape}")
+    if len(parts) == 0:
+        raise ValueError("parts: need at least one worker")
+    parts = [np.asarray(p, dtype=np.int64).reshape(-1) for p in parts]
+    empty = [i for i, p in enumerate(parts) if p.size == 0]
+    if empty:
+        raise ValueError(f"parts: workers {empty} have no samples; every worker needs at least one")
+    counts = np.array([p.size for p in parts], dtype=np.int32)
+    m_max = int(counts.max())
+    xs = np.zeros((len(parts), m_max) + x.shape[1:], dtype=x.dtype)
+    ys = np.zeros((len(parts), m_max), dtype=np.int32)
+    for i, p in enumerate(parts):
+        xs[i, : p.size] = x[p]
+        ys[i, : p.size] = y[p]
+    return WorkerData(jnp.asarray(xs), jnp.asarray(ys), jnp.asarray(counts))
+
+
+def sample_batches(key: jax.Array, data: WorkerData, batch_size: int):
+    """Each worker's minibatch, ``batch_size`` rows uniform with replacement from its own data.
+
+    ``idx[i, j] ~ Uniform{0, ..., counts[i] - 1}`` independently; returns
+    ``(x[i, idx[i]], y[i, idx[i]])`` stacked as ``([h, b, ...], int32[h, b])``.
+    Pure and jittable (``batch_size`` static), vmappable over ``key``.
+    """
+    h = data.y.shape[0]
+    idx = jax.random.randint(key, (h, batch_size), 0, data.counts[:, None])
+    xb = jax.vmap(lambda xi, ii: xi[ii])(data.x, idx)
+    yb = jnp.take_along_axis(data.y, idx, axis=1)
+    return xb, yb
+
+
+def flip_worker_labels(
+    data: WorkerData, num_classes: int, *, workers: Optional[Sequence[int]] = None
+) -> WorkerData:
+    """Label-flipped copy of (some) workers' data, for the LF attack (``l -> K - 1 - l``).
+
+    With ``workers`` (indices into the worker axis, repeats allowed), returns
+    only those workers, e.g. the data whose flipped-label gradients the
+    Byzantine workers send; by default all workers. Padding rows are flipped
+    too but never sampled.
+    """
+    if workers is not None:
+        w = jnp.asarray(np.asarray(workers, dtype=np.int32))
+        data = WorkerData(data.x[w], data.y[w], data.counts[w])
+    return data._replace(y=label_flip(data.y, num_classes).astype(jnp.int32))

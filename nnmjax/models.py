@@ -1,0 +1,337 @@
+"""Flax models of the paper (Table 3) and small models for the ``digits`` data.
+
+All models map NHWC images to **log-probabilities** ``[B, num_classes]``; the
+loss is :func:`nll`, ``mean_j -log p(y_j | x_j)`` (the paper's NLL on a
+log-softmax output).
+
+``PaperCNN`` (MNIST / Fashion-MNIST, Table 3):
+``C(20)-R-M-C(20)-R-M-L(500)-R-L(10)-S`` with 5x5 VALID stride-1 convolutions
+and 2x2 max pooling; ``28 -> 24 -> 12 -> 8 -> 4``, flatten ``4*4*20 = 320``
+(in HWC order), ``-> 500 -> 10``; 176,050 parameters.
+
+``CifarCNN`` (CIFAR-10, Table 3):
+``C(64)-R-B-C(64)-R-B-M-D-C(128)-R-B-C(128)-R-B-M-D-L(128)-R-D-L(10)-S`` with
+5x5 VALID convolutions (the paper's "padding 0"), so
+``32 -> 28 -> 24 -> 12 -> 8 -> 4 -> 2``: the flatten is ``2*2*128 = 512``
+(both pools counted), ``-> 128 -> 10``; 789,706 parameters plus 768 BatchNorm
+statistics; dropout probability 0.25.
+
+BatchNorm in a distributed simulation: call
+``model.apply(variables, x, train=True, mutable=["batch_stats"],
+rngs={"dropout": key})``. Under ``jax.vmap`` over the worker axis each honest
+worker normalizes with *its own* minibatch statistics (as each worker would on
+its own machine) and returns its own updated running averages; the simulation
+reduces them with :func:`average_batch_stats` (mean over honest workers, an
+EMA of the honest workers' batch statistics; Byzantine workers never touch
+them). ``train=False`` uses the running averages and disables dropout.
+BatchNorm uses PyTorch's defaults (momentum 0.1, i.e. flax ``momentum=0.9``,
+``epsilon=1e-5``).
+
+Initialization follows PyTorch's defaults (weights and biases
+``U(-1/sqrt(fan_in), 1/sqrt(fan_in))``), as the paper's experiments were run in
+PyTorch and its learning rates (e.g. ``0.75``) are tuned for that scale.
+
+Convolution speed (``Conv5``): the kernel/bias parameters are those of
+``flax.linen.Conv`` (``kernel [k, k, cin, cout]``, ``bias [cout]``), so
+implementations are interchangeable on the same parameters:
+
+* ``"shift"``: ``y = b + sum_{i,j} x[:, i:i+Ho, j:j+Wo, :] @ K[i, j]``, one
+  einsum per kernel offset (k^2 shifted matmuls);
+* ``"im2col"``: the k^2 shifted slices concatenated on the channel axis, one
+  matmul with ``K`` reshaped to ``[k*k*cin, cout]``;
+* ``"xla"``: ``lax.conv_general_dilated`` (cuDNN on GPU);
+* ``"auto"`` (default): ``"shift"`` on CPU, ``"xla"`` elsewhere.
+
+Max pooling is a reshape + max (``pool="reshape"``) or ``flax.linen.max_pool``
+(``pool="flax"``).
+
+Measured on the 2-core x86 CPU used for development (jax 0.10.2, CPU; jitted
+``vmap(grad(nll))`` of ``PaperCNN`` over 17 workers x 25 images of 28x28, same
+parameters for every worker, median of 7 calls after compilation)::
+
+    impl (conv, pool)          ms / call
+    flax nn.Conv + max_pool    BENCH_FLAX
+    xla conv + reshape pool    BENCH_XLA
+    im2col + reshape pool      BENCH_IM2COL
+    shift + reshape pool       BENCH_SHIFT
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Callable, Sequence, Tuple
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+__all__ = [
+    "MODELS",
+    "CONV_IMPLS",
+    "Conv5",
+    "max_pool2",
+    "PaperCNN",
+    "CifarCNN",
+    "LogisticRegression",
+    "MLP",
+    "make_model",
+    "nll",
+    "accuracy",
+    "average_batch_stats",
+    "torch_kernel_init",
+    "param_count",
+]
+
+MODELS = ("paper_cnn", "cifar_cnn", "logreg", "mlp")
+CONV_IMPLS = ("auto", "shift", "im2col", "xla", "flax")
+POOL_IMPLS = ("reshape", "flax")
+
+Array = jax.Array
+
+
+# ------------------------------------------------------------------ initializers
+
+
+def torch_kernel_init(key, shape, dtype=jnp.float32):
+    """PyTorch's default Linear/Conv weight init: ``U(-1/sqrt(fan_in), 1/sqrt(fan_in))``.
+
+    ``fan_in`` is the product of all but the last axis (``k*k*cin`` for a
+    ``[k, k, cin, cout]`` kernel, ``din`` for a ``[din, dout]`` matrix).
+    """
+    bound = 1.0 / math.sqrt(math.prod(shape[:-1]))
+    return jax.random.uniform(key, shape, dtype, -bound, bound)
+
+
+def _torch_bias_init(fan_in: int) -> Callable:
+    bound = 1.0 / math.sqrt(fan_in)
+
+    def init(key, shape, dtype=jnp.float32):
+        return jax.random.uniform(key, shape, dtype, -bound, bound)
+
+    return init
+
+
+def _dense(features: int, fan_in: int, name: str | None = None) -> nn.Dense:
+    return nn.Dense(features, kernel_init=torch_kernel_init,
+                    bias_init=_torch_bias_init(fan_in), name=name)
+
+
+# ----------------------------------------------------------------- conv and pool
+
+
+def _resolve_impl(impl: str) -> str:
+    if impl not in CONV_IMPLS:
+        raise ValueError(f"impl: unknown convolution implementation {impl!r}; valid are {CONV_IMPLS}")
+    if impl == "auto":
+        return "shift" if jax.default_backend() == "cpu" else "xla"
+    return impl
+
+
+class Conv5(nn.Module):
+    """VALID, stride-1 2-D convolution, ``y[h, w] = b + sum_{i,j} x[h+i, w+j] @ K[i, j]``.
+
+    Parameters ``kernel [k, k, cin, cout]`` and ``bias [cout]`` match
+    ``flax.linen.Conv(features, (k, k), padding="VALID")``; ``impl`` picks the
+    formulation (see the module docstring for timings). Input ``[..., H, W, cin]``.
+    """
+
+    features: int
+    kernel_size: int = 5
+    impl: str = "auto"
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        k = self.kernel_size
+        cin = x.shape[-1]
+        kernel = self.param("kernel", torch_kernel_init, (k, k, cin, self.features))
+        bias = self.param("bias", _torch_bias_init(k * k * cin), (self.features,))
+        kernel = kernel.astype(x.dtype)
+        H, W = x.shape[-3], x.shape[-2]
+        Ho, Wo = H - k + 1, W - k + 1
+        if Ho < 1 or Wo < 1:
+            raise ValueError(f"x: spatial size {(H, W)} is smaller than the {k}x{k} kernel")
+        impl = _resolve_impl(self.impl)
+        if impl == "shift":
+            y = None
+            for i in range(k):
+                for j in range(k):
+                    t = jnp.einsum("...hwc,cd->...hwd", x[..., i:i + Ho, j:j + Wo, :], kernel[i, j])
+                    y = t if y is None else y + t
+        elif impl == "im2col":
+            cols = jnp.concatenate(
+                [x[..., i:i + Ho, j:j + Wo, :] for i in range(k) for j in range(k)], axis=-1)
+            y = cols @ kernel.reshape(k * k * cin, self.features)
+        else:  # "xla" and "flax": lax.conv_general_dilated (what nn.Conv calls)
+            batch = x.shape[:-3]
+            xx = x.reshape((-1,) + x.shape[-3:])
+            y = jax.lax.conv_general_dilated(
+                xx, kernel, (1, 1), "VALID", dimension_numbers=("NHWC", "HWIO", "NHWC"))
+            y = y.reshape(batch + y.shape[1:])
+        return y + bias
+
+
+def max_pool2(x: Array) -> Array:
+    """2x2, stride-2 max pooling of ``[..., H, W, C]`` via reshape + max (floor on odd sizes)."""
+    H2, W2 = x.shape[-3] // 2, x.shape[-2] // 2
+    x = x[..., : 2 * H2, : 2 * W2, :]
+    x = x.reshape(x.shape[:-3] + (H2, 2, W2, 2, x.shape[-1]))
+    return x.max(axis=(-4, -2))
+
+
+def _pool(x: Array, pool: str) -> Array:
+    if pool == "reshape":
+        return max_pool2(x)
+    if pool == "flax":
+        return nn.max_pool(x, (2, 2), strides=(2, 2), padding="VALID")
+    raise ValueError(f"pool: unknown pooling {pool!r}; valid are {POOL_IMPLS}")
+
+
+def _conv(features: int, impl: str, name: str, cin: int):
+    if impl == "flax":  # the reference formulation, same parameters and initializers
+        return nn.Conv(features, (5, 5), padding="VALID", name=name,
+                       kernel_init=torch_kernel_init, bias_init=_torch_bias_init(25 * cin))
+    return Conv5(features, 5, impl=impl, name=name)
+
+
+# ------------------------------------------------------------------------ models
+
+
+def _check_spatial(name: str, input_shape: Sequence[int], minimum: int) -> None:
+    if len(input_shape) != 3:
+        raise ValueError(f"input_shape: expected (H, W, C), got {tuple(input_shape)}")
+    if min(input_shape[0], input_shape[1]) < minimum:
+        raise ValueError(
+            f"input_shape: {name} needs images of at least {minimum}x{minimum} "
+            f"(two 5x5 VALID convs and pools); got {tuple(input_shape)}. "
+            "For 8x8 digits use 'logreg' or 'mlp'."
+        )
+
+
+class PaperCNN(nn.Module):
+    """The paper's MNIST/Fashion-MNIST CNN (Table 3): ``C(20)-R-M-C(20)-R-M-L(500)-R-L(10)-S``.
+
+    ``impl`` selects the convolution formulation and ``pool`` the max pooling
+    (all share one parameter tree). Returns log-probabilities ``[B, num_classes]``.
+    """
+
+    num_classes: int = 10
+    impl: str = "auto"
+    pool: str = "reshape"
+
+    @nn.compact
+    def __call__(self, x: Array, train: bool = False) -> Array:
+        del train  # no dropout / batch norm
+        x = _pool(nn.relu(_conv(20, self.impl, "Conv_0", x.shape[-1])(x)), self.pool)
+        x = _pool(nn.relu(_conv(20, self.impl, "Conv_1", 20)(x)), self.pool)
+        x = x.reshape(x.shape[:-3] + (-1,))
+        x = nn.relu(_dense(500, x.shape[-1], "Dense_0")(x))
+        x = _dense(self.num_classes, 500, "Dense_1")(x)
+        return nn.log_softmax(x)
+
+
+class CifarCNN(nn.Module):
+    """The paper's CIFAR-10 CNN (Table 3), see the module docstring for shapes and BatchNorm.
+
+    ``C(64)-R-B-C(64)-R-B-M-D-C(128)-R-B-C(128)-R-B-M-D-L(128)-R-D-L(10)-S``.
+    ``train=True`` uses batch statistics (``mutable=["batch_stats"]``) and
+    dropout (needs ``rngs={"dropout": key}``).
+    """
+
+    num_classes: int = 10
+    dropout_rate: float = 0.25
+    impl: str = "auto"
+    pool: str = "reshape"
+
+    @nn.compact
+    def __call__(self, x: Array, train: bool = False) -> Array:
+        def bn(name):
+            return nn.BatchNorm(use_running_average=not train, momentum=0.9,
+                                epsilon=1e-5, name=name)
+
+        x = bn("BatchNorm_0")(nn.relu(_conv(64, self.impl, "Conv_0", x.shape[-1])(x)))
+        x = bn("BatchNorm_1")(nn.relu(_conv(64, self.impl, "Conv_1", 64)(x)))
+        x = nn.Dropout(self.dropout_rate, deterministic=not train)(_pool(x, self.pool))
+        x = bn("BatchNorm_2")(nn.relu(_conv(128, self.impl, "Conv_2", 64)(x)))
+        x = bn("BatchNorm_3")(nn.relu(_conv(128, self.impl, "Conv_3", 128)(x)))
+        x = nn.Dropout(self.dropout_rate, deterministic=not train)(_pool(x, self.pool))
+        x = x.reshape(x.shape[:-3] + (-1,))
+        x = nn.relu(_dense(128, x.shape[-1], "Dense_0")(x))
+        x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
+        x = _dense(self.num_classes, 128, "Dense_1")(x)
+        return nn.log_softmax(x)
+
+
+class LogisticRegression(nn.Module):
+    """Multinomial logistic regression: ``log_softmax(W flatten(x) + b)``."""
+
+    num_classes: int = 10
+
+    @nn.compact
+    def __call__(self, x: Array, train: bool = False) -> Array:
+        del train
+        x = x.reshape(x.shape[:-3] + (-1,))
+        return nn.log_softmax(_dense(self.num_classes, x.shape[-1])(x))
+
+
+class MLP(nn.Module):
+    """One-hidden-layer perceptron: ``L(hidden)-R-L(num_classes)-S`` on flattened inputs."""
+
+    num_classes: int = 10
+    hidden: int = 64
+
+    @nn.compact
+    def __call__(self, x: Array, train: bool = False) -> Array:
+        del train
+        x = x.reshape(x.shape[:-3] + (-1,))
+        x = nn.relu(_dense(self.hidden, x.shape[-1])(x))
+        return nn.log_softmax(_dense(self.num_classes, self.hidden)(x))
+
+
+def make_model(name: str, num_classes: int = 10,
+               input_shape: Tuple[int, int, int] = (28, 28, 1), **options: Any) -> nn.Module:
+    """Builds a model by name: ``"paper_cnn"``, ``"cifar_cnn"``, ``"logreg"``, ``"mlp"``.
+
+    ``input_shape`` is ``(H, W, C)`` of one image and is checked against the
+    architecture; ``options`` go to the module (e.g. ``impl="xla"``,
+    ``hidden=128``).
+    """
+    if name not in MODELS:
+        raise ValueError(f"name: unknown model {name!r}; valid models are {MODELS}")
+    if isinstance(num_classes, bool) or int(num_classes) != num_classes or num_classes < 2:
+        raise ValueError(f"num_classes: must be an integer >= 2, got {num_classes!r}")
+    input_shape = tuple(int(s) for s in input_shape)
+    if len(input_shape) != 3:
+        raise ValueError(f"input_shape: expected (H, W, C), got {input_shape}")
+    if name == "paper_cnn":
+        _check_spatial(name, input_shape, 16)
+        return PaperCNN(num_classes=num_classes, **options)
+    if name == "cifar_cnn":
+        _check_spatial(name, input_shape, 28)
+        return CifarCNN(num_classes=num_classes, **options)
+    if name == "logreg":
+        return LogisticRegression(num_classes=num_classes, **options)
+    return MLP(num_classes=num_classes, **options)
+
+
+# ------------------------------------------------------------------ loss & utils
+
+
+def nll(log_probs: Array, labels: Array) -> Array:
+    """Negative log-likelihood ``mean_j -log_probs[j, labels[j]]`` (paper's NLL loss)."""
+    picked = jnp.take_along_axis(log_probs, labels[..., None].astype(jnp.int32), axis=-1)
+    return -jnp.mean(picked)
+
+
+def accuracy(log_probs: Array, labels: Array) -> Array:
+    """Fraction of ``argmax(log_probs) == labels``."""
+    return jnp.mean(jnp.argmax(log_probs, axis=-1) == labels)
+
+
+def average_batch_stats(batch_stats: Any) -> Any:
+    """Means every leaf over its leading (worker) axis: combines per-worker BatchNorm stats."""
+    return jax.tree_util.tree_map(lambda s: jnp.mean(s, axis=0), batch_stats)
+
+
+def param_count(params: Any) -> int:
+    """Total number of scalars in a parameter pytree."""
+    return sum(int(math.prod(p.shape)) for p in jax.tree_util.tree_leaves(params))

@@ -1,0 +1,171 @@
+"""The optax transforms, the simulator, configs, records and the `nnmjax run` job."""
+import json
+import os
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import nnmjax
+from nnmjax import results, transforms as T
+from nnmjax.config import Config, load_config, parse_set
+from nnmjax.grid import run_grid
+from nnmjax.simulate import build_experiment
+
+TINY = ["steps=6", "eval_every=3", "seeds=[1]", "n=7", "f=2", "batch_size=5", "model='logreg'"]
+
+
+def _loss(params, x, y):
+    logp = jax.nn.log_softmax(x @ params["w"] + params["b"])
+    return -jnp.mean(jnp.take_along_axis(logp, y[:, None], axis=1))
+
+
+def test_chain_equals_hand_written_algorithm_3():
+    h, f, beta, lr = 5, 2, 0.9, 0.3
+    key = jax.random.key(0)
+    xs = jax.random.normal(key, (4, h, 6, 3))
+    ys = jax.random.randint(jax.random.key(1), (4, h, 6), 0, 2)
+    params = {"w": jnp.zeros((3, 2)), "b": jnp.zeros(2)}
+    rule = nnmjax.rule("nnm+cwtm", f)
+    server = optax.chain(T.clip_by_worker_norm(1.0), T.worker_momentum(beta, h),
+                         T.inject_attack("sign_flipping", f), T.robust_aggregate(rule), optax.sgd(lr))
+    state = server.init(params)
+    p_ref = {k: np.asarray(v, np.float64) for k, v in params.items()}
+    m_ref = np.zeros((h, 8))
+    p = params
+    for t in range(4):
+        grads = jax.vmap(jax.grad(_loss), in_axes=(None, 0, 0))(p, xs[t], ys[t])
+        upd, state = server.update(grads, state, p)
+        p = optax.apply_updates(p, upd)
+        # reference: Algorithm 3 by hand on flattened vectors
+        g = np.stack([np.concatenate([np.ravel(jax.grad(_loss)(
+            {k: jnp.asarray(v, jnp.float32) for k, v in p_ref.items()}, xs[t, i], ys[t, i])[k])
+            for k in ("b", "w")]) for i in range(h)])
+        g = g * np.minimum(1.0, 1.0 / np.linalg.norm(g, axis=1, keepdims=True))
+        m_ref = beta * m_ref + (1 - beta) * g
+        byz = np.repeat(-m_ref.mean(0, keepdims=True), f, axis=0)
+        R = np.asarray(rule(jnp.asarray(np.concatenate([m_ref, byz]), jnp.float32)))
+        p_ref = {"b": p_ref["b"] - lr * R[:2], "w": p_ref["w"] - lr * R[2:].reshape(3, 2)}
+        np.testing.assert_allclose(np.asarray(p["w"]), p_ref["w"], rtol=1e-4, atol=1e-6)
+        np.testing.assert_allclose(np.asarray(p["b"]), p_ref["b"], rtol=1e-4, atol=1e-6)
+
+
+def test_transform_errors():
+    with pytest.raises(ValueError, match="max_norm"):
+        T.clip_by_worker_norm(0.0)
+    with pytest.raises(ValueError, match="beta"):
+        T.worker_momentum(1.0, 3)
+    with pytest.raises(ValueError, match="unknown attack"):
+        T.inject_attack("nope", 2)
+    with pytest.raises(ValueError, match="rule="):
+        T.inject_attack("optimal_alie", 2)
+
+
+@pytest.fixture(scope="module")
+def tiny_config():
+    return load_config(None, TINY + ["attacks=['alie']", "rules=['nnm+cwtm']", "baseline=false"])
+
+
+def test_vmapped_seeds_equal_one_by_one_and_repeatable(tiny_config):
+    both = build_experiment(tiny_config, "optimal_alie", "nnm+cwtm", [1, 2])
+    s, (loss, kappa) = both.run_chunk(both.init(), 4)
+    for i, seed in enumerate([1, 2]):
+        one = build_experiment(tiny_config, "optimal_alie", "nnm+cwtm", [seed])
+        s1, (l1, k1) = one.run_chunk(one.init(), 4)
+        np.testing.assert_allclose(np.asarray(loss[i]), np.asarray(l1[0]), rtol=2e-5, atol=1e-6)
+        np.testing.assert_allclose(np.asarray(kappa[i]), np.asarray(k1[0]), rtol=2e-4, atol=1e-5)
+    again = build_experiment(tiny_config, "optimal_alie", "nnm+cwtm", [1, 2])
+    _, (loss2, _) = again.run_chunk(again.init(), 4)
+    np.testing.assert_array_equal(np.asarray(loss), np.asarray(loss2))
+
+
+@pytest.mark.parametrize("attack,rule", [("label_flipping", "bucketing+cwtm"), ("mimic", "krum"),
+                                         ("gaussian", "gm")])
+def test_every_attack_kind_runs(tiny_config, attack, rule):
+    exp = build_experiment(tiny_config, attack, rule, [3])
+    s, (loss, kappa) = exp.run_chunk(exp.init(), 3)
+    assert np.all(np.isfinite(np.asarray(loss)))
+    acc = np.asarray(exp.evaluate(s))
+    assert acc.shape == (1,) and 0 <= acc[0] <= 1
+
+
+def test_dgd_runs(tiny_config):
+    import dataclasses
+    cfg = dataclasses.replace(tiny_config, algorithm="dgd")
+    exp = build_experiment(cfg, "sign_flipping", "cwmed", [1])
+    _, (loss, _) = exp.run_chunk(exp.init(), 2)
+    assert np.all(np.isfinite(np.asarray(loss)))
+
+
+@pytest.mark.parametrize("item,match", [
+    ("bogus=1", "unknown config key 'bogus'"),
+    ("f=9", "2f < n"),
+    ("alpha=0", "alpha"),
+    ("attacks=['nope']", "unknown attack"),
+    ("rules=['cwtm+nnm']", "rules"),
+    ("model='resnet'", "model"),
+    ("steps=0", "steps"),
+])
+def test_config_errors(item, match):
+    with pytest.raises(ValueError, match=match):
+        load_config(None, [item])
+
+
+def test_parse_set_and_missing_files(tmp_path):
+    assert parse_set(["steps=200", "rules=[\"nnm+cwtm\"]", "dataset=mnist"]) == {
+        "steps": 200, "rules": ["nnm+cwtm"], "dataset": "mnist"}
+    with pytest.raises(FileNotFoundError):
+        load_config(tmp_path / "nope.toml")
+    cfg = load_config(None, TINY + [f"dataset='mnist'", f"data_dir='{tmp_path}'"])
+    with pytest.raises(FileNotFoundError, match=str(tmp_path)):
+        run_grid(cfg, tmp_path / "out", progress=False)
+
+
+def test_grid_records_resume_and_corruption(tmp_path, tiny_config):
+    import dataclasses
+    cfg = dataclasses.replace(tiny_config, attacks=("alie", "sign_flipping"), baseline=True)
+    recs = run_grid(cfg, tmp_path, progress=False)
+    assert len(recs) == 3
+    files = sorted((tmp_path / "runs").glob("*.json"))
+    assert len(files) == 3
+    mtimes = [f.stat().st_mtime_ns for f in files]
+    import csv
+    rows = list(csv.DictReader(open(tmp_path / "summary.csv")))
+    assert len(rows) == 3 and set(results.SUMMARY_COLUMNS) <= set(rows[0])
+    run_grid(cfg, tmp_path, progress=False)  # nothing to do
+    assert [f.stat().st_mtime_ns for f in files] == mtimes
+    files[0].write_text("{not json")
+    with pytest.raises(results.CorruptRecordError, match=files[0].name):
+        run_grid(cfg, tmp_path, progress=False)
+    assert files[0].read_text() == "{not json"
+
+
+def test_cli_run_table_plot(tmp_path, capsys):
+    from nnmjax.cli import main
+    args = ["run", "--out", str(tmp_path)] + [a for s in TINY for a in ("--set", s)] + [
+        "--set", "attacks=['sign_flipping']", "--set", "rules=['cwtm','nnm+cwtm']", "--quiet"]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "nnm+cwtm" in out and "worst case" in out
+    assert (tmp_path / "summary.csv").exists() and (tmp_path / "table.md").exists()
+    assert (tmp_path / "plots" / "accuracy.png").exists() and (tmp_path / "plots" / "kappa.png").exists()
+    assert main(["table", str(tmp_path)]) == 0
+    assert main(["plot", str(tmp_path)]) == 0
+    with pytest.raises(SystemExit):
+        main(["run", "--set", "f=100", "--out", str(tmp_path)])
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/usr/share/datasets/fashion-mnist").is_dir()
+                    and not os.environ.get("NNMJAX_DATA_DIR"),
+                    reason="Fashion-MNIST not installed (apt-get install dataset-fashion-mnist)")
+def test_fashion_mnist_paper_setting_reaches_65_percent(tmp_path):
+    """Paper setting: D-SHB, n=17, f=4, Dirichlet alpha=0.1, ALIE vs nnm+cwtm, 200 steps."""
+    cfg = load_config(None, ["dataset='fashion_mnist'", "model='paper_cnn'", "steps=200",
+                             "lr=0.75", "attacks=['alie']", "rules=['nnm+cwtm']", "baseline=false",
+                             "eval_every=50", "augment_flip=true", "seeds=[1]"])
+    rec, = run_grid(cfg, tmp_path, progress=False)
+    assert rec["summary"]["max_test_acc"] >= 0.65, rec["curves"]["test_acc"]
