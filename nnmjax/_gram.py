@@ -16,6 +16,8 @@ import jax
 import jax.numpy as jnp
 
 _CHUNK = 1 << 16
+#: Up to this many rows, combinations are unrolled sums that fuse with their consumer.
+UNROLL_MAX_N = 32
 
 
 def gram(x):
@@ -61,12 +63,10 @@ def combine(c, x):
     coefficient is zero (never ``0 * inf = nan``). For small ``n`` the sum is
     unrolled so that it fuses with what consumes it; otherwise one matmul.
     """
-    from nnmjax._order import NETWORK_MAX_N
-
     c = c.astype(x.dtype)
     x = jnp.where(jnp.isfinite(x), x, 0.0)
     n = x.shape[0]
-    if n > NETWORK_MAX_N:
+    if n > UNROLL_MAX_N:
         return jnp.matmul(c, x, precision=jax.lax.Precision.HIGHEST)
     if c.ndim == 1:
         return sum(c[j] * x[j] for j in range(n))

@@ -6,15 +6,22 @@ odd-even merge sorting network, row against row: every compare-exchange is a
 ``minimum``/``maximum`` of two ``(d,)`` rows, so the whole network (and the
 reduction that follows) fuses into a single pass over ``x``. XLA prunes the
 comparators an output does not need (a median keeps only a selection network).
-Past ``NETWORK_MAX_N`` rows the network's fusion breaks down and we sort.
+XLA's CPU fusion degrades past ~500 comparators (n ~ 64), so for
+``64 < n <= NETWORK_MAX_N`` the network runs in stages of ``STAGE`` comparators
+separated by ``optimization_barrier`` (one materialisation per stage; measured
+~30-50 ms at (100, 1e5) against ~900 ms for ``jnp.sort``). Past
+``NETWORK_MAX_N`` rows we sort.
 """
 from __future__ import annotations
 
 import functools
 
+import jax
 import jax.numpy as jnp
 
-NETWORK_MAX_N = 32
+NETWORK_MAX_N = 128
+FUSED_MAX_N = 64
+STAGE = 96
 
 
 @functools.lru_cache(maxsize=None)
@@ -62,8 +69,13 @@ def sorted_rows(x):
     if n > NETWORK_MAX_N:
         return jnp.sort(x, axis=0)
     rows = [x[i] for i in range(n)]
-    for a, b in batcher_pairs(n):
-        rows[a], rows[b] = jnp.minimum(rows[a], rows[b]), jnp.maximum(rows[a], rows[b])
+    pairs = batcher_pairs(n)
+    stage = len(pairs) if n <= FUSED_MAX_N else STAGE
+    for start in range(0, len(pairs), stage):
+        if start:
+            rows = list(jax.lax.optimization_barrier(tuple(rows)))
+        for a, b in pairs[start:start + stage]:
+            rows[a], rows[b] = jnp.minimum(rows[a], rows[b]), jnp.maximum(rows[a], rows[b])
     return rows
 
 
