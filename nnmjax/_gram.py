@@ -1,8 +1,9 @@
 """Pairwise geometry of the worker rows from one Gram matrix.
 
 Every distance-based rule (NNM, Krum, Multi-Krum, GM, MDA, MoNNA, CAF, SMEA,
-centered clipping) needs only the ``n x n`` Gram matrix ``G = x x^T``: squared
-distances are ``G_ii + G_jj - 2 G_ij`` and an output that is a combination
+centered clipping) needs only the ``n x n`` Gram matrix ``G = x' x'^T`` of the rows
+centred on a coordinate-wise median (for float32 accuracy): squared distances are
+``G_ii + G_jj - 2 G_ij`` and an output that is a combination
 ``c^T x`` of the rows is formed with one final ``(n,) @ (n, d)`` product. So
 each rule reads ``x`` twice (Gram and combination), whatever its iterations.
 
@@ -18,26 +19,53 @@ import jax.numpy as jnp
 _CHUNK = 1 << 16
 #: Up to this many rows, combinations are unrolled sums that fuse with their consumer.
 UNROLL_MAX_N = 32
+#: Rows used for the centring median (evenly spaced when ``n`` is larger).
+CENTRE_ROWS = 33
 
 
-def gram(x):
-    """``x @ x.T`` summed over column chunks (faster on CPU for large ``d``)."""
-    d = x.shape[1]
+def _chunks(d: int):
     if d <= 2 * _CHUNK:
-        return jnp.matmul(x, x.T, precision=jax.lax.Precision.HIGHEST)
+        return [(0, d)]
+    return [(i, min(i + _CHUNK, d)) for i in range(0, d, _CHUNK)]
+
+
+def gram(x, centre=None):
+    """``(x - centre)(x - centre)^T`` summed over column chunks (faster on CPU for large ``d``,
+    and the centred copy of each chunk stays in cache)."""
     out = None
-    for i in range(0, d, _CHUNK):
-        c = x[:, i:i + _CHUNK]
+    for i, j in _chunks(x.shape[1]):
+        c = x[:, i:j] if centre is None else x[:, i:j] - centre[i:j]
         g = jnp.matmul(c, c.T, precision=jax.lax.Precision.HIGHEST)
         out = g if out is None else out + g
     return out
 
 
+def robust_centre(x):
+    """A coordinate-wise median of (at most ``CENTRE_ROWS`` evenly spaced) sanitised rows.
+
+    Distances are translation invariant; centring first keeps ``G_ii + G_jj - 2 G_ij``
+    accurate in float32 when all rows share a large common component.
+    """
+    from nnmjax import _order
+
+    n = x.shape[0]
+    rows = x if n <= CENTRE_ROWS else x[:: -(-n // CENTRE_ROWS)]
+    s = _order.sorted_rows(_order.sanitize(rows))
+    m = rows.shape[0]
+    return s[m // 2] if m % 2 else 0.5 * s[m // 2 - 1] + 0.5 * s[m // 2]
+
+
 class Geometry:
-    """Gram matrix, far-row mask and squared distances of the rows of ``x``."""
+    """Centred Gram matrix, far-row mask and squared distances of the rows of ``x``.
+
+    With ``x' = x - centre``: ``gram = x' x'^T`` (zeroed on far rows), ``sqnorm_i =
+    ||x'_i||^2`` and ``sqdist_ij = ||x_i - x_j||^2`` (``inf`` to and from far rows).
+    """
 
     def __init__(self, x):
-        g = gram(x)
+        self.x = x
+        self.centre = robust_centre(x)
+        g = gram(x, self.centre)
         sq = jnp.diagonal(g)
         self.far = ~jnp.isfinite(sq)
         pair_far = self.far[:, None] | self.far[None, :]
@@ -50,10 +78,22 @@ class Geometry:
         self.sqnorm = sq
 
     def dist_to_combination(self, c):
-        """Squared distances ``||c^T x - x_i||^2`` for coefficients ``c`` (zero on far rows)."""
+        """Squared distances ``||c^T x - x_i||^2`` for coefficients ``c`` summing to 1
+        (``inf`` for far rows)."""
         gc = self.gram @ c
         d2 = c @ gc - 2.0 * gc + self.sqnorm
         return jnp.where(self.far, jnp.inf, jnp.maximum(d2, 0.0))
+
+    def inner(self, v):
+        """``(x'_i . v', ||v'||^2)`` for a point ``v`` (``v' = v - centre``); one pass over ``x``,
+        zero on far rows."""
+        vc = v - self.centre
+        out = None
+        for i, j in _chunks(self.x.shape[1]):
+            xc = jnp.where(self.far[:, None], 0.0, self.x[:, i:j] - self.centre[i:j])
+            b = jnp.matmul(xc, vc[i:j], precision=jax.lax.Precision.HIGHEST)
+            out = b if out is None else out + b
+        return out, jnp.dot(vc, vc, precision=jax.lax.Precision.HIGHEST)
 
 
 def combine(c, x):

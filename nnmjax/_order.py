@@ -70,7 +70,7 @@ def sorted_rows(x):
         return jnp.sort(x, axis=0)
     rows = [x[i] for i in range(n)]
     pairs = batcher_pairs(n)
-    stage = len(pairs) if n <= FUSED_MAX_N else STAGE
+    stage = max(1, len(pairs)) if n <= FUSED_MAX_N else STAGE
     for start in range(0, len(pairs), stage):
         if start:
             rows = list(jax.lax.optimization_barrier(tuple(rows)))

@@ -143,17 +143,18 @@ def multikrum(x, f: int, *, m: int | None = None):
     return _gram.combine(c, x)
 
 
-def gm(x, f: int = 0, *, nu: float = 1e-6, max_iter: int = 100, tol: float = 1e-6,
+def gm(x, f: int = 0, *, nu: float = 1e-6, max_iter: int = 200, tol: float = 1e-6,
        init: str = "medoid"):
     """Geometric median ``argmin_z sum_i ||z - x_i||`` (Appendix 8.1.3) by smoothed Weiszfeld
     (Pillutla et al., 2022): ``z <- sum_i w_i x_i / sum_i w_i``, ``w_i = 1 / max(nu, ||z - x_i||)``.
 
-    Iterates in the span of the rows via the Gram matrix, so ``max_iter`` costs
-    ``O(n^2)`` each, not a pass over ``x``; stops (freezes) once the relative
-    decrease of the objective is ``<= tol``. ``init="medoid"`` starts at the average
+    Iterates in the span of the rows via the centred Gram matrix, so each of the
+    ``max_iter`` iterations costs ``O(n^2)``, not a pass over ``x``. Stops (freezes) once
+    a step moves ``z`` by at most ``tol`` times the mean distance ``(1/n) sum_i ||z - x_i||``
+    (``tol=0``: run all ``max_iter`` iterations). ``init="medoid"`` starts at the average
     of the ``n - f`` nearest rows of the medoid (the row with the smallest sum of distances
-    to its ``n - f`` nearest rows), which is robust and rarely a data point;
-    ``init="zero"`` starts at the origin (ByzFL: ``nu=0.1, max_iter=3, tol=0``).
+    to its ``n - f`` nearest rows); ``init="zero"`` starts at the origin (ByzFL's
+    ``GeometricMedian()`` is ``nu=0.1, max_iter=3, tol=0, init="zero"``).
     Differentiable (a fixed-length ``lax.scan``).
     (f, kappa)-robust with ``kappa = 4 (1 + f/(n-2f))^2`` (Proposition 4).
     """
@@ -167,37 +168,32 @@ def gm(x, f: int = 0, *, nu: float = 1e-6, max_iter: int = 100, tol: float = 1e-
     geo = _gram.Geometry(x)
     live = (~geo.far).astype(x.dtype)
 
-    def step(d2):
+    def weights(d2):
         w = live / jnp.maximum(nu, jnp.sqrt(d2))
         return w / jnp.sum(w)
 
-    def objective(d2):
-        return jnp.sum(jnp.where(geo.far, 0.0, jnp.sqrt(d2)))
-
     if init == "zero":
-        c = step(geo.sqnorm)
+        b, vv = geo.inner(jnp.zeros_like(geo.centre))
+        c = weights(jnp.where(geo.far, jnp.inf, jnp.maximum(geo.sqnorm - 2 * b + vv, 0.0)))
+        iters = max_iter - 1
     else:
         score = jnp.sum(jnp.sort(jnp.sqrt(geo.sqdist), axis=1)[:, : n - f], axis=1)
         nbrs = _gram.nearest(geo.sqdist, n - f)[jnp.argmin(score)]
         c = jnp.zeros((n,), x.dtype).at[nbrs].set(1.0 / (n - f))
-    d2 = geo.dist_to_combination(c)
+        iters = max_iter
 
     def body(carry, _):
-        c, d2, obj, done = carry
-        c_new = step(d2)
-        d2_new = geo.dist_to_combination(c_new)
-        obj_new = objective(d2_new)
-        stop = done | (obj - obj_new <= tol * obj_new)
-        keep = done
-        c = jnp.where(keep, c, c_new)
-        d2 = jnp.where(keep, d2, d2_new)
-        obj = jnp.where(keep, obj, obj_new)
-        return (c, d2, obj, stop), None
+        c, done = carry
+        d2 = geo.dist_to_combination(c)
+        c_new = weights(d2)
+        delta = c_new - c
+        step2 = delta @ geo.gram @ delta
+        scale = jnp.sum(jnp.where(geo.far, 0.0, jnp.sqrt(d2))) / jnp.sum(live)
+        stop = done | ((tol > 0) & (step2 <= jnp.square(tol * scale)))
+        return (jnp.where(done, c, c_new), stop), None
 
-    iters = max_iter - 1 if init == "zero" else max_iter
     if iters > 0:
-        (c, _, _, _), _ = jax.lax.scan(body, (c, d2, objective(d2), jnp.array(tol < 0)),
-                                       None, length=iters)
+        (c, _), _ = jax.lax.scan(body, (c, jnp.array(False)), None, length=iters)
     return _gram.combine(c, x)
 
 
@@ -218,7 +214,9 @@ def cclip(x, f: int = 0, *, tau: float = 100.0, n_iter: int = 1, init=None):
     (default the origin; in training, the previous aggregate):
     ``v <- v + (1/n) sum_i (x_i - v) min(1, tau / ||x_i - v||)``.
 
-    Rows at infinite distance get weight zero. ByzFL's defaults: ``tau=100, n_iter=1``.
+    Iterates on coefficients ``v = a v0 + c^T x`` (``a + sum c = 1``) with centred Gram
+    distances. Rows at infinite distance get weight zero. ByzFL's defaults:
+    ``tau=100, n_iter=1``.
     """
     x, f = _prepare(x, f, "cclip")
     check_positive(tau, name="tau", rule="cclip")
@@ -228,9 +226,7 @@ def cclip(x, f: int = 0, *, tau: float = 100.0, n_iter: int = 1, init=None):
     if v0.shape != (d,):
         raise ValueError(f"init must have shape ({d},) for cclip; got {v0.shape}")
     geo = _gram.Geometry(x)
-    xs = jnp.where(geo.far[:, None], 0.0, x)
-    bv = jnp.matmul(xs, v0, precision=jax.lax.Precision.HIGHEST)
-    vv = jnp.dot(v0, v0)
+    bv, vv = geo.inner(v0)  # centred: (x_i - centre) . (v0 - centre), ||v0 - centre||^2
     a = jnp.ones((), x.dtype)
     c = jnp.zeros((n,), x.dtype)
     for _ in range(n_iter):
@@ -283,7 +279,10 @@ def caf(x, f: int):
     remembered ``mu``.
 
     The eigenpair is exact and deterministic (``eigh`` of the ``n x n`` weighted, centred Gram
-    matrix), unlike ByzFL's single random power iteration. At most ``n`` filtering rounds.
+    matrix), unlike ByzFL's single random power iteration. ``max tau`` is taken over rows
+    that still have weight, so every round zeroes at least one row and at most ``n`` rounds
+    run (ByzFL takes it over all rows, including already-zeroed ones, which can take many
+    more rounds and end elsewhere).
     """
     x, f = _prepare(x, f, "caf")
     n = x.shape[0]
@@ -298,16 +297,18 @@ def caf(x, f: int):
         w = c / jnp.where(csum > 0, csum, 1.0)
         proj = eye - w[None, :]  # rows: e_i - w, so (proj @ x)_i = x_i - mu
         k = proj @ geo.gram @ proj.T
-        sq = jnp.sqrt(w)
+        sq = jnp.sqrt(jnp.maximum(w, 0.0))
         lams, us = jnp.linalg.eigh(sq[:, None] * k * sq[None, :])
         lam, u = lams[-1], us[:, -1]
-        tau = jnp.square(k @ (sq * u)) / jnp.maximum(lam, jnp.finfo(x.dtype).tiny)
+        tau = jnp.square((k @ (sq * u)) / jnp.sqrt(jnp.maximum(lam, jnp.finfo(x.dtype).tiny)))
+        tau = jnp.where(c > 0, tau, 0.0)
         tmax = jnp.max(tau)
         improve = active & (lam < best_lam)
         best_w = jnp.where(improve, w, best_w)
         best_lam = jnp.where(improve, lam, best_lam)
         step = active & (tmax > 0)
-        c = jnp.where(step, c * (1.0 - tau / jnp.where(tmax > 0, tmax, 1.0)), c)
+        shrunk = jnp.where(tau >= tmax, 0.0, c * (1.0 - tau / jnp.where(tmax > 0, tmax, 1.0)))
+        c = jnp.where(step, jnp.maximum(shrunk, 0.0), c)
         return (c, best_w, best_lam, done | ~step), None
 
     init = (live, live / jnp.sum(live), jnp.array(jnp.inf, x.dtype), jnp.array(False))

@@ -27,8 +27,8 @@ __all__ = ["sign_flipping", "foe", "alie", "optimal_foe", "optimal_alie", "mimic
            "gaussian", "MimicState", "mimic_init", "mimic_update", "alie_z_max", "ATTACKS",
            "DEFAULT_ETAS"]
 
-#: The default search grid of the optimal attacks: 0 and a geometric range to 1e3.
-DEFAULT_ETAS = (0.0,) + tuple(float(v) for v in jnp.geomspace(1e-2, 1e3, 63))
+#: The default search grid of the optimal attacks: 0 and 48 geometric steps from 1e-2 to 1e6.
+DEFAULT_ETAS = (0.0,) + tuple(float(v) for v in jnp.geomspace(1e-2, 1e6, 48))
 
 
 def _prepare(honest, f, name):
@@ -83,7 +83,7 @@ def inf(honest, f: int):
     return jnp.full((f, honest.shape[1]), jnp.inf, honest.dtype)
 
 
-def gaussian(honest, f: int, *, key, mu: float = 0.0, sigma: float = 200.0):
+def gaussian(honest, f: int, *, key=None, mu: float = 0.0, sigma: float = 200.0):
     """Each Byzantine worker sends an independent draw of ``N(mu, sigma^2 I)``."""
     honest, f = _prepare(honest, f, "gaussian")
     if key is None:
@@ -91,8 +91,11 @@ def gaussian(honest, f: int, *, key, mu: float = 0.0, sigma: float = 200.0):
     return mu + sigma * jax.random.normal(key, (f, honest.shape[1]), honest.dtype)
 
 
-def _search(honest, f, rule, etas, direction, refine):
-    """Evaluate ``s + eta * direction`` for every ``eta`` in one vmap; return the most damaging."""
+def _search(honest, f, rule, etas, direction, refine, zooms, brackets):
+    """Evaluate ``s + eta * direction`` for every ``eta`` in one vmap, then around each of the
+    ``brackets`` best grid points ``zooms`` times evaluate ``refine`` points between the
+    neighbours of that bracket's best point (one vmap per zoom); return the most damaging
+    rows and their ``eta``."""
     s = jnp.mean(honest, axis=0)
 
     def damage(eta):
@@ -101,37 +104,47 @@ def _search(honest, f, rule, etas, direction, refine):
         err = jnp.sum(jnp.square(out - s))
         return jnp.where(jnp.isfinite(err), err, -1.0)
 
-    etas = jnp.asarray(etas, honest.dtype)
-    scores = jax.vmap(damage)(etas)
-    i = jnp.argmax(scores)
-    best, best_score = etas[i], scores[i]
-    if refine > 0:
-        lo = etas[jnp.maximum(i - 1, 0)]
-        hi = etas[jnp.minimum(i + 1, etas.shape[0] - 1)]
-        fine = jnp.linspace(lo, hi, refine, dtype=honest.dtype)
-        fine_scores = jax.vmap(damage)(fine)
-        j = jnp.argmax(fine_scores)
-        take = fine_scores[j] > best_score
-        best = jnp.where(take, fine[j], best)
-    return _repeat(s + best * direction, f), best
+    grid = jnp.asarray(etas, honest.dtype)
+    scores = jax.vmap(damage)(grid)
+    k = min(brackets, grid.shape[0])
+    top = jnp.argsort(-scores)[:k]
+    best, best_score = grid[top], scores[top]
+    lo = grid[jnp.maximum(top - 1, 0)]
+    hi = grid[jnp.minimum(top + 1, grid.shape[0] - 1)]
+    for _ in range(zooms if refine > 1 else 0):
+        fine = jax.vmap(lambda a, b: jnp.linspace(a, b, refine, dtype=honest.dtype))(lo, hi)
+        fine_scores = jax.vmap(damage)(fine.reshape(-1)).reshape(k, refine)
+        j = jnp.argmax(fine_scores, axis=1)
+        cand = jnp.take_along_axis(fine, j[:, None], axis=1)[:, 0]
+        cand_score = jnp.take_along_axis(fine_scores, j[:, None], axis=1)[:, 0]
+        take = cand_score > best_score
+        best = jnp.where(take, cand, best)
+        best_score = jnp.where(take, cand_score, best_score)
+        step = (hi - lo) / (refine - 1)
+        lo, hi = jnp.maximum(best - step, lo), jnp.minimum(best + step, hi)
+    eta = best[jnp.argmax(best_score)]
+    return _repeat(s + eta * direction, f), eta
 
 
-def optimal_alie(honest, f: int, *, rule: Callable, etas=DEFAULT_ETAS, refine: int = 33,
-                 return_eta: bool = False):
-    """ALIE with ``eta`` chosen to maximise ``||rule(honest ++ byz) - s||`` over ``etas``
-    (one vmapped call), then over ``refine`` points between the best grid point's
-    neighbours. ``rule`` maps the ``(h + f, d)`` inputs to ``(d,)`` (e.g.
-    ``nnmjax.rule("nnm+cwtm", f)``)."""
+def optimal_alie(honest, f: int, *, rule: Callable, etas=DEFAULT_ETAS, refine: int = 8,
+                 zooms: int = 8, brackets: int = 3, return_eta: bool = False):
+    """ALIE with ``eta`` chosen to maximise ``||rule(honest ++ byz) - s||``: the whole grid
+    ``etas`` in one vmapped call, then, around each of the ``brackets`` best grid points,
+    ``zooms`` rounds of ``refine`` points between the neighbours of that bracket's best
+    point (about 1e-4 relative resolution in ``eta`` by default: 241 rule evaluations in 9
+    vmapped calls). Damage that peaks just before the Byzantine rows leave a selection, as
+    with Krum or NNM, is located to that resolution. ``rule`` maps the ``(h + f, d)`` inputs to ``(d,)``
+    (e.g. ``nnmjax.rule("nnm+cwtm", f)``)."""
     honest, f = _prepare(honest, f, "optimal_alie")
-    byz, eta = _search(honest, f, rule, etas, _std(honest), refine)
+    byz, eta = _search(honest, f, rule, etas, _std(honest), refine, zooms, brackets)
     return (byz, eta) if return_eta else byz
 
 
-def optimal_foe(honest, f: int, *, rule: Callable, etas=DEFAULT_ETAS, refine: int = 33,
-                return_eta: bool = False):
+def optimal_foe(honest, f: int, *, rule: Callable, etas=DEFAULT_ETAS, refine: int = 8,
+                zooms: int = 8, brackets: int = 3, return_eta: bool = False):
     """FOE, ``(1 - eta) s``, with ``eta`` chosen like :func:`optimal_alie`."""
     honest, f = _prepare(honest, f, "optimal_foe")
-    byz, eta = _search(honest, f, rule, etas, -jnp.mean(honest, axis=0), refine)
+    byz, eta = _search(honest, f, rule, etas, -jnp.mean(honest, axis=0), refine, zooms, brackets)
     return (byz, eta) if return_eta else byz
 
 

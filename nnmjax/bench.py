@@ -119,8 +119,8 @@ class BenchConfig:
     byzfl: bool = True
     numpy: bool = True
     isolate: bool = True
-    budget_s: float = 10.0  # time spent on timed calls per (rule, implementation)
-    single_call_s: float = 5.0  # a longer warm-up is the only sample
+    budget_s: float = 5.0  # time spent on timed calls per (rule, implementation)
+    single_call_s: float = 3.0  # a longer warm-up is the only sample
     call_timeout_s: float = 20.0  # kill one step (compile, call) past this (isolate only)
     compile_timeout_s: float = 300.0
     gather_limit_gb: float | None = None  # ByzFL NNM's (n, n-f, d) gather; None: auto
@@ -514,6 +514,46 @@ def _task_measure(task, progress):
     return {impl: _summarize(rec) for impl, rec in recs.items()}
 
 
+def _source_digest() -> str:
+    """sha256 over the ``nnmjax`` package's ``.py`` files (what the timings measured)."""
+    import hashlib
+
+    root = os.path.dirname(os.path.abspath(__file__))
+    h = hashlib.sha256()
+    for folder, dirs, files in sorted(os.walk(root)):
+        dirs[:] = sorted(d for d in dirs if d != "__pycache__")
+        for name in sorted(files):
+            if name.endswith(".py"):
+                path = os.path.join(folder, name)
+                h.update(os.path.relpath(path, root).encode())
+                with open(path, "rb") as fh:
+                    h.update(fh.read())
+    return h.hexdigest()
+
+
+def _code_info() -> dict:
+    """nnmjax version, git commit and dirty flag of its checkout (when it is one), and
+    :func:`_source_digest`."""
+    import subprocess
+
+    import nnmjax
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    info = {"nnmjax": nnmjax.__version__, "git_commit": None, "git_dirty": None,
+            "source_sha256": _source_digest()}
+    try:
+        run = lambda *a: subprocess.run(["git", "-C", root, *a], capture_output=True,  # noqa: E731
+                                        text=True, timeout=10)
+        head = run("rev-parse", "HEAD")
+        if head.returncode == 0:
+            info["git_commit"] = head.stdout.strip()
+            status = run("status", "--porcelain", "--", "nnmjax")
+            info["git_dirty"] = bool(status.stdout.strip()) if status.returncode == 0 else None
+    except (OSError, subprocess.SubprocessError):
+        pass
+    return info
+
+
 def _task_info(task, progress):
     import jax
     import jaxlib
@@ -758,7 +798,8 @@ def run(cfg: BenchConfig | None = None, *, verbose: bool = True,
         on_update: Callable[[dict], None] | None = None) -> dict:
     """Run the benchmark; return the result dict (``on_update(result)`` after every rule).
 
-    Keys: ``schema``; ``machine`` (platform, CPU, memory, versions of Python, NumPy, jax,
+    Keys: ``schema``; ``code`` (nnmjax version, git commit and dirty flag, sha256 of the
+    package sources at the start, ``changed_during_run``); ``machine`` (platform, CPU, memory, versions of Python, NumPy, jax,
     jaxlib, torch and ByzFL, jax backend and device kind, date, load average at the start
     and ``loadavg_end``); ``config``; ``streams`` (per case: ``jax`` and ``numpy`` records,
     ``floor_ms`` the faster median); ``results`` (per case and rule: ``nnmjax``, ``numpy``
@@ -787,7 +828,9 @@ def run(cfg: BenchConfig | None = None, *, verbose: bool = True,
                       dtype="float32", data="standard normal, numpy default_rng(seed)",
                       byzfl_available=byzfl_ok,
                       byzfl_names={r: _byzfl_spec(r) for r in rules})
-        result.update(machine=info, config=config, streams=[], results=[], targets=[])
+        code = _code_info()
+        result.update(machine=info, code=code, config=config, streams=[], results=[],
+                      targets=[])
         if cfg.byzfl and not byzfl_ok:
             _log("ByzFL is not importable: skipping its timings", verbose)
         for case in cfg.cases:
@@ -847,6 +890,10 @@ def run(cfg: BenchConfig | None = None, *, verbose: bool = True,
                     on_update(result)
         result["targets"] = check_targets(result)
         result["machine"]["loadavg_end"] = runner.call({"kind": "loadavg"})
+        code["changed_during_run"] = _source_digest() != code["source_sha256"]
+        if code["changed_during_run"]:
+            _log("warning: the nnmjax sources changed during the run; timings may mix versions",
+                 verbose)
     finally:
         runner.close()
     result["wall_s"] = time.perf_counter() - started

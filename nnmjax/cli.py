@@ -43,10 +43,10 @@ def _add_bench(subparsers) -> None:
                    help="do not time ByzFL even if it is installed")
     p.add_argument("--no-numpy", dest="numpy", action="store_false",
                    help="do not time the NumPy baselines")
-    p.add_argument("--budget", type=float, default=10.0, metavar="S",
+    p.add_argument("--budget", type=float, default=5.0, metavar="S",
                    help="seconds of timed calls per rule and implementation; stop "
                         "repeating past it (default: %(default)s)")
-    p.add_argument("--single-call", type=float, default=5.0, metavar="S",
+    p.add_argument("--single-call", type=float, default=3.0, metavar="S",
                    help="a warm-up call longer than this is the only sample "
                         "(default: %(default)s)")
     p.add_argument("--call-timeout", type=float, default=20.0, metavar="S",
@@ -127,6 +127,9 @@ def _add_run(subparsers) -> None:
                    help="override a config key with a TOML literal, e.g. --set steps=200")
     p.add_argument("--out", default="out/quickstart", metavar="DIR",
                    help="output directory (default: %(default)s)")
+    p.add_argument("--shard", default="0/1", metavar="I/K",
+                   help="run only the I-th of K interleaved slices of the grid (0-based), so K "
+                        "processes can share one --out directory (default: %(default)s)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_run_run)
 
@@ -154,10 +157,12 @@ def _run_run(args) -> int:
 
     try:
         config = load_config(args.config, args.overrides)
+        i, _, k = args.shard.partition("/")
+        shard = (int(i), int(k))
     except (ValueError, FileNotFoundError) as e:
         raise SystemExit(f"nnmjax run: error: {e}")
     try:
-        records = run_grid(config, args.out, progress=not args.quiet)
+        records = run_grid(config, args.out, progress=not args.quiet, shard=shard)
     except (DatasetNotFoundError, CorruptRecordError, ValueError) as e:
         raise SystemExit(f"nnmjax run: error: {e}")
     _report(args.out, records)

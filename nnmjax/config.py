@@ -10,7 +10,7 @@ import dataclasses
 import hashlib
 import json
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -133,7 +133,7 @@ def _validate(c: Config):
         _fail("clip", f"must be > 0 or omitted; got {c.clip!r}")
     if not c.weight_decay >= 0:
         _fail("weight_decay", f"must be >= 0; got {c.weight_decay!r}")
-    for key, names in (("attacks", ATTACK_NAMES), ("rules", None), ("seeds", None)):
+    for key in ("attacks", "rules", "seeds"):
         v = getattr(c, key)
         if not isinstance(v, tuple) or not v:
             _fail(key, "must be a non-empty list")

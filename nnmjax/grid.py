@@ -41,13 +41,26 @@ def _eval_points(steps: int, every: int) -> list[int]:
     return pts if pts and pts[-1] == steps else pts + [steps]
 
 
-def run_grid(config: Config, out_dir: Path | str, *, progress: bool = True) -> list[dict]:
-    """Run every pending run of ``config`` into ``out_dir``; return all records of the grid."""
+def run_grid(config: Config, out_dir: Path | str, *, progress: bool = True,
+             shard: tuple[int, int] = (0, 1)) -> list[dict]:
+    """Run every pending run of ``config`` into ``out_dir``; return all records of the grid.
+
+    ``shard=(i, k)`` runs only the ``i``-th of ``k`` interleaved slices of the
+    (attack, rule) groups, so ``k`` processes or machines can share one grid and
+    one output directory (records never collide: each is keyed by its own hash).
+    """
+    i, k = shard
+    if not (isinstance(i, int) and isinstance(k, int) and k >= 1 and 0 <= i < k):
+        raise ValueError(f"shard must be (i, k) with 0 <= i < k; got {shard!r}")
     out_dir = Path(out_dir)
     done, todo = pending_runs(config, out_dir)
+    every = list(dict.fromkeys((s.config, s.attack, s.rule) for s in config.runs()))
+    mine = set(every[i::k])
     groups: dict[tuple, list[RunSpec]] = defaultdict(list)
     for spec in todo:
-        groups[(spec.config, spec.attack, spec.rule)].append(spec)
+        if (spec.config, spec.attack, spec.rule) in mine:
+            groups[(spec.config, spec.attack, spec.rule)].append(spec)
+    todo = [s for g in groups.values() for s in g]
     dataset = load_dataset(config.dataset, data_dir=config.data_dir,
                            augment_flip=config.augment_flip) if todo else None
     total = sum(len(g) * g[0].config.steps for g in groups.values())

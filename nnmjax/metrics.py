@@ -12,9 +12,11 @@ __all__ = ["kappa_hat", "worst_case_kappa", "kappa_bound"]
 
 
 def _ratio(output, rows):
-    centre = jnp.mean(rows, axis=0)
-    spread = jnp.mean(jnp.sum(jnp.square(rows - centre), axis=-1), axis=0)
-    return jnp.sum(jnp.square(output - centre), axis=-1) / spread
+    """``||output - mean||^2 / mean_i ||row_i - mean||^2`` over the row axis (-2); 0/0 -> 0."""
+    centre = jnp.mean(rows, axis=-2, keepdims=True)
+    spread = jnp.mean(jnp.sum(jnp.square(rows - centre), axis=-1), axis=-1)
+    err = jnp.sum(jnp.square(output - centre[..., 0, :]), axis=-1)
+    return jnp.where(err == 0, 0.0, err / spread)
 
 
 def kappa_hat(output, honest, *, squared: bool = False):

@@ -46,7 +46,7 @@ def bucket_size(n: int, f: int) -> int:
     return max(1, n // (2 * f)) if f > 0 else 1
 
 
-def bucketing(x, f: int, *, key, s: int | None = None):
+def bucketing(x, f: int, *, key=None, s: int | None = None):
     """Bucketing (Karimireddy et al., 2022; paper Appendix 10): shuffle the rows with a random
     permutation drawn from ``key``, then average consecutive groups of ``s`` rows
     (default ``s = floor(n / 2f)``); the last bucket holds the ``n mod s`` leftovers when
@@ -90,7 +90,7 @@ def arc(x, f: int):
     x = as_matrix(x)
     n = x.shape[0]
     f = check_f(f, n, rule="arc", min_n=lambda f: f)
-    k = int((2 * f / n) * (n - f))
+    k = (2 * f * (n - f)) // n
     if k == 0:
         return x
     xs = jnp.where(jnp.isfinite(x), x, 0.0)

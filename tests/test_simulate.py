@@ -169,3 +169,14 @@ def test_fashion_mnist_paper_setting_reaches_65_percent(tmp_path):
                              "eval_every=50", "augment_flip=true", "seeds=[1]"])
     rec, = run_grid(cfg, tmp_path, progress=False)
     assert rec["summary"]["max_test_acc"] >= 0.65, rec["curves"]["test_acc"]
+
+
+def test_shards_partition_the_grid(tmp_path, tiny_config):
+    import dataclasses
+    cfg = dataclasses.replace(tiny_config, attacks=("alie", "sign_flipping"), rules=("cwtm",))
+    a = run_grid(cfg, tmp_path, progress=False, shard=(0, 2))
+    assert len(list((tmp_path / "runs").glob("*.json"))) == 1
+    run_grid(cfg, tmp_path, progress=False, shard=(1, 2))
+    assert len(list((tmp_path / "runs").glob("*.json"))) == 2
+    with pytest.raises(ValueError, match="shard"):
+        run_grid(cfg, tmp_path, progress=False, shard=(2, 2))
