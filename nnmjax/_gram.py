@@ -20,7 +20,7 @@ _CHUNK = 1 << 16
 #: Up to this many rows, combinations are unrolled sums that fuse with their consumer.
 UNROLL_MAX_N = 32
 #: Rows used for the centring median (evenly spaced when ``n`` is larger).
-CENTRE_ROWS = 33
+CENTRE_ROWS = 5
 
 
 def _chunks(d: int):
@@ -55,27 +55,31 @@ def robust_centre(x):
     return s[m // 2] if m % 2 else 0.5 * s[m // 2 - 1] + 0.5 * s[m // 2]
 
 
-class Geometry:
-    """Centred Gram matrix, far-row mask and squared distances of the rows of ``x``.
+def _distances(g):
+    sq = jnp.diagonal(g)
+    far = ~jnp.isfinite(sq)
+    pair_far = far[:, None] | far[None, :]
+    g = jnp.where(pair_far, 0.0, g)
+    sq = jnp.where(far, 0.0, sq)
+    d2 = jnp.maximum(sq[:, None] + sq[None, :] - 2.0 * g, 0.0)
+    d2 = jnp.where(pair_far | ~jnp.isfinite(d2), jnp.inf, d2)
+    d2 = jnp.where(jnp.eye(g.shape[0], dtype=bool), 0.0, d2)
+    return g, sq, far, d2
 
-    With ``x' = x - centre``: ``gram = x' x'^T`` (zeroed on far rows), ``sqnorm_i =
-    ||x'_i||^2`` and ``sqdist_ij = ||x_i - x_j||^2`` (``inf`` to and from far rows).
+
+class Geometry:
+    """Gram matrix, far-row mask and squared distances of the rows of ``x``.
+
+    ``gram = x' x'^T`` with ``x' = x - centre`` (zeroed on far rows), ``sqnorm_i =
+    ||x'_i||^2`` and ``sqdist_ij = ||x_i - x_j||^2`` (``inf`` to and from far rows), with
+    ``centre`` from :func:`robust_centre` (reads ``CENTRE_ROWS`` rows; the centring itself
+    happens chunk by chunk inside the Gram pass).
     """
 
     def __init__(self, x):
         self.x = x
         self.centre = robust_centre(x)
-        g = gram(x, self.centre)
-        sq = jnp.diagonal(g)
-        self.far = ~jnp.isfinite(sq)
-        pair_far = self.far[:, None] | self.far[None, :]
-        self.gram = jnp.where(pair_far, 0.0, g)
-        sq = jnp.where(self.far, 0.0, sq)
-        d2 = jnp.maximum(sq[:, None] + sq[None, :] - 2.0 * self.gram, 0.0)
-        d2 = jnp.where(pair_far | ~jnp.isfinite(d2), jnp.inf, d2)
-        n = x.shape[0]
-        self.sqdist = jnp.where(jnp.eye(n, dtype=bool), 0.0, d2)
-        self.sqnorm = sq
+        self.gram, self.sqnorm, self.far, self.sqdist = _distances(gram(x, self.centre))
 
     def dist_to_combination(self, c):
         """Squared distances ``||c^T x - x_i||^2`` for coefficients ``c`` summing to 1
@@ -99,18 +103,20 @@ class Geometry:
 def combine(c, x):
     """``c @ x`` for coefficients ``c`` of shape ``(n,)`` or ``(m, n)``.
 
-    Rows with non-finite entries contribute exactly zero where their
-    coefficient is zero (never ``0 * inf = nan``). For small ``n`` the sum is
-    unrolled so that it fuses with what consumes it; otherwise one matmul.
+    Rows with non-finite entries contribute exactly zero where their coefficient is
+    zero (never ``0 * inf = nan``); the cleaned copy of ``x`` that this needs is made only
+    when such rows exist (``lax.cond``). A vector ``c`` over few rows is an unrolled sum
+    that fuses with its consumer; otherwise one matmul.
     """
     c = c.astype(x.dtype)
-    x = jnp.where(jnp.isfinite(x), x, 0.0)
-    n = x.shape[0]
-    if n > UNROLL_MAX_N:
+
+    def apply(x):
+        if c.ndim == 1 and x.shape[0] <= UNROLL_MAX_N:
+            return sum(c[j] * x[j] for j in range(x.shape[0]))
         return jnp.matmul(c, x, precision=jax.lax.Precision.HIGHEST)
-    if c.ndim == 1:
-        return sum(c[j] * x[j] for j in range(n))
-    return jnp.stack([sum(c[i, j] * x[j] for j in range(n)) for i in range(c.shape[0])])
+
+    bad = ~jnp.all(jnp.isfinite(x))
+    return jax.lax.cond(bad, lambda x: apply(jnp.where(jnp.isfinite(x), x, 0.0)), apply, x)
 
 
 def nearest(sqdist, k: int):

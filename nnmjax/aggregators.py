@@ -197,14 +197,23 @@ def gm(x, f: int = 0, *, nu: float = 1e-6, max_iter: int = 200, tol: float = 1e-
     return _gram.combine(c, x)
 
 
+def _sqdist_to(x, v):
+    """``||x_i - v||^2`` in one pass; ``inf`` for rows with non-finite entries."""
+    diff = x - v
+    d2 = jnp.sum(jnp.square(jnp.where(jnp.isfinite(diff), diff, 0.0)), axis=1)
+    ok = jnp.all(jnp.isfinite(x), axis=1) & jnp.isfinite(d2)
+    return jnp.where(ok, d2, jnp.inf)
+
+
 def monna(x, f: int, *, idx: int = 0):
     """MoNNA (Farhadkhani et al., 2023): the average of the ``n - f`` nearest neighbours of the
-    trusted row ``x[idx]`` (itself included; ties to the lower index)."""
+    trusted row ``x[idx]`` (itself included; ties to the lower index). Distances to one row
+    only: two passes over ``x``."""
     x, f = _prepare(x, f, "monna")
     n = x.shape[0]
     idx = check_int(idx, name="idx", rule="monna", low=0, high=n - 1)
-    geo = _gram.Geometry(x)
-    nbrs = _gram.nearest(geo.sqdist, n - f)[idx]
+    d2 = _sqdist_to(x, x[idx]).at[idx].set(-1.0)
+    nbrs = jnp.argsort(d2, stable=True)[: n - f]
     c = jnp.zeros((n,), x.dtype).at[nbrs].set(1.0 / (n - f))
     return _gram.combine(c, x)
 
@@ -214,29 +223,21 @@ def cclip(x, f: int = 0, *, tau: float = 100.0, n_iter: int = 1, init=None):
     (default the origin; in training, the previous aggregate):
     ``v <- v + (1/n) sum_i (x_i - v) min(1, tau / ||x_i - v||)``.
 
-    Iterates on coefficients ``v = a v0 + c^T x`` (``a + sum c = 1``) with centred Gram
-    distances. Rows at infinite distance get weight zero. ByzFL's defaults:
-    ``tau=100, n_iter=1``.
+    Two passes over ``x`` per iteration. Rows with non-finite entries get weight zero.
+    ByzFL's defaults: ``tau=100, n_iter=1``.
     """
     x, f = _prepare(x, f, "cclip")
     check_positive(tau, name="tau", rule="cclip")
     check_int(n_iter, name="n_iter", rule="cclip", low=1)
     n, d = x.shape
-    v0 = jnp.zeros((d,), x.dtype) if init is None else jnp.asarray(init, x.dtype)
-    if v0.shape != (d,):
-        raise ValueError(f"init must have shape ({d},) for cclip; got {v0.shape}")
-    geo = _gram.Geometry(x)
-    bv, vv = geo.inner(v0)  # centred: (x_i - centre) . (v0 - centre), ||v0 - centre||^2
-    a = jnp.ones((), x.dtype)
-    c = jnp.zeros((n,), x.dtype)
+    v = jnp.zeros((d,), x.dtype) if init is None else jnp.asarray(init, x.dtype)
+    if v.shape != (d,):
+        raise ValueError(f"init must have shape ({d},) for cclip; got {v.shape}")
     for _ in range(n_iter):
-        gc = geo.gram @ c
-        d2 = a * a * vv + c @ gc + geo.sqnorm + 2 * a * (c @ bv) - 2 * a * bv - 2 * gc
-        d2 = jnp.where(geo.far, jnp.inf, jnp.maximum(d2, 0.0))
-        s = jnp.where(geo.far, 0.0, jnp.minimum(1.0, tau / jnp.sqrt(d2)))
-        shrink = 1.0 - jnp.sum(s) / n
-        a, c = a * shrink, c * shrink + s / n
-    return a * v0 + _gram.combine(c, x)
+        d2 = _sqdist_to(x, v)
+        s = jnp.where(jnp.isfinite(d2), jnp.minimum(1.0, tau / jnp.sqrt(d2)), 0.0)
+        v = v * (1.0 - jnp.sum(s) / n) + _gram.combine(s / n, x)
+    return v
 
 
 def mda(x, f: int, *, max_subsets: int = 200_000):

@@ -577,6 +577,9 @@ def _task_info(task, progress):
         "byzfl": None,
         "torch": None,
         "torch_threads": None,
+        "env": {k: os.environ[k] for k in ("XLA_FLAGS", "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS",
+                                          "MKL_NUM_THREADS", "JAX_PLATFORMS")
+                if k in os.environ},
     }
     try:
         with open("/proc/cpuinfo") as fh:
@@ -929,8 +932,8 @@ def _ratio(rec: dict, key: str) -> str:
 def _row_text(rec: dict) -> str:
     byz = rec.get("byzfl")
     bname = f" ({byz['backend']})" if byz and byz.get("backend") else ""
-    xs = f"{rec['x_stream']:.1f}" if rec.get("x_stream") else "-"
-    return (f"{rec['rule']:<14} {_ms(rec.get('nnmjax')):>8} ms  x{xs:<6} "
+    xs = f"x{rec['x_stream']:.1f}" if rec.get("x_stream") else "-"
+    return (f"{rec['rule']:<14} {_ms(rec.get('nnmjax')):>8} ms  {xs:<7} "
             f"numpy {_ms(rec.get('numpy')):>8}  vs {_ratio(rec, 'vs_numpy'):>7}  "
             f"byzfl {_ms(byz):>8}{bname}  vs {_ratio(rec, 'vs_byzfl'):>7}")
 
@@ -970,8 +973,8 @@ def check_targets(result: dict) -> list[dict]:
     checks = []
     for case, floor, special in TARGETS:
         for r in result.get("results", []):
-            if (r["n"], r["d"], r["f"]) != (case.n, case.d, case.f):
-                continue
+            if (r["n"], r["d"], r["f"]) != (case.n, case.d, case.f) or r.get("byzfl") is None:
+                continue  # not a target case, or ByzFL was not timed
             need = special.get(r["rule"], floor)
             v, bound = r.get("vs_byzfl"), r.get("vs_byzfl_bound")
             if r.get("status") == "skipped":
