@@ -21,6 +21,7 @@ from typing import Callable, NamedTuple
 import jax
 import jax.numpy as jnp
 
+from nnmjax import _subspace
 from nnmjax._checks import as_matrix, check_int
 
 __all__ = ["sign_flipping", "foe", "alie", "optimal_foe", "optimal_alie", "mimic", "inf",
@@ -91,21 +92,24 @@ def gaussian(honest, f: int, *, key=None, mu: float = 0.0, sigma: float = 200.0)
     return mu + sigma * jax.random.normal(key, (f, honest.shape[1]), honest.dtype)
 
 
-def _search(honest, f, rule, etas, direction, refine, zooms, brackets):
+def _search(honest, f, rule, etas, direction, refine, zooms, brackets, key):
     """Evaluate ``s + eta * direction`` for every ``eta`` in one vmap, then around each of the
     ``brackets`` best grid points ``zooms`` times evaluate ``refine`` points between the
     neighbours of that bracket's best point (one vmap per zoom); return the most damaging
-    rows and their ``eta``."""
+    rows and their ``eta``. Each evaluation takes the fastest exact path for ``rule``
+    (:func:`nnmjax._subspace.residual_fn`)."""
     s = jnp.mean(honest, axis=0)
+    residual, small = _subspace.residual_fn(honest, direction, f, rule, key=key)
 
-    def damage(eta):
-        byz = _repeat(s + eta * direction, f)
-        out = rule(jnp.concatenate([honest, byz.astype(honest.dtype)], axis=0))
-        err = jnp.sum(jnp.square(out - s))
+    def damage(etas):
+        # Residuals over d are made one eta at a time (lax.map) and reduced afterwards: a
+        # vmapped batch, or a reduction fused into the rule, defeats the rule's fusion on CPU.
+        r = jax.vmap(residual)(etas) if small else jax.lax.map(residual, etas)
+        err = jnp.sum(jnp.square(r), axis=1)
         return jnp.where(jnp.isfinite(err), err, -1.0)
 
     grid = jnp.asarray(etas, honest.dtype)
-    scores = jax.vmap(damage)(grid)
+    scores = damage(grid)
     k = min(brackets, grid.shape[0])
     top = jnp.argsort(-scores)[:k]
     best, best_score = grid[top], scores[top]
@@ -113,7 +117,7 @@ def _search(honest, f, rule, etas, direction, refine, zooms, brackets):
     hi = grid[jnp.minimum(top + 1, grid.shape[0] - 1)]
     for _ in range(zooms if refine > 1 else 0):
         fine = jax.vmap(lambda a, b: jnp.linspace(a, b, refine, dtype=honest.dtype))(lo, hi)
-        fine_scores = jax.vmap(damage)(fine.reshape(-1)).reshape(k, refine)
+        fine_scores = damage(fine.reshape(-1)).reshape(k, refine)
         j = jnp.argmax(fine_scores, axis=1)
         cand = jnp.take_along_axis(fine, j[:, None], axis=1)[:, 0]
         cand_score = jnp.take_along_axis(fine_scores, j[:, None], axis=1)[:, 0]
@@ -126,26 +130,39 @@ def _search(honest, f, rule, etas, direction, refine, zooms, brackets):
     return _repeat(s + eta * direction, f), eta
 
 
-def optimal_alie(honest, f: int, *, rule: Callable, etas=DEFAULT_ETAS, refine: int = 8,
+_SEARCH_DOC = """``rule`` maps the ``(h + f, d)`` inputs to ``(d,)`` (e.g.
+    ``nnmjax.rule("nnm+cwtm", f)``; a randomized rule is called with ``key``). For a rule
+    built by :func:`nnmjax.rule` from equivariant stages the evaluations run on
+    ``(h + 1)``-dimensional coordinates, not over ``d`` (:mod:`nnmjax._subspace`)."""
+
+
+def optimal_alie(honest, f: int, *, rule: Callable, key=None, etas=DEFAULT_ETAS, refine: int = 8,
                  zooms: int = 8, brackets: int = 3, return_eta: bool = False):
     """ALIE with ``eta`` chosen to maximise ``||rule(honest ++ byz) - s||``: the whole grid
     ``etas`` in one vmapped call, then, around each of the ``brackets`` best grid points,
     ``zooms`` rounds of ``refine`` points between the neighbours of that bracket's best
     point (about 1e-4 relative resolution in ``eta`` by default: 241 rule evaluations in 9
     vmapped calls). Damage that peaks just before the Byzantine rows leave a selection, as
-    with Krum or NNM, is located to that resolution. ``rule`` maps the ``(h + f, d)`` inputs to ``(d,)``
-    (e.g. ``nnmjax.rule("nnm+cwtm", f)``)."""
+    with Krum or NNM, is located to that resolution. """ + _SEARCH_DOC
     honest, f = _prepare(honest, f, "optimal_alie")
-    byz, eta = _search(honest, f, rule, etas, _std(honest), refine, zooms, brackets)
+    _check_key(rule, key)
+    byz, eta = _search(honest, f, rule, etas, _std(honest), refine, zooms, brackets, key)
     return (byz, eta) if return_eta else byz
 
 
-def optimal_foe(honest, f: int, *, rule: Callable, etas=DEFAULT_ETAS, refine: int = 8,
+def optimal_foe(honest, f: int, *, rule: Callable, key=None, etas=DEFAULT_ETAS, refine: int = 8,
                 zooms: int = 8, brackets: int = 3, return_eta: bool = False):
-    """FOE, ``(1 - eta) s``, with ``eta`` chosen like :func:`optimal_alie`."""
+    """FOE, ``(1 - eta) s``, with ``eta`` chosen like :func:`optimal_alie`. """ + _SEARCH_DOC
     honest, f = _prepare(honest, f, "optimal_foe")
-    byz, eta = _search(honest, f, rule, etas, -jnp.mean(honest, axis=0), refine, zooms, brackets)
+    _check_key(rule, key)
+    byz, eta = _search(honest, f, rule, etas, -jnp.mean(honest, axis=0), refine, zooms,
+                       brackets, key)
     return (byz, eta) if return_eta else byz
+
+
+def _check_key(rule, key):
+    if getattr(rule, "randomized", False) and key is None:
+        raise ValueError(f"{rule!r} is randomized: pass key=jax.random.key(...) to the attack")
 
 
 class MimicState(NamedTuple):

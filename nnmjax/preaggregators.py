@@ -11,8 +11,8 @@ import jax.numpy as jnp
 from nnmjax import _gram
 from nnmjax._checks import as_matrix, check_f, check_int, check_positive
 
-__all__ = ["nnm", "bucketing", "clipping", "arc", "PREAGGREGATORS", "bucket_size",
-           "output_size"]
+__all__ = ["nnm", "mixing_matrix", "bucketing", "bucketing_matrix", "clipping", "arc",
+           "PREAGGREGATORS", "bucket_size", "output_size"]
 
 
 def nnm(x, f: int):
@@ -54,7 +54,11 @@ def bucketing(x, f: int, *, key=None, s: int | None = None):
     contaminated.
     """
     x = as_matrix(x)
-    n = x.shape[0]
+    return _gram.combine(bucketing_matrix(x.shape[0], f, key=key, s=s, dtype=x.dtype), x)
+
+
+def bucketing_matrix(n: int, f: int, *, key=None, s: int | None = None, dtype=jnp.float32):
+    """The ``(ceil(n/s), n)`` weights ``W`` with ``bucketing(x, f, key=key) = W @ x``."""
     f = check_f(f, n, rule="bucketing")
     s = bucket_size(n, f) if s is None else check_int(s, name="s", rule="bucketing", low=1, high=n)
     if key is None:
@@ -62,9 +66,9 @@ def bucketing(x, f: int, *, key=None, s: int | None = None):
     perm = jax.random.permutation(key, n)
     m = -(-n // s)
     bucket = jnp.arange(n) // s
-    sizes = jnp.minimum(s, n - jnp.arange(m) * s).astype(x.dtype)
-    weights = (bucket[None, :] == jnp.arange(m)[:, None]).astype(x.dtype) / sizes[:, None]
-    return _gram.combine(weights[:, jnp.argsort(perm)], x)
+    sizes = jnp.minimum(s, n - jnp.arange(m) * s).astype(dtype)
+    weights = (bucket[None, :] == jnp.arange(m)[:, None]).astype(dtype) / sizes[:, None]
+    return weights[:, jnp.argsort(perm)]
 
 
 def clipping(x, f: int = 0, *, c: float = 2.0):

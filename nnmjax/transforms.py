@@ -130,10 +130,7 @@ def inject_attack(attack: str | Callable, f: int, *, key=None, rule: Rule | Call
         elif name in _KEYED:
             byz = fn(x, f, key=k_use, **options)
         elif name in _SEARCHING:
-            defence = rule
-            if getattr(rule, "randomized", False):
-                defence = lambda z: rule(z, key=k_use)  # noqa: E731
-            byz = fn(x, f, rule=defence, **options)
+            byz = fn(x, f, rule=rule, key=k_use, **options)
         else:
             byz = fn(x, f, **options)
         rows = jnp.concatenate([x, byz.astype(x.dtype)], axis=0)

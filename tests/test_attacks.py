@@ -203,7 +203,8 @@ def _damage_fn(rule):
     def one(h, eta, a):
         s = jnp.mean(h, axis=0)
         byz = jnp.broadcast_to(s + eta * a, (F_BYZ, h.shape[1]))
-        out = rule(jnp.concatenate([h, byz.astype(h.dtype)]))
+        x = jnp.concatenate([h, byz.astype(h.dtype)])
+        out = rule(x, key=KEY) if getattr(rule, "randomized", False) else rule(x)
         return jnp.linalg.norm(out - s)
 
     return jax.jit(jax.vmap(one))
@@ -218,6 +219,7 @@ def _deterministic(name, **options):
     return (lambda x: r(x, key=KEY)) if r.randomized else r
 
 
+
 OPT_RULES = {
     "nnm+cwtm": lambda: _deterministic("nnm+cwtm"),
     "cwtm": lambda: _deterministic("cwtm"),
@@ -225,6 +227,8 @@ OPT_RULES = {
     "gm": lambda: _deterministic("gm", nu=0.1, max_iter=3, tol=0.0, init="zero"),
     "bucketing+cwmed": lambda: _deterministic("bucketing+cwmed"),
     "multikrum": lambda: _deterministic("multikrum"),
+    # a randomized Rule handed over as is: the attack gets the key and takes the coordinates path
+    "bucketing+krum": lambda: nnmjax.rule("bucketing+krum", F_BYZ),
 }
 
 _XFAIL_OPT = {}
@@ -236,6 +240,7 @@ OPT_CASES = [
     ("gm", "alie"), ("gm", "foe"),
     ("bucketing+cwmed", "alie"), ("bucketing+cwmed", "foe"),
     ("multikrum", "alie"), ("multikrum", "foe"),
+    ("bucketing+krum", "alie"), ("bucketing+krum", "foe"),
 ]
 
 _OPT_CACHE: dict = {}
@@ -245,10 +250,11 @@ def _opt_setup(name):
     if name not in _OPT_CACHE:
         rule = OPT_RULES[name]()
         damage = _damage_fn(rule)
+        key = KEY if getattr(rule, "randomized", False) else None
         ours = {
-            "alie": jax.jit(jax.vmap(lambda h: atk.optimal_alie(h, F_BYZ, rule=rule,
+            "alie": jax.jit(jax.vmap(lambda h: atk.optimal_alie(h, F_BYZ, rule=rule, key=key,
                                                                 return_eta=True))),
-            "foe": jax.jit(jax.vmap(lambda h: atk.optimal_foe(h, F_BYZ, rule=rule,
+            "foe": jax.jit(jax.vmap(lambda h: atk.optimal_foe(h, F_BYZ, rule=rule, key=key,
                                                               return_eta=True))),
         }
         _OPT_CACHE[name] = (rule, damage, ours)
@@ -340,6 +346,45 @@ def test_optimal_attack_ignores_non_finite_outputs():
     h = honest_data(6, h=H_ROWS, d=DIM)
     byz, eta = atk.optimal_alie(h, F_BYZ, rule=fragile, return_eta=True)
     assert np.all(np.isfinite(np.asarray(fragile(jnp.concatenate([h, byz])))))
+
+
+# The fast evaluation paths of the optimal attacks (nnmjax._subspace) against the direct one.
+
+FAST_RULES = ["nnm+cwtm", "cwtm", "krum", "gm", "multikrum", "nnm+krum", "nnm+gm",
+              "bucketing+krum", "bucketing+cwmed", "nnm+meamed", "mean", "monna", "mda",
+              "smea", "nnm+bucketing+cwtm", "clipping+cwtm", "caf"]
+
+
+@pytest.mark.parametrize("name", FAST_RULES)
+def test_optimal_attack_fast_paths_equal_direct_evaluation(name):
+    """Damage through coordinates (equivariant rules) or coordinate mixings equals the rule run
+    on the stacked ``(n, d)`` inputs, over the whole eta range, for ALIE and FOE directions,
+    on rows sharing a large common offset (the float32-hard case)."""
+    from nnmjax import _subspace
+
+    rng = np.random.default_rng(7)
+    h, f, d = 13, 4, 96
+    hs = jnp.asarray(rng.normal(size=(h, d)) * rng.uniform(0.2, 3, size=(h, 1)) + 5.0, jnp.float32)
+    rule = nnmjax.rule(name, f)
+    key = KEY if rule.randomized else None
+    etas = jnp.asarray([0.0, *np.geomspace(1e-2, 1e4, 25)], jnp.float32)
+    s = jnp.mean(hs, axis=0)
+    for a in (jnp.std(hs, axis=0, ddof=1), -s):
+        fn, _ = _subspace.residual_fn(hs, a, f, rule, key=key)
+        fast = jax.jit(jax.vmap(lambda e: jnp.sum(jnp.square(fn(e)))))(etas)
+
+        def direct(e):
+            x = jnp.concatenate([hs, jnp.broadcast_to(s + e * a, (f, d))])
+            return jnp.sum(jnp.square((rule(x, key=key) if key is not None else rule(x)) - s))
+
+        slow = jax.jit(jax.vmap(direct))(etas)
+        np.testing.assert_allclose(np.asarray(fast), np.asarray(slow), rtol=2e-3, atol=1e-5)
+
+
+def test_optimal_attack_randomized_rule_needs_key():
+    h = honest_data(3, h=H_ROWS, d=DIM)
+    with pytest.raises(ValueError, match="randomized"):
+        atk.optimal_alie(h, F_BYZ, rule=nnmjax.rule("bucketing+krum", F_BYZ))
 
 
 # --------------------------------------------------------------------------- Mimic
