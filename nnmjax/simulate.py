@@ -44,12 +44,14 @@ def learning_rate(config: Config):
 
 
 class RunState(NamedTuple):
-    """Everything a run carries between steps (vmapped over seeds)."""
+    """Everything a run carries between steps (vmapped over seeds). ``model_state`` holds the
+    BatchNorm running statistics (``{}`` for models without)."""
 
     params: Any
     opt_state: Any
     key: jax.Array
     step: jax.Array
+    model_state: Any
 
 
 def _partition(config: Config, ds, seed: int, *, with_byzantine_data: bool) -> WorkerData:
@@ -85,9 +87,6 @@ class Experiment:
     """
 
     def __init__(self, config: Config, attack: str, rule_name: str, seeds, dataset=None):
-        if config.model == "cifar_cnn":
-            raise ValueError("model 'cifar_cnn' (batch norm, dropout) is not supported by the "
-                             "simulator yet; use paper_cnn, mlp or logreg")
         self.config, self.attack, self.rule_name = config, attack, rule_name
         self.seeds = [int(s) for s in seeds]
         ds = dataset if dataset is not None else load_dataset(
@@ -115,41 +114,58 @@ class Experiment:
         self._init = jax.jit(jax.vmap(self._init_one))
 
     # ------------------------------------------------------------------ pieces
-    def _loss(self, params, x, y, mask=None):
-        logp = self.model.apply({"params": params}, x)
+    def _loss(self, params, model_state, key, x, y, mask=None):
+        """Training loss of one worker's batch (BatchNorm on the batch's statistics, dropout
+        from ``key``) and the worker's updated BatchNorm running statistics."""
+        variables = {"params": params, **model_state}
+        if model_state:
+            logp, new = self.model.apply(variables, x, train=True, mutable=list(model_state),
+                                         rngs={"dropout": key})
+        else:
+            logp, new = self.model.apply(variables, x, train=True, rngs={"dropout": key}), {}
         nll = -jnp.take_along_axis(logp, y[:, None], axis=1)[:, 0]
         nll = jnp.mean(nll) if mask is None else jnp.sum(nll * mask) / jnp.sum(mask)
         l2 = sum(jnp.sum(jnp.square(p)) for p in jax.tree.leaves(params))
-        return nll + 0.5 * self.config.weight_decay * l2
+        return nll + 0.5 * self.config.weight_decay * l2, new
 
     def _init_one(self, key):
         k_model, k_server, k_agg, k_run = jax.random.split(key, 4)
         sample = jnp.zeros((1,) + tuple(self.dataset.x_train.shape[1:]), jnp.float32)
-        params = self.model.init(k_model, sample)["params"]
+        variables = dict(self.model.init(k_model, sample))
+        params = variables.pop("params")
         server = self.server.init(params)
         server = _rekey(server, k_server)
         agg = self.aggregate.init(params)._replace(key=k_agg)
         return RunState(params, (server, agg, self.sgd.init(params)), k_run,
-                        jnp.zeros((), jnp.int32))
+                        jnp.zeros((), jnp.int32), variables)
 
     def init(self) -> RunState:
         """Initial states for every seed (leading axis)."""
         keys = jnp.stack([jax.random.key_data(jax.random.key(s)) for s in self.seeds])
         return self._init(jax.vmap(jax.random.wrap_key_data)(keys))
 
-    def _grads(self, params, data: WorkerData, key):
+    def _grads(self, params, model_state, data: WorkerData, key):
+        """Every worker's loss and gradient (one vmap) and the new BatchNorm statistics: the
+        mean of the honest workers' updated running averages."""
         c = self.config
+        k_batch, k_drop = jax.random.split(key)
+        drop = jax.random.split(k_drop, data.y.shape[0])
+        grad = jax.value_and_grad(self._loss, has_aux=True)
         if c.algorithm == "dgd":
             mask = (jnp.arange(data.y.shape[1])[None, :] < data.counts[:, None]).astype(jnp.float32)
-            return jax.vmap(jax.value_and_grad(self._loss), in_axes=(None, 0, 0, 0))(
-                params, data.x, data.y, mask)
-        xb, yb = sample_batches(key, data, c.batch_size)
-        return jax.vmap(jax.value_and_grad(self._loss), in_axes=(None, 0, 0))(params, xb, yb)
+            (losses, stats), grads = jax.vmap(grad, in_axes=(None, None, 0, 0, 0, 0))(
+                params, model_state, drop, data.x, data.y, mask)
+        else:
+            xb, yb = sample_batches(k_batch, data, c.batch_size)
+            (losses, stats), grads = jax.vmap(grad, in_axes=(None, None, 0, 0, 0))(
+                params, model_state, drop, xb, yb)
+        stats = jax.tree.map(lambda a: jnp.mean(a[: c.honest], axis=0), stats)
+        return losses, grads, stats
 
     def _step(self, state: RunState, data: WorkerData):
         server, agg, opt = state.opt_state
         key, k_batch = jax.random.split(state.key)
-        losses, grads = self._grads(state.params, data, k_batch)
+        losses, grads, model_state = self._grads(state.params, state.model_state, data, k_batch)
         rows, server = self.server.update(grads, server, state.params)
         aggregate, agg = self.aggregate.update(rows, agg, state.params)
         honest, _ = ravel_workers(rows)
@@ -158,7 +174,7 @@ class Experiment:
         kappa = metrics.kappa_hat(flat[0], honest)
         updates, opt = self.sgd.update(aggregate, opt, state.params)
         params = optax.apply_updates(state.params, updates)
-        new = RunState(params, (server, agg, opt), key, state.step + 1)
+        new = RunState(params, (server, agg, opt), key, state.step + 1, model_state)
         return new, (jnp.mean(losses[: self.config.honest]), kappa)
 
     def _chunk(self, state: RunState, data: WorkerData, steps: int):
@@ -169,14 +185,15 @@ class Experiment:
         ``(seeds, steps)``."""
         return self._run_chunk(state, self.data, int(steps))
 
-    def _accuracy(self, params):
+    def _accuracy(self, params, model_state):
         x, y = self.x_test, self.y_test
-        logits = self.model.apply({"params": params}, x)
+        logits = self.model.apply({"params": params, **model_state}, x)
         return jnp.mean(jnp.argmax(logits, axis=-1) == y)
 
     def evaluate(self, state: RunState):
-        """Test accuracy of every seed's current model, ``(seeds,)``."""
-        return self._evaluate(state.params)
+        """Test accuracy of every seed's current model (BatchNorm on its running averages, no
+        dropout), ``(seeds,)``."""
+        return self._evaluate(state.params, state.model_state)
 
 
 def _rekey(server_state, key):
