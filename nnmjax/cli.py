@@ -150,13 +150,13 @@ def _report(out_dir, records) -> None:
 
 
 def _run_run(args) -> int:
-    from nnmjax.config import load_config
+    from nnmjax.config import load_grid
     from nnmjax.data import DatasetNotFoundError
     from nnmjax.grid import run_grid
     from nnmjax.results import CorruptRecordError
 
     try:
-        config = load_config(args.config, args.overrides)
+        config = load_grid(args.config, args.overrides)
         i, _, k = args.shard.partition("/")
         shard = (int(i), int(k))
     except (ValueError, FileNotFoundError) as e:

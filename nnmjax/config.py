@@ -19,7 +19,8 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-__all__ = ["Config", "RunSpec", "load_config", "parse_set", "QUICKSTART", "ATTACK_NAMES"]
+__all__ = ["Config", "RunSpec", "load_config", "load_grid", "expand_sweep", "parse_set", "QUICKSTART",
+           "ATTACK_NAMES"]
 
 ATTACK_NAMES = ("none", "sign_flipping", "foe", "alie", "optimal_foe", "optimal_alie", "mimic",
                 "inf", "gaussian", "label_flipping")
@@ -187,17 +188,69 @@ def parse_set(items: list[str]) -> dict[str, Any]:
     return out
 
 
+def _read(path: str | Path | None) -> dict[str, Any]:
+    if path is None:
+        return dict(QUICKSTART)
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"config file {str(path)!r} does not exist")
+    with open(path, "rb") as fh:
+        return tomllib.load(fh)
+
+
+def expand_sweep(base: dict[str, Any], sweep) -> list[dict[str, Any]]:
+    """The points of a sweep: ``sweep`` is a table ``{key: value or [values]}`` or a list of
+    such tables; each table contributes the product of its lists (scalars are one value),
+    applied on top of ``base``; the grid is the union of the tables' points, in order."""
+    import itertools
+
+    tables = [sweep] if isinstance(sweep, dict) else list(sweep)
+    points = []
+    for table in tables:
+        if not isinstance(table, dict):
+            raise ValueError(f"config key 'sweep': expected a table of key = [values]; got {table!r}")
+        for key in table:
+            if key not in _FIELDS:
+                raise ValueError(f"config key 'sweep': unknown key {key!r}; valid keys: {sorted(_FIELDS)}")
+        keys = list(table)
+        values = [v if isinstance(v, list) and not isinstance(_FIELDS[k].default, tuple)
+                  else [v] for k, v in table.items()]
+        for combo in itertools.product(*values):
+            points.append({**base, **dict(zip(keys, combo))})
+    return points
+
+
+def load_grid(path: str | Path | None = None, overrides: list[str] | None = None) -> list[Config]:
+    """Every :class:`Config` of a TOML file: its scalar keys, expanded over its optional
+    ``sweep`` (a ``[sweep]`` table or ``[[sweep]]`` tables, see :func:`expand_sweep`).
+
+    ``--set key=value`` overrides apply to every point and take the key out of the sweep
+    (``--set f=4`` on a file sweeping ``f`` runs ``f = 4`` only); ``--set 'sweep=[...]'``
+    replaces the sweep. Duplicate points are dropped.
+    """
+    data = _read(path)
+    sweep = data.pop("sweep", None)
+    extra = parse_set(overrides or [])
+    if "sweep" in extra:
+        sweep = extra.pop("sweep")
+    data.update(extra)
+    if sweep is None:
+        return [from_mapping(data)]
+    if isinstance(sweep, dict):
+        sweep = [sweep]
+    sweep = [{k: v for k, v in t.items() if k not in extra} if isinstance(t, dict) else t
+             for t in sweep]
+    configs = [from_mapping(point) for point in expand_sweep(data, sweep)]
+    return list(dict.fromkeys(configs))
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
-    """Read ``path`` (TOML; ``None`` gives the quickstart) and apply ``--set`` overrides."""
-    data: dict[str, Any] = dict(QUICKSTART) if path is None else {}
-    if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"config file {str(path)!r} does not exist")
-        with open(path, "rb") as fh:
-            data = tomllib.load(fh)
-    data.update(parse_set(overrides or []))
-    return from_mapping(data)
+    """Read ``path`` (TOML; ``None`` gives the quickstart) and apply ``--set`` overrides; a file
+    whose sweep has several points needs :func:`load_grid`."""
+    configs = load_grid(path, overrides)
+    if len(configs) > 1:
+        raise ValueError(f"{path} sweeps {len(configs)} settings; use load_grid")
+    return configs[0]
 
 
 #: ``nnmjax run`` with no config: the paper's setting on the embedded digits data.

@@ -1,4 +1,8 @@
-"""Run a config's grid: compile each (attack, rule) once, vmap it over the seeds not yet done.
+"""Run a grid: compile each (setting, attack, rule) once, vmap it over the seeds not yet done.
+
+A grid is one :class:`~nnmjax.config.Config` or a list of them (a config file's sweep,
+:func:`nnmjax.config.load_grid`); runs shared by several settings (the fault-free
+baseline) run once.
 
 Progress is one bar over all (run, step) pairs; after each (attack, rule)
 group its records are written atomically and ``summary.csv`` is rebuilt, so an
@@ -9,6 +13,7 @@ from __future__ import annotations
 import time
 from collections import defaultdict
 from pathlib import Path
+from typing import Sequence
 
 import jax
 import numpy as np
@@ -19,14 +24,23 @@ from nnmjax.config import Config, RunSpec
 from nnmjax.data import load_dataset
 from nnmjax.simulate import build_experiment
 
-__all__ = ["run_grid", "pending_runs"]
+__all__ = ["run_grid", "pending_runs", "grid_runs"]
 
 
-def pending_runs(config: Config, out_dir: Path | str) -> tuple[list[RunSpec], list[RunSpec]]:
+def grid_runs(configs: Config | Sequence[Config]) -> list[RunSpec]:
+    """Every distinct run of one config or a list of configs, in order."""
+    configs = [configs] if isinstance(configs, Config) else list(configs)
+    if not configs:
+        raise ValueError("the grid holds no config")
+    return list({spec.hash(): spec for c in configs for spec in c.runs()}.values())
+
+
+def pending_runs(configs: Config | Sequence[Config], out_dir: Path | str
+                 ) -> tuple[list[RunSpec], list[RunSpec]]:
     """Split the grid into (done, todo); a corrupt record raises
     :class:`~nnmjax.results.CorruptRecordError`."""
     done, todo = [], []
-    for spec in config.runs():
+    for spec in grid_runs(configs):
         path = results.record_path(out_dir, spec.hash())
         if path.exists():
             results.read_record(path)
@@ -41,35 +55,43 @@ def _eval_points(steps: int, every: int) -> list[int]:
     return pts if pts and pts[-1] == steps else pts + [steps]
 
 
-def run_grid(config: Config, out_dir: Path | str, *, progress: bool = True,
+def run_grid(config: Config | Sequence[Config], out_dir: Path | str, *, progress: bool = True,
              shard: tuple[int, int] = (0, 1)) -> list[dict]:
-    """Run every pending run of ``config`` into ``out_dir``; return all records of the grid.
+    """Run every pending run of ``config`` (one config or a list) into ``out_dir``; return all
+    records of the grid.
 
     ``shard=(i, k)`` runs only the ``i``-th of ``k`` interleaved slices of the
-    (attack, rule) groups, so ``k`` processes or machines can share one grid and
+    (setting, attack, rule) groups, so ``k`` processes or machines can share one grid and
     one output directory (records never collide: each is keyed by its own hash).
     """
     i, k = shard
     if not (isinstance(i, int) and isinstance(k, int) and k >= 1 and 0 <= i < k):
         raise ValueError(f"shard must be (i, k) with 0 <= i < k; got {shard!r}")
     out_dir = Path(out_dir)
+    runs = grid_runs(config)
     done, todo = pending_runs(config, out_dir)
-    every = list(dict.fromkeys((s.config, s.attack, s.rule) for s in config.runs()))
+    every = list(dict.fromkeys((s.config, s.attack, s.rule) for s in runs))
     mine = set(every[i::k])
     groups: dict[tuple, list[RunSpec]] = defaultdict(list)
     for spec in todo:
         if (spec.config, spec.attack, spec.rule) in mine:
             groups[(spec.config, spec.attack, spec.rule)].append(spec)
     todo = [s for g in groups.values() for s in g]
-    dataset = load_dataset(config.dataset, data_dir=config.data_dir,
-                           augment_flip=config.augment_flip) if todo else None
+    # every dataset is loaded (or its absence reported) before anything compiles
+    datasets = {}
+    for cfg, _, _ in groups:
+        source = (cfg.dataset, cfg.data_dir, cfg.augment_flip)
+        if source not in datasets:
+            datasets[source] = load_dataset(cfg.dataset, data_dir=cfg.data_dir,
+                                            augment_flip=cfg.augment_flip)
     total = sum(len(g) * g[0].config.steps for g in groups.values())
     bar = tqdm(total=total, unit="step", disable=not progress, dynamic_ncols=True,
                desc=f"{len(todo)} runs ({len(done)} already done)")
     for (cfg, attack, rule_name), specs in groups.items():
         bar.set_postfix_str(f"{attack} / {rule_name}")
         t0 = time.perf_counter()
-        exp = build_experiment(cfg, attack, rule_name, [s.seed for s in specs], dataset=dataset)
+        exp = build_experiment(cfg, attack, rule_name, [s.seed for s in specs],
+                               dataset=datasets[(cfg.dataset, cfg.data_dir, cfg.augment_flip)])
         state = exp.init()
         losses, kappas, accs, at = [], [], [], []
         t_prev = 0
@@ -104,5 +126,5 @@ def run_grid(config: Config, out_dir: Path | str, *, progress: bool = True,
         results.write_summary(out_dir)
     bar.close()
     records = results.load_records(out_dir)
-    wanted = {s.hash() for s in config.runs()}
+    wanted = {s.hash() for s in runs}
     return [r for r in records if r["hash"] in wanted]

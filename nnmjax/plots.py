@@ -1,5 +1,6 @@
 """Figures from run records: accuracy curves per attack (paper Figure 4 style) and
-kappa-hat curves (Figure 2 style), mean over seeds with a min-max band."""
+kappa-hat curves (Figure 2 style), mean over seeds with a min-max band, and heat-maps
+of the worst case over attacks across (f, alpha)."""
 from __future__ import annotations
 
 from collections import defaultdict
@@ -7,10 +8,10 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["plot_accuracy", "plot_kappa", "plot_all"]
+__all__ = ["plot_accuracy", "plot_kappa", "plot_worst_case", "plot_all"]
 
 
-def _grouped(records, curve):
+def _grouped(records):
     out = defaultdict(lambda: defaultdict(list))
     for r in records:
         out[r["key"]["attack"]][r["key"]["rule"]].append(r["curves"])
@@ -31,61 +32,126 @@ def _figure(n_panels):
     return fig, list(axes.flat)
 
 
-def _band(ax, x, ys, label):
+def _band(ax, x, ys, label, style="-"):
     ys = np.asarray([[np.nan if v is None else v for v in y] for y in ys], dtype=float)
     m = np.nanmean(ys, axis=0)
-    line, = ax.plot(x, m, label=label, lw=1.4)
+    line, = ax.plot(x, m, style, label=label, lw=1.4)
     if len(ys) > 1:
         ax.fill_between(x, np.nanmin(ys, axis=0), np.nanmax(ys, axis=0), alpha=0.2,
                         color=line.get_color())
 
 
-def plot_accuracy(records, path: Path | str) -> Path:
-    """One panel per attack, test accuracy vs step for every rule."""
-    groups = _grouped(records, "test_acc")
+def _panels(records, draw, ylabel, path, *, log=False, ylim=None, title=None):
+    """One panel per attack (paper order), one curve (mean, min-max band) per rule; the
+    fault-free baseline, when among ``records``, dashed in every panel."""
+    from nnmjax.table import ATTACK_ORDER, _is_baseline, _ordered
+
+    base = [r["curves"] for r in records if _is_baseline(r)]
+    groups = _grouped([r for r in records if not _is_baseline(r)])
     fig, axes = _figure(len(groups))
-    for ax, (attack, by_rule) in zip(axes, sorted(groups.items())):
-        for rule, curves in sorted(by_rule.items()):
-            _band(ax, curves[0]["eval_steps"], [c["test_acc"] for c in curves], rule)
+    for ax, attack in zip(axes, _ordered(groups, ATTACK_ORDER)):
+        for rule, curves in sorted(groups[attack].items(), key=lambda kv: (kv[0].count("+"), kv[0])):
+            draw(ax, curves, rule, "-")
+        if base:
+            draw(ax, base, "no attack (mean)", "--")
         ax.set_title(attack)
         ax.set_xlabel("step")
-        ax.set_ylabel("test accuracy")
-        ax.set_ylim(0, 1)
+        ax.set_ylabel(ylabel)
+        if log:
+            ax.set_yscale("log")
+        if ylim:
+            ax.set_ylim(*ylim)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
+    if title:
+        fig.suptitle(title, fontsize=9)
     return _save(fig, path)
 
 
-def plot_kappa(records, path: Path | str) -> Path:
-    """One panel per attack, kappa-hat (eq. 26) vs step for every rule (log scale)."""
-    groups = _grouped(records, "kappa_hat")
-    fig, axes = _figure(len(groups))
-    for ax, (attack, by_rule) in zip(axes, sorted(groups.items())):
-        for rule, curves in sorted(by_rule.items()):
-            k = curves[0]["kappa_hat"]
-            _band(ax, np.arange(1, len(k) + 1), [c["kappa_hat"] for c in curves], rule)
-        ax.set_title(attack)
-        ax.set_xlabel("step")
-        ax.set_ylabel(r"$\hat\kappa_t$")
-        ax.set_yscale("log")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
-    return _save(fig, path)
+def _acc(ax, curves, label, style):
+    _band(ax, curves[0]["eval_steps"], [c["test_acc"] for c in curves], label, style)
 
 
-def _save(fig, path):
+def _kappa(ax, curves, label, style):
+    if style == "-":  # no kappa-hat without Byzantine workers
+        k = curves[0]["kappa_hat"]
+        _band(ax, np.arange(1, len(k) + 1), [c["kappa_hat"] for c in curves], label, style)
+
+
+def plot_accuracy(records, path: Path | str, *, title: str | None = None) -> Path:
+    """Paper Figure 4 style: one panel per attack, test accuracy vs step for every rule."""
+    return _panels(records, _acc, "test accuracy", path, ylim=(0, 1), title=title)
+
+
+def plot_kappa(records, path: Path | str, *, title: str | None = None) -> Path:
+    """Paper Figure 2 style: one panel per attack, kappa-hat (eq. 26) vs step (log scale)."""
+    return _panels(records, _kappa, r"$\hat\kappa_t$", path, log=True, title=title)
+
+
+def plot_worst_case(records, path: Path | str, *, row: str = "f", col: str = "alpha") -> Path:
+    """Heat-maps of the worst case over attacks (max test accuracy, mean over seeds), one
+    panel per rule, ``row`` (default ``f``) against ``col`` (default ``alpha``)."""
+    from nnmjax.table import worst_case_grid
+
+    rules, rows, cols, grid = worst_case_grid(records, row, col)
+    fig, axes = _figure(len(rules))
+    for ax, rule in zip(axes, rules):
+        g = grid[rule]
+        im = ax.imshow(100 * g, vmin=0, vmax=100, cmap="viridis", aspect="auto")
+        for i in range(len(rows)):
+            for j in range(len(cols)):
+                if np.isfinite(g[i, j]):
+                    ax.text(j, i, f"{100 * g[i, j]:.0f}", ha="center", va="center",
+                            color="w" if g[i, j] < 0.6 else "k", fontsize=9)
+        ax.set_xticks(range(len(cols)), [str(c) for c in cols])
+        ax.set_yticks(range(len(rows)), [str(r) for r in rows])
+        ax.set_xlabel(col)
+        ax.set_ylabel(row)
+        ax.set_title(rule)
+    fig.colorbar(im, ax=axes[: len(rules)], shrink=0.8, label="worst-case max test accuracy (%)")
+    return _save(fig, path, tight=False)
+
+
+def _save(fig, path, tight=True):
     import matplotlib.pyplot as plt
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.tight_layout()
+    if tight:
+        fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
 
 
+def _slug(setting: dict, keys) -> str:
+    return "_".join(f"{k}{setting[k]}" for k in keys if k in setting)
+
+
 def plot_all(records, out_dir: Path | str) -> list[Path]:
-    """Write ``accuracy.png`` and ``kappa.png`` under ``out_dir``."""
+    """Accuracy and kappa-hat curves per setting and block (base rule) —
+    ``accuracy[-<setting>]-<block>.png``, ``kappa[...]`` — and, when the settings vary in
+    ``f`` or ``alpha`` only, ``worst_case.png`` heat-maps."""
+    from nnmjax.table import block_rank, setting_groups, title
+
     out_dir = Path(out_dir)
-    return [plot_accuracy(records, out_dir / "accuracy.png"),
-            plot_kappa(records, out_dir / "kappa.png")]
+    groups = setting_groups(records)
+    varying = [k for k in ("dataset", "algorithm", "f", "alpha", "momentum", "steps")
+               if len({str(s.get(k)) for s, _ in groups}) > 1]
+    paths = []
+    for setting, recs in groups:
+        tag = _slug(setting, varying)
+        blocks = defaultdict(list)
+        for r in recs:
+            if r["key"]["f"] > 0:
+                blocks[r["key"]["rule"].split("+")[-1]].append(r)
+        base = [r for r in recs if r["key"]["f"] == 0]
+        for block in sorted(blocks, key=block_rank):
+            name = "-".join(p for p in (tag, block) if p)
+            paths.append(plot_accuracy(blocks[block] + base, out_dir / f"accuracy-{name}.png",
+                                       title=title(setting)))
+            paths.append(plot_kappa(blocks[block], out_dir / f"kappa-{name}.png",
+                                    title=title(setting)))
+    if varying and set(varying) <= {"f", "alpha"}:
+        paths.append(plot_worst_case(records, out_dir / "worst_case.png"))
+    return paths

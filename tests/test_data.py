@@ -7,6 +7,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from fakedata import write_fake_cifar, write_fake_mnist
 
 from nnmjax.data import datasets as ds_mod
 from nnmjax.data import (
@@ -74,25 +75,9 @@ def test_idx_bad_files(tmp_path, raw, msg):
         read_idx(p)
 
 
-def _write_fake_mnist(directory: Path, *, n_train=30, n_test=10, gz=True, sep="-"):
-    directory.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(0)
-    sfx = ".gz" if gz else ""
-    arrays = {
-        "train-images": rng.integers(0, 256, (n_train, 28, 28), dtype=np.uint8),
-        "train-labels": (np.arange(n_train) % 10).astype(np.uint8),
-        "t10k-images": rng.integers(0, 256, (n_test, 28, 28), dtype=np.uint8),
-        "t10k-labels": (np.arange(n_test) % 10).astype(np.uint8),
-    }
-    for stem, a in arrays.items():
-        kind = "idx3" if a.ndim == 3 else "idx1"
-        write_idx(directory / f"{stem}{sep}{kind}-ubyte{sfx}", a)
-    return arrays
-
-
 @pytest.mark.parametrize("gz, sep", [(True, "-"), (False, "-"), (False, ".")])
 def test_load_mnist_from_idx_dir(tmp_path, gz, sep):
-    arrays = _write_fake_mnist(tmp_path, gz=gz, sep=sep)
+    arrays = write_fake_mnist(tmp_path, gz=gz, sep=sep)
     ds = load_dataset("mnist", data_dir=tmp_path)
     assert isinstance(ds, Dataset) and ds.name == "mnist" and ds.num_classes == 10
     assert ds.x_train.shape == (30, 28, 28, 1) and ds.x_train.dtype == np.float32
@@ -105,16 +90,16 @@ def test_load_mnist_from_idx_dir(tmp_path, gz, sep):
 
 
 def test_data_dir_subdir_and_env_var(tmp_path, monkeypatch):
-    _write_fake_mnist(tmp_path / "fashion-mnist")
+    write_fake_mnist(tmp_path / "fashion-mnist")
     ds = load_dataset("fashion_mnist", data_dir=tmp_path)
     assert ds.x_train.shape == (30, 28, 28, 1)
-    _write_fake_mnist(tmp_path / "mnist", n_train=20)
+    write_fake_mnist(tmp_path / "mnist", n_train=20)
     monkeypatch.setenv("NNMJAX_DATA_DIR", str(tmp_path))
     assert load_dataset("mnist").x_train.shape == (20, 28, 28, 1)
 
 
 def test_augment_flip_train_only(tmp_path):
-    arrays = _write_fake_mnist(tmp_path)
+    arrays = write_fake_mnist(tmp_path)
     ds = load_dataset("fashion_mnist", data_dir=tmp_path, augment_flip=True, normalize=False)
     assert ds.x_train.shape == (60, 28, 28, 1) and ds.x_test.shape == (10, 28, 28, 1)
     np.testing.assert_allclose(ds.x_train[30:], ds.x_train[:30, :, ::-1])
@@ -142,25 +127,17 @@ def test_missing_dir_error_lists_places(tmp_path, monkeypatch):
 
 
 def test_partial_dir_is_not_found(tmp_path):
-    _write_fake_mnist(tmp_path)
+    write_fake_mnist(tmp_path)
     (tmp_path / "t10k-labels-idx1-ubyte.gz").unlink()
     with pytest.raises(FileNotFoundError, match="t10k-labels"):
         load_dataset("mnist", data_dir=tmp_path)
 
 
 def test_cifar_python_batches(tmp_path):
-    import pickle
-
-    d = tmp_path / "cifar-10-batches-py"
-    d.mkdir()
-    rng = np.random.default_rng(0)
-    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
-        with open(d / name, "wb") as fh:
-            pickle.dump({b"data": rng.integers(0, 256, (4, 3072), dtype=np.uint8),
-                         b"labels": [0, 1, 2, 9]}, fh)
+    write_fake_cifar(tmp_path)
     ds = load_dataset("cifar10", data_dir=tmp_path)
     assert ds.x_train.shape == (20, 32, 32, 3) and ds.x_test.shape == (4, 32, 32, 3)
-    np.testing.assert_array_equal(ds.y_test, [0, 1, 2, 9])
+    np.testing.assert_array_equal(ds.y_test, [0, 1, 2, 3])
 
 
 def test_bad_names():

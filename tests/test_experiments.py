@@ -1,0 +1,198 @@
+"""Paper experiment configs, sweeps, multi-setting grids, Table 2 layout and heat-maps."""
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import numpy as np
+import pytest
+from fakedata import write_fake_cifar, write_fake_mnist
+
+from nnmjax import table
+from nnmjax.cli import main
+from nnmjax.config import load_config, load_grid
+from nnmjax.grid import grid_runs, run_grid
+from nnmjax.plots import plot_all
+
+PAPER = Path(__file__).resolve().parents[1] / "experiments" / "paper"
+CONFIGS = sorted(PAPER.glob("*.toml"))
+TINY = ["steps=4", "eval_every=2", "seeds=[1]", "n=7", "f=2", "batch_size=5",
+        "model='logreg'", "dataset='digits'"]
+
+
+def _toml(tmp_path, text):
+    p = tmp_path / "c.toml"
+    p.write_text(text)
+    return p
+
+
+# --------------------------------------------------------------------------- sweeps
+
+def test_sweep_product_and_union_of_tables(tmp_path):
+    p = _toml(tmp_path, 'steps = 5\n[[sweep]]\nf = 4\nalpha = [0.1, 1.0]\n'
+                        '[[sweep]]\nf = [6, 8]\nalpha = 10.0\n')
+    grid = load_grid(p)
+    assert [(c.f, c.alpha) for c in grid] == [(4, 0.1), (4, 1.0), (6, 10.0), (8, 10.0)]
+    assert all(c.steps == 5 for c in grid)
+
+
+def test_sweep_single_table_and_list_valued_keys(tmp_path):
+    p = _toml(tmp_path, '[sweep]\nalpha = [1.0, 10.0]\nrules = ["cwtm", "nnm+cwtm"]\n')
+    grid = load_grid(p)
+    assert [c.alpha for c in grid] == [1.0, 10.0]
+    assert all(c.rules == ("cwtm", "nnm+cwtm") for c in grid)  # a list key is one value
+
+
+def test_set_override_takes_key_out_of_sweep_and_dedupes(tmp_path):
+    p = _toml(tmp_path, '[[sweep]]\nf = [4, 6]\nalpha = [0.1, 1.0]\n')
+    grid = load_grid(p, ["alpha=1.0"])
+    assert [(c.f, c.alpha) for c in grid] == [(4, 1.0), (6, 1.0)]
+    assert [(c.f, c.alpha) for c in load_grid(p, ["f=4", "alpha=1.0"])] == [(4, 1.0)]
+    assert [c.f for c in load_grid(p, ["sweep=[{f = 6}]"])] == [6]
+
+
+def test_sweep_errors(tmp_path):
+    with pytest.raises(ValueError, match="unknown key 'beta'"):
+        load_grid(_toml(tmp_path, '[sweep]\nbeta = [0.9]\n'))
+    with pytest.raises(ValueError, match="'f'"):
+        load_grid(_toml(tmp_path, '[sweep]\nf = [4, 9]\n'))  # 2f >= n at one point
+    with pytest.raises(ValueError, match="sweeps 2 settings"):
+        load_config(_toml(tmp_path, '[sweep]\nf = [4, 6]\n'))
+
+
+# --------------------------------------------------------------------------- paper configs
+
+def test_every_paper_config_matches_the_paper():
+    assert {p.stem for p in CONFIGS} >= {"table2_mnist", "mnist_dshb", "mnist_dgd",
+                                         "mnist_extra_rules", "fashion_mnist",
+                                         "fashion_mnist_table2", "cifar10"}
+    for path in CONFIGS:
+        grid = load_grid(path)
+        for c in grid:
+            assert c.n == 17 and c.seeds == (1, 2, 3, 4, 5) and c.baseline
+            assert set(c.attacks) == {"optimal_alie", "optimal_foe", "label_flipping",
+                                      "sign_flipping", "mimic"}
+            assert len(c.rules) in (9, 12) and c.partition == "dirichlet"
+            if c.dataset == "cifar10":  # Table 3, CIFAR-10 column
+                assert (c.model, c.steps, c.batch_size, c.lr, c.lr_schedule, c.clip,
+                        c.weight_decay) == ("cifar_cnn", 2000, 50, 0.25, "paper_cifar", 5.0, 1e-2)
+            else:  # Table 3, MNIST & Fashion-MNIST column
+                assert (c.model, c.steps, c.batch_size, c.lr, c.lr_schedule, c.clip,
+                        c.weight_decay) == ("paper_cnn", 800, 25, 0.75, "paper_mnist", 2.0, 1e-4)
+    t2 = load_grid(PAPER / "table2_mnist.toml")
+    assert len(t2) == 1 and (t2[0].f, t2[0].alpha) == (4, 0.1)
+    assert len(grid_runs(t2)) == 12 * 5 * 5 + 5
+    fig = {(c.f, c.alpha) for c in load_grid(PAPER / "mnist_dshb.toml")}
+    assert fig == {(4, 0.1), (4, 1.0), (4, 10.0), (6, 1.0), (6, 10.0), (8, 10.0)}
+    cifar = {(c.f, c.alpha, c.momentum) for c in load_grid(PAPER / "cifar10.toml")}
+    assert cifar == {(2, 1.0, 0.9), (2, 10.0, 0.9), (3, 1.0, 0.9), (3, 10.0, 0.9), (4, 10.0, 0.99)}
+
+
+def _smoke_overrides(path, data_dir):
+    first = load_grid(path)[0]
+    rule = next(r for r in first.rules if r.startswith("nnm+"))
+    sets = ["steps=2", "eval_every=1", "seeds=[1]", f"attacks=['{first.attacks[0]}']",
+            f"rules=['{rule}']", "baseline=false", f"f={first.f}", f"alpha={first.alpha}",
+            f"momentum={first.momentum}"]
+    return sets + [f"data_dir='{data_dir}'"]
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=[p.stem for p in CONFIGS])
+def test_paper_config_smoke_run(path, tmp_path, capsys):
+    """Each committed config runs through ``nnmjax run`` (its model, algorithm, attack search
+    and data format) with --set steps=2 on one (setting, attack, rule, seed)."""
+    cfg = load_grid(path)[0]
+    data_dir = tmp_path / "data"  # small fake data in the dataset's real format
+    if cfg.dataset == "cifar10":
+        write_fake_cifar(data_dir, per_batch=68, n_test=20)
+    else:
+        write_fake_mnist(data_dir, n_train=340, n_test=20)
+    out = tmp_path / "out"
+    assert main(["run", str(path), "--out", str(out), "--quiet",
+                 *[a for s in _smoke_overrides(path, data_dir) for a in ("--set", s)]]) == 0
+    rec = out / "runs"
+    assert len(list(rec.glob("*.json"))) == 1
+    assert "worst case" in capsys.readouterr().out
+
+
+# --------------------------------------------------------------------------- grids
+
+def test_grid_of_settings_shares_the_baseline_and_reports_per_setting(tmp_path):
+    configs = load_grid(None, TINY + ["attacks=['sign_flipping']", "rules=['cwtm', 'nnm+cwtm']",
+                                      "baseline=true", "sweep=[{alpha = [0.5, 5.0]}]"])
+    assert [c.alpha for c in configs] == [0.5, 5.0]
+    runs = grid_runs(configs)
+    assert len(runs) == 2 * 2 + 2  # two baselines: the baseline keeps alpha
+    records = run_grid(configs, tmp_path, progress=False)
+    assert len(records) == len(runs)
+    tables = table.accuracy_tables(records)
+    assert [t.setting["alpha"] for t in tables] == [0.5, 5.0]
+    assert all(t.baseline is not None and t.blocks == [("cwtm", ["cwtm", "nnm+cwtm"])]
+               for t in tables)
+    assert run_grid(configs, tmp_path, progress=False, shard=(1, 3))  # nothing left to do
+    paths = plot_all(records, tmp_path / "plots")
+    names = {p.name for p in paths}
+    assert "worst_case.png" in names and "accuracy-alpha0.5-cwtm.png" in names
+
+
+# --------------------------------------------------------------------------- tables
+
+def _record(rule, attack, seed, acc, f=4, alpha=0.1, n=17):
+    key = {"dataset": "mnist", "model": "paper_cnn", "algorithm": "dshb", "n": n, "f": f,
+           "partition": "dirichlet", "alpha": alpha, "momentum": 0.9, "steps": 800,
+           "attack": attack, "rule": rule, "seed": seed}
+    steps = [400, 800]
+    return {"key": key, "summary": {"max_test_acc": acc},
+            "curves": {"test_acc": [acc / 2, acc], "eval_steps": steps,
+                       "kappa_hat": [1.0, 0.5], "loss": [2.0, 1.0]}}
+
+
+def _records():
+    recs = []
+    accs = {"krum": 0.1, "bucketing+krum": 0.4, "nnm+krum": 0.8,
+            "cwtm": 0.3, "bucketing+cwtm": 0.5, "nnm+cwtm": 0.7, "gm": 0.6}
+    for (f, alpha) in [(4, 0.1), (6, 1.0)]:
+        for rule, a in accs.items():
+            for attack, shift in [("optimal_alie", 0.0), ("mimic", 0.2), ("sign_flipping", 0.1)]:
+                for seed in (1, 2):
+                    recs.append(_record(rule, attack, seed, a + shift + 0.01 * seed, f, alpha))
+        for seed in (1, 2):
+            recs.append(_record("mean", "none", seed, 0.95, f=0, alpha=alpha, n=17 - f))
+    return recs
+
+
+def test_table2_layout_blocks_bold_worst_and_baseline(tmp_path):
+    recs = _records()
+    t = table.accuracy_tables(recs)
+    assert len(t) == 2
+    first = t[0]
+    assert [b for b, _ in first.blocks] == ["krum", "gm", "cwtm"]  # the paper's block order
+    assert first.blocks[0][1] == ["krum", "bucketing+krum", "nnm+krum"]
+    assert first.attacks == ["optimal_alie", "sign_flipping", "mimic"]  # paper's column order
+    m, s, k = first.cells[("nnm+krum", "worst")]
+    assert (m, k) == (pytest.approx(0.815), 2) and s == pytest.approx(0.005)
+    assert first.baseline[0] == pytest.approx(0.95)
+    md = table.format_markdown(recs)
+    assert md.count("worst case") == 2 and "f=6, partition=dirichlet, alpha=1.0" in md
+    assert "| nnm+krum | **81.50 ± 0.50** |" in md  # best of its block under ALIE
+    assert "| gm | 61.50 ± 0.50 |" in md  # a one-rule block has no bold
+    assert "Fault-free baseline (mean, 13 honest workers): 95.00" in md
+    table.write_csv(recs, tmp_path / "t.csv")
+    rows = list(csv.DictReader(open(tmp_path / "t.csv")))
+    assert len(rows) == 2 * (7 * 4 + 1)
+    worst = [r for r in rows if r["rule"] == "krum" and r["attack"] == "worst" and r["f"] == "4"]
+    assert worst[0]["mean_max_test_acc"] == "0.1150"
+
+
+def test_worst_case_grid_and_heatmap(tmp_path):
+    recs = _records()
+    rules, rows, cols, grid = table.worst_case_grid(recs)
+    assert rows == [4, 6] and cols == [0.1, 1.0]
+    assert rules[:3] == ["krum", "bucketing+krum", "nnm+krum"]
+    assert grid["nnm+krum"][0, 0] == pytest.approx(0.815) and np.isnan(grid["nnm+krum"][0, 1])
+    paths = plot_all(recs, tmp_path)
+    assert (tmp_path / "worst_case.png") in paths and (tmp_path / "accuracy-f4_alpha0.1-krum.png") in paths
+    mixed = recs + [_record("cwtm", "mimic", 1, 0.5, f=4, alpha=0.1)]
+    mixed[-1]["key"]["dataset"] = "cifar10"
+    with pytest.raises(ValueError, match="differ"):
+        table.worst_case_grid(mixed)
