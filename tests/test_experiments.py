@@ -196,3 +196,17 @@ def test_worst_case_grid_and_heatmap(tmp_path):
     mixed[-1]["key"]["dataset"] = "cifar10"
     with pytest.raises(ValueError, match="differ"):
         table.worst_case_grid(mixed)
+
+
+def test_claims_script_verdicts():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("claims", PAPER.parent / "claims.py")
+    claims = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(claims)
+    text = claims.claims(_records())
+    assert "- **krum**: best worst case here `nnm+krum` (NNM); paper: `nnm+krum`." in text
+    assert "- **gm**: best worst case here `gm` (not NNM); paper: `nnm+gm`." in text
+    assert "Bucketing's worst case across rules (complete rows only): 41.50-51.50%" in text
+    partial = [r for r in _records() if not (r["key"]["rule"] == "cwtm" and r["key"]["seed"] == 2)]
+    assert "- **cwtm**: incomplete" in claims.claims(partial)

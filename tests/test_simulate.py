@@ -151,7 +151,8 @@ def test_cli_run_table_plot(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "nnm+cwtm" in out and "worst case" in out
     assert (tmp_path / "summary.csv").exists() and (tmp_path / "table.md").exists()
-    assert (tmp_path / "plots" / "accuracy.png").exists() and (tmp_path / "plots" / "kappa.png").exists()
+    assert (tmp_path / "plots" / "accuracy-cwtm.png").exists()  # one figure per block
+    assert (tmp_path / "plots" / "kappa-cwtm.png").exists() and (tmp_path / "table.csv").exists()
     assert main(["table", str(tmp_path)]) == 0
     assert main(["plot", str(tmp_path)]) == 0
     with pytest.raises(SystemExit):
@@ -180,3 +181,24 @@ def test_shards_partition_the_grid(tmp_path, tiny_config):
     assert len(list((tmp_path / "runs").glob("*.json"))) == 2
     with pytest.raises(ValueError, match="shard"):
         run_grid(cfg, tmp_path, progress=False, shard=(2, 2))
+
+
+def test_cifar_cnn_trains_with_batch_norm_and_dropout(tmp_path):
+    """cifar_cnn: each worker normalises with its own batch statistics; the running averages
+    move (the honest workers' mean) and evaluation uses them."""
+    from fakedata import write_fake_cifar
+
+    write_fake_cifar(tmp_path, per_batch=20, n_test=8)
+    cfg = load_config(None, ["dataset='cifar10'", f"data_dir='{tmp_path}'", "model='cifar_cnn'",
+                             "n=5", "f=1", "batch_size=4", "steps=2", "eval_every=2",
+                             "seeds=[1]", "attacks=['sign_flipping']", "rules=['nnm+cwtm']",
+                             "lr_schedule='paper_cifar'", "lr=0.25", "clip=5.0"])
+    exp = build_experiment(cfg, "sign_flipping", "nnm+cwtm", [1])
+    state = exp.init()
+    stats0 = jax.tree.leaves(state.model_state)
+    assert len(stats0) == 8  # mean and var of four BatchNorm layers
+    state, (loss, kappa) = exp.run_chunk(state, 2)
+    stats1 = jax.tree.leaves(state.model_state)
+    assert all(np.all(np.isfinite(np.asarray(s))) for s in stats1)
+    assert any(not np.allclose(np.asarray(a), np.asarray(b)) for a, b in zip(stats0, stats1))
+    assert np.all(np.isfinite(np.asarray(loss))) and np.isfinite(float(exp.evaluate(state)[0]))
