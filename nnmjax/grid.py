@@ -124,6 +124,7 @@ def run_grid(config: Config | Sequence[Config], out_dir: Path | str, *, progress
             }
             results.write_record(out_dir, spec.hash(), record)
         results.write_summary(out_dir)
+        del exp, state  # free this group's device data before the next one is built
     bar.close()
     records = results.load_records(out_dir)
     wanted = {s.hash() for s in runs}

@@ -29,7 +29,10 @@ from nnmjax.models import make_model
 from nnmjax.rules import rule as make_rule
 from nnmjax.tree import ravel_workers
 
-__all__ = ["Experiment", "RunState", "learning_rate", "build_experiment"]
+__all__ = ["Experiment", "RunState", "learning_rate", "build_experiment", "EVAL_CHUNK"]
+
+#: Test images per forward pass when evaluating (bounds evaluation memory).
+EVAL_CHUNK = 1000
 
 
 def learning_rate(config: Config):
@@ -186,9 +189,21 @@ class Experiment:
         return self._run_chunk(state, self.data, int(steps))
 
     def _accuracy(self, params, model_state):
+        """Test accuracy, the test set in chunks of ``EVAL_CHUNK`` images (``lax.map``), so
+        memory stays bounded whatever the test set's size and the number of vmapped seeds."""
         x, y = self.x_test, self.y_test
-        logits = self.model.apply({"params": params, **model_state}, x)
-        return jnp.mean(jnp.argmax(logits, axis=-1) == y)
+        n = y.shape[0]
+        chunk = min(EVAL_CHUNK, n)
+        pad = -n % chunk
+        xs = jnp.pad(x, [(0, pad)] + [(0, 0)] * (x.ndim - 1)).reshape((-1, chunk) + x.shape[1:])
+        ys = jnp.pad(y, (0, pad), constant_values=-1).reshape(-1, chunk)
+
+        def correct(batch):
+            xb, yb = batch
+            logits = self.model.apply({"params": params, **model_state}, xb)
+            return jnp.sum(jnp.argmax(logits, axis=-1) == yb)
+
+        return jnp.sum(jax.lax.map(correct, (xs, ys))) / n
 
     def evaluate(self, state: RunState):
         """Test accuracy of every seed's current model (BatchNorm on its running averages, no
