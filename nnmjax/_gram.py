@@ -16,6 +16,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from nnmjax._shard import dsum
+
 _CHUNK = 1 << 16
 #: Up to this many rows, combinations are unrolled sums that fuse with their consumer.
 UNROLL_MAX_N = 32
@@ -37,7 +39,7 @@ def gram(x, centre=None):
         c = x[:, i:j] if centre is None else x[:, i:j] - centre[i:j]
         g = jnp.matmul(c, c.T, precision=jax.lax.Precision.HIGHEST)
         out = g if out is None else out + g
-    return out
+    return dsum(out)
 
 
 def robust_centre(x):
@@ -97,7 +99,7 @@ class Geometry:
             xc = jnp.where(self.far[:, None], 0.0, self.x[:, i:j] - self.centre[i:j])
             b = jnp.matmul(xc, vc[i:j], precision=jax.lax.Precision.HIGHEST)
             out = b if out is None else out + b
-        return out, jnp.dot(vc, vc, precision=jax.lax.Precision.HIGHEST)
+        return dsum(out), dsum(jnp.dot(vc, vc, precision=jax.lax.Precision.HIGHEST))
 
 
 def combine(c, x):

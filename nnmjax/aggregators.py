@@ -25,6 +25,7 @@ import jax.numpy as jnp
 
 from nnmjax import _gram, _order
 from nnmjax._checks import as_matrix, check_f, check_int, check_positive
+from nnmjax._shard import dall, dsum
 
 __all__ = ["mean", "cwmed", "cwtm", "gm", "krum", "multikrum", "mda", "meamed",
            "cclip", "monna", "caf", "smea", "AGGREGATORS"]
@@ -200,8 +201,8 @@ def gm(x, f: int = 0, *, nu: float = 1e-6, max_iter: int = 200, tol: float = 1e-
 def _sqdist_to(x, v):
     """``||x_i - v||^2`` in one pass; ``inf`` for rows with non-finite entries."""
     diff = x - v
-    d2 = jnp.sum(jnp.square(jnp.where(jnp.isfinite(diff), diff, 0.0)), axis=1)
-    ok = jnp.all(jnp.isfinite(x), axis=1) & jnp.isfinite(d2)
+    d2 = dsum(jnp.sum(jnp.square(jnp.where(jnp.isfinite(diff), diff, 0.0)), axis=1))
+    ok = dall(jnp.all(jnp.isfinite(x), axis=1)) & jnp.isfinite(d2)
     return jnp.where(ok, d2, jnp.inf)
 
 

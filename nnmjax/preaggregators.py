@@ -10,6 +10,7 @@ import jax.numpy as jnp
 
 from nnmjax import _gram
 from nnmjax._checks import as_matrix, check_f, check_int, check_positive
+from nnmjax._shard import dall, dsum
 
 __all__ = ["nnm", "mixing_matrix", "bucketing", "bucketing_matrix", "clipping", "arc",
            "PREAGGREGATORS", "bucket_size", "output_size"]
@@ -81,8 +82,8 @@ def clipping(x, f: int = 0, *, c: float = 2.0):
 
 def _scale_rows(x, threshold):
     xs = jnp.where(jnp.isfinite(x), x, 0.0)
-    norm = jnp.sqrt(jnp.sum(jnp.square(xs), axis=1))
-    bad = ~jnp.all(jnp.isfinite(x), axis=1) | ~jnp.isfinite(norm)
+    norm = jnp.sqrt(dsum(jnp.sum(jnp.square(xs), axis=1)))
+    bad = ~dall(jnp.all(jnp.isfinite(x), axis=1)) | ~jnp.isfinite(norm)
     scale = jnp.minimum(1.0, threshold / jnp.where(norm > 0, norm, 1.0))
     return jnp.where(bad[:, None], 0.0, xs * jnp.where(bad, 0.0, scale)[:, None])
 
@@ -98,8 +99,8 @@ def arc(x, f: int):
     if k == 0:
         return x
     xs = jnp.where(jnp.isfinite(x), x, 0.0)
-    norm = jnp.sqrt(jnp.sum(jnp.square(xs), axis=1))
-    norm = jnp.where(jnp.all(jnp.isfinite(x), axis=1) & jnp.isfinite(norm), norm, jnp.inf)
+    norm = jnp.sqrt(dsum(jnp.sum(jnp.square(xs), axis=1)))
+    norm = jnp.where(dall(jnp.all(jnp.isfinite(x), axis=1)) & jnp.isfinite(norm), norm, jnp.inf)
     threshold = jnp.sort(norm)[n - k - 1]
     return _scale_rows(x, threshold)
 

@@ -1,0 +1,38 @@
+"""Reductions over the coordinate axis ``d`` that also work when ``d`` is sharded.
+
+Inside :func:`nnmjax.sharding.shard_rule` a rule runs on one device's block of columns
+(``jax.shard_map``); every sum over ``d`` (Gram matrices, row norms) and every
+"all coordinates finite" test must then combine the blocks. The rules call
+:func:`dsum` and :func:`dall` for those, which are the identity outside a sharded call
+and one ``psum`` / ``pmin`` over the mesh axis inside (``n x n`` or ``n`` values: the only
+communication a sharded rule needs).
+"""
+from __future__ import annotations
+
+import contextlib
+
+import jax
+import jax.numpy as jnp
+
+_AXIS: str | None = None
+
+
+@contextlib.contextmanager
+def columns_sharded(axis: str):
+    """Trace the enclosed rule as one block of columns of a matrix sharded over ``axis``."""
+    global _AXIS
+    previous, _AXIS = _AXIS, axis
+    try:
+        yield
+    finally:
+        _AXIS = previous
+
+
+def dsum(v):
+    """``v``, a partial sum over this block's columns, summed over all blocks."""
+    return v if _AXIS is None else jax.lax.psum(v, _AXIS)
+
+
+def dall(b):
+    """``b``, a boolean over this block's columns, and-ed over all blocks."""
+    return b if _AXIS is None else jax.lax.pmin(b.astype(jnp.int32), _AXIS).astype(bool)

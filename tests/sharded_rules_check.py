@@ -1,0 +1,59 @@
+"""Run with XLA_FLAGS=--xla_force_host_platform_device_count=8 (tests/test_sharding.py):
+every rule sharded by columns over 8 CPU devices against the same rule on one device."""
+from __future__ import annotations
+
+import json
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+import nnmjax
+from nnmjax import aggregators, sharding
+
+F = 4
+
+
+def cases():
+    names = list(aggregators.AGGREGATORS) + [f"nnm+{a}" for a in aggregators.AGGREGATORS]
+    return names + ["bucketing+krum", "clipping+cwtm", "arc+nnm+gm", "nnm", "bucketing+cwmed"]
+
+
+def main():
+    assert len(jax.devices()) == 8, jax.devices()
+    mesh = sharding.worker_mesh()
+    rng = np.random.default_rng(0)
+    out = {}
+    for d in (1003, 64):  # not a multiple of 8; fewer columns than 8 x 8
+        # rows of different spreads: nearest-neighbour sets without float32 near-ties
+        x = (rng.normal(size=(17, d)) * rng.uniform(0.5, 3.0, size=(17, 1)) + 3.0).astype(np.float32)
+        x[-2] = 1e38 if d == 64 else np.nan  # a bad Byzantine row
+        x[-1, ::3] = np.inf
+        for name in cases():
+            if name == "nnm":
+                ref = np.asarray(nnmjax.preaggregators.nnm(jnp.asarray(x), F))
+                sharded = sharding.shard_rule(lambda z: nnmjax.preaggregators.nnm(z, F), mesh)
+                got = np.asarray(sharded(x))
+            else:
+                rule = nnmjax.rule(name, F)
+                key = jax.random.key(1) if rule.randomized else None
+                ref = np.asarray(rule(jnp.asarray(x), key=key) if key is not None else rule(jnp.asarray(x)))
+                got = np.asarray(sharding.shard_rule(rule, mesh)(x, key=key))
+            # mean is not robust: the same NaN / inf on both sides counts as equal
+            both_nan = (np.isnan(got) & np.isnan(ref)) | (got == ref)
+            diff = np.where(both_nan, 0.0, np.abs(got - ref))
+            err = float(np.max(diff) / (1.0 + np.max(np.abs(np.where(both_nan, 0.0, ref)))))
+            out[f"{name}@{d}"] = {"shape_ok": got.shape == ref.shape, "rel_err": err,
+                                  "finite": bool(np.all(np.isfinite(got))) or name == "mean"}
+    x = jnp.ones((17, 1024), jnp.float32)
+    for name in ("cwtm", "cwmed", "meamed", "nnm+cwtm", "krum", "gm", "clipping+cwtm"):
+        hlo = sharding.shard_rule(nnmjax.rule(name, F), mesh).jitted.lower(
+            x, jax.random.key(0)).compile().as_text()
+        out[f"collectives:{name}"] = sum(hlo.count(op) for op in (
+            "all-reduce(", "all-gather(", "all-to-all(", "collective-permute("))
+    json.dump(out, sys.stdout)
+
+
+if __name__ == "__main__":
+    main()

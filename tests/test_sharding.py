@@ -1,0 +1,51 @@
+"""Rules sharded over a device mesh equal the single-device rules (8 fake CPU devices)."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import jax
+import pytest
+
+from nnmjax import sharding
+
+HERE = Path(__file__).resolve().parent
+
+
+@pytest.fixture(scope="module")
+def eight_devices():
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8",
+               JAX_PLATFORMS="cpu")
+    res = subprocess.run([sys.executable, str(HERE / "sharded_rules_check.py")], env=env,
+                         capture_output=True, text=True, timeout=900)
+    assert res.returncode == 0, res.stderr[-3000:]
+    return json.loads(res.stdout.strip().splitlines()[-1])
+
+
+def test_every_rule_sharded_by_columns_equals_one_device(eight_devices):
+    rules = {k: v for k, v in eight_devices.items() if not k.startswith("collectives:")}
+    assert len(rules) >= 50
+    bad = {k: v for k, v in rules.items()
+           if not (v["shape_ok"] and v["finite"] and v["rel_err"] <= 1e-4)}
+    assert not bad
+
+
+def test_coordinatewise_rules_need_no_communication(eight_devices):
+    c = {k.split(":")[1]: v for k, v in eight_devices.items() if k.startswith("collectives:")}
+    assert c["cwtm"] == c["cwmed"] == c["meamed"] == 0
+    # distance-based rules and norms: all-reduces of n x n / n values only
+    assert c["nnm+cwtm"] >= 1 and c["krum"] >= 1 and c["clipping+cwtm"] >= 1
+
+
+def test_worker_mesh_errors():
+    with pytest.raises(ValueError, match="needs 4 devices"):
+        sharding.worker_mesh(2, runs=2, devices=jax.devices()[:1])
+    with pytest.raises(ValueError, match="runs"):
+        sharding.worker_mesh(runs=0)
+    mesh = sharding.worker_mesh()
+    assert mesh.axis_names == ("runs", "workers")
+    with pytest.raises(ValueError, match="no axis"):
+        sharding.shard_rule(lambda x: x, mesh, axis="data")
