@@ -202,3 +202,16 @@ def test_cifar_cnn_trains_with_batch_norm_and_dropout(tmp_path):
     assert all(np.all(np.isfinite(np.asarray(s))) for s in stats1)
     assert any(not np.allclose(np.asarray(a), np.asarray(b)) for a, b in zip(stats0, stats1))
     assert np.all(np.isfinite(np.asarray(loss))) and np.isfinite(float(exp.evaluate(state)[0]))
+
+
+def test_dataset_too_small_for_the_partition_is_a_clear_error(tmp_path, capsys):
+    from fakedata import write_fake_mnist
+
+    from nnmjax.cli import main
+
+    write_fake_mnist(tmp_path / "data", n_train=10, n_test=5)
+    sets = ["dataset='mnist'", f"data_dir='{tmp_path / 'data'}'", "model='logreg'", "steps=2",
+            "seeds=[1]", "attacks=['sign_flipping']", "rules=['cwtm']"]
+    with pytest.raises(SystemExit, match="13 workers but only 10 samples"):
+        main(["run", "--out", str(tmp_path / "out"), "--quiet",
+              *[a for s in sets for a in ("--set", s)]])
