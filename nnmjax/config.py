@@ -60,6 +60,9 @@ class Config:
     eval_every: int = 50
     baseline: bool = False
     augment_flip: bool = False
+    #: Devices to run on, ``(("runs", r),)``: the seeds of each compiled program split
+    #: over ``r`` devices (TOML ``mesh = {runs = 2}``). Not part of a run's identity.
+    mesh: tuple = ()
 
     def __post_init__(self):
         _validate(self)
@@ -88,7 +91,7 @@ class RunSpec:
 
     def record_key(self) -> dict[str, Any]:
         base = dataclasses.asdict(self.config)
-        for k in ("attacks", "rules", "seeds", "baseline"):
+        for k in ("attacks", "rules", "seeds", "baseline", "mesh"):
             base.pop(k)
         return {**base, "attack": self.attack, "rule": self.rule, "seed": self.seed}
 
@@ -149,6 +152,11 @@ def _validate(c: Config):
     for s in c.seeds:
         if isinstance(s, bool) or not isinstance(s, int):
             _fail("seeds", f"must be integers; got {s!r}")
+    for axis, size in c.mesh:
+        if axis != "runs":
+            _fail("mesh", f"unknown axis {axis!r}; the simulator's mesh has 'runs'")
+        if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+            _fail("mesh", f"{axis} must be a positive integer; got {size!r}")
 
 
 _FIELDS = {f.name: f for f in dataclasses.fields(Config)}
@@ -158,6 +166,10 @@ def _coerce(key: str, value: Any):
     if key not in _FIELDS:
         raise ValueError(f"unknown config key {key!r}; valid keys: {sorted(_FIELDS)}")
     default = _FIELDS[key].default
+    if key == "mesh":
+        if not isinstance(value, dict):
+            _fail("mesh", f"must be a table such as {{runs = 2}}; got {value!r}")
+        return tuple(sorted(value.items()))
     if isinstance(default, tuple):
         if not isinstance(value, (list, tuple)):
             _fail(key, f"must be a list; got {value!r}")

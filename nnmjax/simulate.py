@@ -6,7 +6,8 @@ stacked gradients through the optax chain of :mod:`nnmjax.transforms`
 aggregation -> SGD with the paper's schedule), and records the honest loss and
 the empirical robustness ``kappa_hat`` of eq. (26). Steps run in ``lax.scan``
 chunks; whole runs are ``jax.vmap``-ed over seeds (each seed has its own
-partition, initialisation and sampling).
+partition, initialisation and sampling), and with ``mesh = {runs = r}`` the seed axis is
+split over ``r`` devices (``jax.sharding``; seeds padded to a multiple of ``r``).
 
 Label flipping (LF) is a data attack: the ``f`` Byzantine workers hold data
 too and compute honest-looking momenta on labels ``C - 1 - l``; for the other
@@ -92,11 +93,16 @@ class Experiment:
     def __init__(self, config: Config, attack: str, rule_name: str, seeds, dataset=None):
         self.config, self.attack, self.rule_name = config, attack, rule_name
         self.seeds = [int(s) for s in seeds]
+        self.n_seeds = len(self.seeds)
+        self.mesh = _runs_mesh(config)
+        if self.mesh is not None:  # pad to a multiple of the runs axis; extra runs dropped
+            self.seeds += [self.seeds[-1]] * (-self.n_seeds % self.mesh.shape["runs"])
         ds = dataset if dataset is not None else load_dataset(
             config.dataset, data_dir=config.data_dir, augment_flip=config.augment_flip)
         self.dataset = ds
         lf = attack == "label_flipping" and config.f > 0
-        self.data = _stack([_partition(config, ds, s, with_byzantine_data=lf) for s in self.seeds])
+        self.data = self._place(
+            _stack([_partition(config, ds, s, with_byzantine_data=lf) for s in self.seeds]))
         self.x_test = jnp.asarray(ds.x_test)
         self.y_test = jnp.asarray(ds.y_test)
         self.model = make_model(config.model, ds.num_classes, ds.x_train.shape[1:])
@@ -145,7 +151,15 @@ class Experiment:
     def init(self) -> RunState:
         """Initial states for every seed (leading axis)."""
         keys = jnp.stack([jax.random.key_data(jax.random.key(s)) for s in self.seeds])
-        return self._init(jax.vmap(jax.random.wrap_key_data)(keys))
+        return self._init(jax.vmap(jax.random.wrap_key_data)(self._place(keys)))
+
+    def _place(self, tree):
+        """Split the leading (seed) axis of ``tree`` over the mesh's ``runs`` axis."""
+        if self.mesh is None:
+            return tree
+        from jax.sharding import NamedSharding, PartitionSpec as P
+
+        return jax.device_put(tree, NamedSharding(self.mesh, P("runs")))
 
     def _grads(self, params, model_state, data: WorkerData, key):
         """Every worker's loss and gradient (one vmap) and the new BatchNorm statistics: the
@@ -186,7 +200,8 @@ class Experiment:
     def run_chunk(self, state: RunState, steps: int):
         """Advance every seed by ``steps`` steps; returns ``(state, (loss, kappa))``, each
         ``(seeds, steps)``."""
-        return self._run_chunk(state, self.data, int(steps))
+        state, (loss, kappa) = self._run_chunk(state, self.data, int(steps))
+        return state, (loss[: self.n_seeds], kappa[: self.n_seeds])
 
     def _accuracy(self, params, model_state):
         """Test accuracy, the test set in chunks of ``EVAL_CHUNK`` images (``lax.map``), so
@@ -208,7 +223,17 @@ class Experiment:
     def evaluate(self, state: RunState):
         """Test accuracy of every seed's current model (BatchNorm on its running averages, no
         dropout), ``(seeds,)``."""
-        return self._evaluate(state.params, state.model_state)
+        return self._evaluate(state.params, state.model_state)[: self.n_seeds]
+
+
+def _runs_mesh(config: Config):
+    """The ``runs`` mesh of ``config.mesh`` (``None`` without one)."""
+    runs = dict(config.mesh).get("runs")
+    if runs is None:
+        return None
+    from nnmjax.sharding import worker_mesh
+
+    return worker_mesh(1, runs=runs)
 
 
 def _rekey(server_state, key):

@@ -210,3 +210,13 @@ def test_claims_script_verdicts():
     assert "Bucketing's worst case across rules (complete rows only): 41.50-51.50%" in text
     partial = [r for r in _records() if not (r["key"]["rule"] == "cwtm" and r["key"]["seed"] == 2)]
     assert "- **cwtm**: incomplete" in claims.claims(partial)
+
+
+def test_mesh_key_is_validated_and_not_part_of_a_runs_identity():
+    a = load_config(None, ["mesh={runs = 2}"])
+    assert a.mesh == (("runs", 2),)
+    assert a.runs()[0].hash() == load_config(None, []).runs()[0].hash()
+    with pytest.raises(ValueError, match="mesh"):
+        load_config(None, ["mesh={workers = 2}"])
+    with pytest.raises(ValueError, match="mesh"):
+        load_config(None, ["mesh=2"])

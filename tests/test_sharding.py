@@ -15,14 +15,25 @@ from nnmjax import sharding
 HERE = Path(__file__).resolve().parent
 
 
-@pytest.fixture(scope="module")
-def eight_devices():
+def _on_eight_devices(script):
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8",
                JAX_PLATFORMS="cpu")
-    res = subprocess.run([sys.executable, str(HERE / "sharded_rules_check.py")], env=env,
+    res = subprocess.run([sys.executable, str(HERE / script)], env=env,
                          capture_output=True, text=True, timeout=900)
     assert res.returncode == 0, res.stderr[-3000:]
     return json.loads(res.stdout.strip().splitlines()[-1])
+
+
+@pytest.fixture(scope="module")
+def eight_devices():
+    return _on_eight_devices("sharded_rules_check.py")
+
+
+def test_grid_with_seeds_split_over_a_runs_mesh_equals_one_device():
+    out = _on_eight_devices("sharded_grid_check.py")
+    assert out["same_hashes"] and out["max_diff"] <= 1e-5
+    assert out["data_devices"] == 2 and out["state_devices"] == 2
+    assert out["chunk_shape"] == [3, 2]  # 3 seeds padded to 4 on 2 devices, padding dropped
 
 
 def test_every_rule_sharded_by_columns_equals_one_device(eight_devices):
