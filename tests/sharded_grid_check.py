@@ -13,7 +13,7 @@ from nnmjax.config import load_config
 from nnmjax.grid import run_grid
 
 TINY = ["steps=4", "eval_every=2", "seeds=[1, 2, 3]", "n=7", "f=2", "batch_size=5",
-        "model='logreg'", "attacks=['optimal_alie']", "rules=['nnm+cwtm']"]
+        "model='logreg'", "attacks=['sign_flipping']", "rules=['nnm+cwtm']"]
 
 
 def main():
@@ -31,7 +31,7 @@ def main():
     from nnmjax.simulate import build_experiment
 
     cfg = load_config(None, TINY + ["mesh={runs = 2}"])
-    exp = build_experiment(cfg, "optimal_alie", "nnm+cwtm", [1, 2, 3])
+    exp = build_experiment(cfg, "sign_flipping", "nnm+cwtm", [1, 2, 3])
     state = exp.init()
     out["data_devices"] = len(exp.data.x.sharding.device_set)
     out["state_devices"] = len(jax.tree.leaves(state.params)[0].sharding.device_set)
