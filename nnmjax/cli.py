@@ -131,6 +131,12 @@ def _add_run(subparsers) -> None:
                    help="run only the I-th of K interleaved slices of the grid (0-based), so K "
                         "processes can share one --out directory (default: %(default)s)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--coordinator", metavar="HOST:PORT", default=None,
+                   help="join a multi-process run through jax.distributed (with "
+                        "--num-processes and --process-id); each process then runs its own "
+                        "slice of the grid into the shared --out directory")
+    p.add_argument("--num-processes", type=int, default=None, metavar="N")
+    p.add_argument("--process-id", type=int, default=None, metavar="I")
     p.set_defaults(func=_run_run)
 
 
@@ -156,9 +162,14 @@ def _run_run(args) -> int:
     from nnmjax.results import CorruptRecordError
 
     try:
-        config = load_grid(args.config, args.overrides)
         i, _, k = args.shard.partition("/")
         shard = (int(i), int(k))
+        if args.coordinator or args.num_processes is not None or args.process_id is not None:
+            from nnmjax.distributed import initialize  # before anything touches a device
+
+            pid, count = initialize(args.coordinator, args.num_processes, args.process_id)
+            shard = (shard[0] * count + pid, shard[1] * count)
+        config = load_grid(args.config, args.overrides)
     except (ValueError, FileNotFoundError) as e:
         raise SystemExit(f"nnmjax run: error: {e}")
     try:
