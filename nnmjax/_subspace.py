@@ -57,16 +57,15 @@ def _honest_coordinates(centred):
     return u * jnp.sqrt(lam), lam, u
 
 
-def coordinates(honest, direction):
-    """``(honest - s, a)`` as coordinates ``(h, h + 1)`` and ``(h + 1,)`` in an orthonormal
-    basis of their span. The honest block comes from the eigendecomposition of the honest
-    Gram matrix alone (accurate at the honest spread's scale, whatever ``||a||``); ``a`` is
-    split into its projection on that span and one orthogonal coordinate."""
-    s = jnp.mean(honest, axis=0)
-    centred = honest - s
+def coordinates(centred, direction):
+    """The centred honest rows ``h_i - s`` and ``a`` as coordinates ``(h, h + 1)`` and
+    ``(h + 1,)`` in an orthonormal basis of their span. The honest block comes from the
+    eigendecomposition of the honest Gram matrix alone (accurate at the honest spread's
+    scale, whatever ``||a||``); ``a`` is split into its projection on that span and one
+    orthogonal coordinate."""
     hc, lam, u = _honest_coordinates(centred)
     b = jnp.matmul(centred, direction, precision=jax.lax.Precision.HIGHEST)
-    keep = lam > jnp.max(lam) * (16 * jnp.finfo(honest.dtype).eps)
+    keep = lam > jnp.max(lam) * (16 * jnp.finfo(centred.dtype).eps)
     par = jnp.where(keep, (u.T @ b) / jnp.sqrt(jnp.where(keep, lam, 1.0)), 0.0)
     perp2 = jnp.dot(direction, direction, precision=jax.lax.Precision.HIGHEST) - par @ par
     pad = jnp.zeros((hc.shape[0], 1), hc.dtype)
@@ -86,7 +85,7 @@ def residual_fn(honest, direction, f: int, rule: Callable, *, key=None):
     if isinstance(rule, Rule):
         *pres, last = rule.stages
         if all(st in EQUIVARIANT for st in rule.stages) and rule.options.get("init") != "zero":
-            hc, ac = coordinates(honest, direction)
+            hc, ac = coordinates(honest - s, direction)
             return (lambda eta: _call(rule, _stack(hc, eta * ac, f), key)), True
         if last in COORDINATEWISE and all(st in ("nnm", "bucketing") for st in pres):
             return _mixed_coordinatewise(honest, direction, f, rule, key), False
@@ -110,7 +109,7 @@ def _mixed_coordinatewise(honest, direction, f, rule, key):
     aggregate = _agg.AGGREGATORS[last]
     if not pres:
         return lambda eta: aggregate(_stack(w[:h], eta * w[h], f), f, **rule.options)
-    hc, ac = coordinates(honest, direction)
+    hc, ac = coordinates(w[:h], direction)  # the centring pass over d is done once, for both
 
     def mixed(eta):
         x = _stack(hc, eta * ac, f)
