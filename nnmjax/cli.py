@@ -134,7 +134,8 @@ def _add_run(subparsers) -> None:
     p.add_argument("--coordinator", metavar="HOST:PORT", default=None,
                    help="join a multi-process run through jax.distributed (with "
                         "--num-processes and --process-id); each process then runs its own "
-                        "slice of the grid into the shared --out directory")
+                        "slice of the grid into the shared --out directory, or, when the "
+                        "config's mesh needs every process's devices, its share of each run")
     p.add_argument("--num-processes", type=int, default=None, metavar="N")
     p.add_argument("--process-id", type=int, default=None, metavar="I")
     p.set_defaults(func=_run_run)
@@ -164,19 +165,28 @@ def _run_run(args) -> int:
     try:
         i, _, k = args.shard.partition("/")
         shard = (int(i), int(k))
+        count = 1
         if args.coordinator or args.num_processes is not None or args.process_id is not None:
             from nnmjax.distributed import initialize  # before anything touches a device
 
             pid, count = initialize(args.coordinator, args.num_processes, args.process_id)
-            shard = (shard[0] * count + pid, shard[1] * count)
         config = load_grid(args.config, args.overrides)
+        reporter = True
+        if count > 1:
+            from nnmjax.simulate import spans_processes
+
+            if any(spans_processes(c) for c in config):  # all processes run every group
+                reporter = pid == 0
+            else:  # each process runs its own slice of the grid
+                shard = (shard[0] * count + pid, shard[1] * count)
     except (ValueError, FileNotFoundError) as e:
         raise SystemExit(f"nnmjax run: error: {e}")
     try:
         records = run_grid(config, args.out, progress=not args.quiet, shard=shard)
     except (DatasetNotFoundError, CorruptRecordError, ValueError) as e:
         raise SystemExit(f"nnmjax run: error: {e}")
-    _report(args.out, records)
+    if reporter:
+        _report(args.out, records)
     return 0
 
 

@@ -60,8 +60,10 @@ class Config:
     eval_every: int = 50
     baseline: bool = False
     augment_flip: bool = False
-    #: Devices to run on, ``(("runs", r),)``: the seeds of each compiled program split
-    #: over ``r`` devices (TOML ``mesh = {runs = 2}``). Not part of a run's identity.
+    #: Devices to run on, ``(("runs", r), ("workers", w))``: the seeds of each compiled
+    #: program split over ``r`` devices and its workers (their data, gradients and the
+    #: aggregation's columns) over ``w`` (TOML ``mesh = {runs = 2, workers = 4}``; either
+    #: may be left out). Not part of a run's identity.
     mesh: tuple = ()
 
     def __post_init__(self):
@@ -153,8 +155,8 @@ def _validate(c: Config):
         if isinstance(s, bool) or not isinstance(s, int):
             _fail("seeds", f"must be integers; got {s!r}")
     for axis, size in c.mesh:
-        if axis != "runs":
-            _fail("mesh", f"unknown axis {axis!r}; the simulator's mesh has 'runs'")
+        if axis not in ("runs", "workers"):
+            _fail("mesh", f"unknown axis {axis!r}; the simulator's mesh has 'runs' and 'workers'")
         if isinstance(size, bool) or not isinstance(size, int) or size < 1:
             _fail("mesh", f"{axis} must be a positive integer; got {size!r}")
 
@@ -168,7 +170,7 @@ def _coerce(key: str, value: Any):
     default = _FIELDS[key].default
     if key == "mesh":
         if not isinstance(value, dict):
-            _fail("mesh", f"must be a table such as {{runs = 2}}; got {value!r}")
+            _fail("mesh", f"must be a table such as {{runs = 2, workers = 4}}; got {value!r}")
         return tuple(sorted(value.items()))
     if isinstance(default, tuple):
         if not isinstance(value, (list, tuple)):

@@ -19,12 +19,15 @@ def initialize(coordinator: str | None = None, num_processes: int | None = None,
     """Join the ``num_processes`` processes coordinated at ``coordinator`` (``host:port``) as
     ``process_id``; with no arguments, JAX's own detection (SLURM, Kubernetes, Cloud TPU, or
     ``JAX_COORDINATOR_ADDRESS`` / ``JAX_NUM_PROCESSES`` / ``JAX_PROCESS_ID``). Returns
-    ``(process_id, num_processes)``."""
+    ``(process_id, num_processes)``. A process already joined stays joined (a second call,
+    e.g. a second ``nnmjax run`` in one Python process, returns the same pair)."""
     given = [coordinator is None, num_processes is None, process_id is None]
     if any(given) and not all(given):
         raise ValueError("pass all of coordinator, num_processes and process_id, or none")
     if num_processes is not None and not 0 <= process_id < num_processes:
         raise ValueError(f"process_id must be in [0, {num_processes}); got {process_id}")
+    if jax.distributed.is_initialized():
+        return jax.process_index(), jax.process_count()
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
     jax.distributed.initialize(coordinator_address=coordinator, num_processes=num_processes,
                                process_id=process_id)

@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 from nnmjax import results
 from nnmjax.config import Config, RunSpec
 from nnmjax.data import load_dataset
-from nnmjax.simulate import build_experiment
+from nnmjax.simulate import build_experiment, spans_processes
 
 __all__ = ["run_grid", "pending_runs", "grid_runs"]
 
@@ -63,6 +63,10 @@ def run_grid(config: Config | Sequence[Config], out_dir: Path | str, *, progress
     ``shard=(i, k)`` runs only the ``i``-th of ``k`` interleaved slices of the
     (setting, attack, rule) groups, so ``k`` processes or machines can share one grid and
     one output directory (records never collide: each is keyed by its own hash).
+
+    When a config's ``mesh`` spans several processes (:func:`~nnmjax.simulate.spans_processes`)
+    every process must call this with the same grid and ``shard``: process 0 decides what is
+    left to run, all processes run it together, and process 0 alone writes the records.
     """
     i, k = shard
     if not (isinstance(i, int) and isinstance(k, int) and k >= 1 and 0 <= i < k):
@@ -70,6 +74,15 @@ def run_grid(config: Config | Sequence[Config], out_dir: Path | str, *, progress
     out_dir = Path(out_dir)
     runs = grid_runs(config)
     done, todo = pending_runs(config, out_dir)
+    collective = jax.process_count() > 1 and any(spans_processes(s.config) for s in runs)
+    if collective:  # process 0's view of what is done, so every process runs the same groups
+        from jax.experimental import multihost_utils
+
+        finished = {s.hash() for s in done}
+        flags = multihost_utils.broadcast_one_to_all(np.array([s.hash() in finished for s in runs]))
+        done = [s for s, flag in zip(runs, flags) if flag]
+        todo = [s for s, flag in zip(runs, flags) if not flag]
+    writer = not collective or jax.process_index() == 0
     every = list(dict.fromkeys((s.config, s.attack, s.rule) for s in runs))
     mine = set(every[i::k])
     groups: dict[tuple, list[RunSpec]] = defaultdict(list)
@@ -85,7 +98,7 @@ def run_grid(config: Config | Sequence[Config], out_dir: Path | str, *, progress
             datasets[source] = load_dataset(cfg.dataset, data_dir=cfg.data_dir,
                                             augment_flip=cfg.augment_flip)
     total = sum(len(g) * g[0].config.steps for g in groups.values())
-    bar = tqdm(total=total, unit="step", disable=not progress, dynamic_ncols=True,
+    bar = tqdm(total=total, unit="step", disable=not (progress and writer), dynamic_ncols=True,
                desc=f"{len(todo)} runs ({len(done)} already done)")
     for (cfg, attack, rule_name), specs in groups.items():
         bar.set_postfix_str(f"{attack} / {rule_name}")
@@ -122,8 +135,10 @@ def run_grid(config: Config | Sequence[Config], out_dir: Path | str, *, progress
                 "machine": {"backend": jax.default_backend(),
                             "device": jax.devices()[0].device_kind},
             }
-            results.write_record(out_dir, spec.hash(), record)
-        results.write_summary(out_dir)
+            if writer:
+                results.write_record(out_dir, spec.hash(), record)
+        if writer:
+            results.write_summary(out_dir)
         del exp, state  # free this group's device data before the next one is built
     bar.close()
     records = results.load_records(out_dir)

@@ -27,12 +27,12 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import Mesh, PartitionSpec as P
 
 from nnmjax._checks import as_matrix
 from nnmjax._shard import columns_sharded
 
-__all__ = ["worker_mesh", "shard_rule"]
+__all__ = ["worker_mesh", "on_columns", "shard_rule"]
 
 
 def worker_mesh(workers: int | None = None, *, runs: int = 1, devices=None) -> Mesh:
@@ -50,34 +50,47 @@ def worker_mesh(workers: int | None = None, *, runs: int = 1, devices=None) -> M
     return Mesh(np.asarray(devices[: runs * workers]).reshape(runs, workers), ("runs", "workers"))
 
 
-def shard_rule(rule: Callable, mesh: Mesh, *, axis: str = "workers") -> Callable:
-    """``rule`` as a jitted function of ``x: (n, d)`` (and ``key`` for randomized rules) that
-    runs with ``x``'s columns sharded over ``mesh``'s ``axis``; a rule's ``(d,)`` output
-    (or a pre-aggregator's ``(m, d)``) comes out sharded the same way and equals ``rule(x)``
-    up to float32 summation order. Costs per device ``O(n^2 d / k)`` time (``k`` devices
-    on ``axis``), ``O(n d / k + n^2)`` memory, and one all-reduce of ``O(n^2)`` floats."""
+def on_columns(fn: Callable, mesh: Mesh, *, axis: str = "workers") -> Callable:
+    """``fn(x, key, *vectors)`` evaluated with the columns of ``x: (n, d)`` (and of the
+    ``(d,)`` ``vectors``) split over ``mesh``'s ``axis`` (``jax.shard_map``); returns what
+    ``fn`` returns, a ``(d,)`` or ``(m, d)`` array sharded by columns. Not jitted: use it
+    inside ``jit`` and ``vmap`` (``vmap(..., spmd_axis_name="runs")`` splits a batch axis over
+    the mesh's ``runs`` axis). Sums over ``d`` inside ``fn`` must go through
+    :mod:`nnmjax._shard` (every rule of nnmjax does)."""
     if axis not in mesh.axis_names:
         raise ValueError(f"mesh has no axis {axis!r}; its axes are {mesh.axis_names}")
     k = mesh.shape[axis]
-    randomized = getattr(rule, "randomized", False)
 
-    def plain(x, key):
-        return rule(x, key=key) if randomized else rule(x)
-
-    def local(x, key):
+    def local(x, key, *vectors):
         with columns_sharded(axis):
-            return plain(x, key)
+            return fn(x, key, *vectors)
 
-    columns = NamedSharding(mesh, P(None, axis))
-
-    @jax.jit
-    def run(x, key):
+    def call(x, key, *vectors):
         d = x.shape[1]
         x = jnp.pad(x, [(0, 0), (0, -d % k)])
-        rank = len(jax.eval_shape(plain, x, key).shape)  # (d,) for rules, (m, d) for pre-rules
+        vectors = [jnp.pad(v, (0, -d % k)) for v in vectors]
+        rank = len(jax.eval_shape(fn, x, key, *vectors).shape)  # (d,) rules, (m, d) pre-rules
         spec = P(*([None] * (rank - 1)), axis)
-        body = jax.shard_map(local, mesh=mesh, in_specs=(P(None, axis), P()), out_specs=spec)
-        return body(jax.lax.with_sharding_constraint(x, columns), key)[..., :d]
+        # check_vma=False: under vmap(spmd_axis_name=...) JAX's replication check rejects
+        # constants (an identity matrix) meeting batched values; the collectives are explicit.
+        body = jax.shard_map(local, mesh=mesh, out_specs=spec, check_vma=False,
+                             in_specs=(P(None, axis), P()) + (P(axis),) * len(vectors))
+        return body(x, key, *vectors)[..., :d]
+
+    return call
+
+
+def shard_rule(rule: Callable, mesh: Mesh, *, axis: str = "workers") -> Callable:
+    """``rule`` as a jitted function of ``x: (n, d)`` (and ``key`` for randomized rules) that
+    runs with ``x``'s columns sharded over ``mesh``'s ``axis`` (:func:`on_columns`); a
+    rule's ``(d,)`` output (or a pre-aggregator's ``(m, d)``) comes out sharded the same way
+    and equals ``rule(x)`` up to float32 summation order. Costs per device ``O(n^2 d / k)``
+    time (``k`` devices on ``axis``), ``O(n d / k + n^2)`` memory, and one all-reduce of
+    ``O(n^2)`` floats."""
+    randomized = getattr(rule, "randomized", False)
+    sharded = on_columns(lambda x, key: rule(x, key=key) if randomized else rule(x), mesh,
+                         axis=axis)
+    run = jax.jit(sharded)
 
     def call(x, key=None):
         x = as_matrix(x)

@@ -6,8 +6,15 @@ stacked gradients through the optax chain of :mod:`nnmjax.transforms`
 aggregation -> SGD with the paper's schedule), and records the honest loss and
 the empirical robustness ``kappa_hat`` of eq. (26). Steps run in ``lax.scan``
 chunks; whole runs are ``jax.vmap``-ed over seeds (each seed has its own
-partition, initialisation and sampling), and with ``mesh = {runs = r}`` the seed axis is
-split over ``r`` devices (``jax.sharding``; seeds padded to a multiple of ``r``).
+partition, initialisation and sampling).
+
+With ``mesh = {runs = r, workers = w}`` (``jax.sharding``) the seed axis is split over ``r``
+devices (seeds padded to a multiple of ``r``) and the worker axis over ``w``: each device
+holds its workers' data and computes their gradients (the worker axis padded to a multiple
+of ``w`` with empty workers whose gradients are dropped), and the robust rule runs on the
+``(n, d)`` update matrix split by columns (:func:`nnmjax.sharding.on_columns`). A mesh larger
+than this process's devices spans every process of a ``jax.distributed`` run; each process
+then gathers only the worker data of its own devices.
 
 Label flipping (LF) is a data attack: the ``f`` Byzantine workers hold data
 too and compute honest-looking momenta on labels ``C - 1 - l``; for the other
@@ -17,20 +24,25 @@ from __future__ import annotations
 
 from typing import Any, NamedTuple
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from jax.sharding import NamedSharding, PartitionSpec as P
 
 from nnmjax import metrics, transforms
 from nnmjax.config import Config
-from nnmjax.data import WorkerData, load_dataset, partition, sample_batches, to_worker_arrays
+from nnmjax.data import WorkerData, gather_workers, load_dataset, partition, sample_batches
 from nnmjax.data.partition import label_flip
 from nnmjax.models import make_model
 from nnmjax.rules import rule as make_rule
+from nnmjax.sharding import worker_mesh
 from nnmjax.tree import ravel_workers
 
-__all__ = ["Experiment", "RunState", "learning_rate", "build_experiment", "EVAL_CHUNK"]
+__all__ = ["Experiment", "RunState", "learning_rate", "build_experiment", "experiment_mesh",
+           "spans_processes", "EVAL_CHUNK"]
 
 #: Test images per forward pass when evaluating (bounds evaluation memory).
 EVAL_CHUNK = 1000
@@ -58,27 +70,15 @@ class RunState(NamedTuple):
     model_state: Any
 
 
-def _partition(config: Config, ds, seed: int, *, with_byzantine_data: bool) -> WorkerData:
-    workers = config.n if with_byzantine_data else config.honest
-    parts = partition(ds.y_train, workers, method=config.partition, alpha=config.alpha,
-                      gamma=config.gamma, seed=seed)
-    data = to_worker_arrays(ds.x_train, ds.y_train, parts)
-    if with_byzantine_data and config.f:
-        h = config.honest
-        y = data.y.at[h:].set(label_flip(data.y[h:], ds.num_classes).astype(data.y.dtype))
-        data = data._replace(y=y)
-    return data
-
-
-def _stack(datas: list[WorkerData]) -> WorkerData:
-    m = max(int(d.x.shape[1]) for d in datas)
-
-    def pad(a):
-        widths = [(0, 0), (0, m - a.shape[1])] + [(0, 0)] * (a.ndim - 2)
-        return jnp.pad(a, widths)
-
-    return WorkerData(jnp.stack([pad(d.x) for d in datas]), jnp.stack([pad(d.y) for d in datas]),
-                      jnp.stack([d.counts for d in datas]))
+def _parts(config: Config, ds, seed: int, workers: int) -> list[np.ndarray]:
+    """Each worker's training-set indices under ``config``'s partition and ``seed``."""
+    parts = [np.asarray(p, dtype=np.int64).reshape(-1) for p in partition(
+        ds.y_train, workers, method=config.partition, alpha=config.alpha, gamma=config.gamma,
+        seed=seed)]
+    empty = [i for i, p in enumerate(parts) if p.size == 0]
+    if empty:
+        raise ValueError(f"partition: workers {empty} have no samples (seed {seed})")
+    return parts
 
 
 class Experiment:
@@ -94,17 +94,21 @@ class Experiment:
         self.config, self.attack, self.rule_name = config, attack, rule_name
         self.seeds = [int(s) for s in seeds]
         self.n_seeds = len(self.seeds)
-        self.mesh = _runs_mesh(config)
+        self.mesh = experiment_mesh(config)
+        k = 1 if self.mesh is None else self.mesh.shape["workers"]
         if self.mesh is not None:  # pad to a multiple of the runs axis; extra runs dropped
             self.seeds += [self.seeds[-1]] * (-self.n_seeds % self.mesh.shape["runs"])
         ds = dataset if dataset is not None else load_dataset(
             config.dataset, data_dir=config.data_dir, augment_flip=config.augment_flip)
         self.dataset = ds
         lf = attack == "label_flipping" and config.f > 0
-        self.data = self._place(
-            _stack([_partition(config, ds, s, with_byzantine_data=lf) for s in self.seeds]))
-        self.x_test = jnp.asarray(ds.x_test)
-        self.y_test = jnp.asarray(ds.y_test)
+        #: workers holding data (the ``f`` Byzantine ones too under label flipping)
+        self.workers = config.n if lf else config.honest
+        self.loaded_workers: set[int] = set()  # worker rows gathered by this process
+        self.data = self._worker_data([_parts(config, ds, s, self.workers) for s in self.seeds],
+                                      self.workers + -self.workers % k, flip_from=config.honest)
+        self.x_test = self._put(np.asarray(ds.x_test), replicated=True)
+        self.y_test = self._put(np.asarray(ds.y_test), replicated=True)
         self.model = make_model(config.model, ds.num_classes, ds.x_train.shape[1:])
         self.rule = make_rule(rule_name, config.f)
         h, f = config.honest, config.f
@@ -116,11 +120,14 @@ class Experiment:
             transforms.inject_attack(injected, f if injected != "none" else 0, rule=self.rule,
                                      key=jax.random.key(0)),
         )
-        self.aggregate = transforms.robust_aggregate(self.rule)
+        self.aggregate = transforms.robust_aggregate(self.rule, mesh=self.mesh if k > 1 else None)
         self.sgd = optax.sgd(learning_rate(config))
-        self._run_chunk = jax.jit(jax.vmap(self._chunk, in_axes=(0, 0, None)), static_argnums=2)
-        self._evaluate = jax.jit(jax.vmap(self._accuracy))
-        self._init = jax.jit(jax.vmap(self._init_one))
+        runs = None if self.mesh is None else "runs"
+        self._run_chunk = jax.jit(jax.vmap(self._chunk, in_axes=(0, 0, None),
+                                           spmd_axis_name=runs), static_argnums=2)
+        self._evaluate = jax.jit(jax.vmap(self._accuracy, in_axes=(0, 0, None, None),
+                                          spmd_axis_name=runs))
+        self._init = jax.jit(jax.vmap(self._init_one, spmd_axis_name=runs))
 
     # ------------------------------------------------------------------ pieces
     def _loss(self, params, model_state, key, x, y, mask=None):
@@ -150,32 +157,73 @@ class Experiment:
 
     def init(self) -> RunState:
         """Initial states for every seed (leading axis)."""
-        keys = jnp.stack([jax.random.key_data(jax.random.key(s)) for s in self.seeds])
-        return self._init(jax.vmap(jax.random.wrap_key_data)(self._place(keys)))
+        keys = np.stack([np.asarray(jax.random.key_data(jax.random.key(s))) for s in self.seeds])
+        return self._init(jax.vmap(jax.random.wrap_key_data)(self._put(keys)))
 
-    def _place(self, tree):
-        """Split the leading (seed) axis of ``tree`` over the mesh's ``runs`` axis."""
+    def _put(self, array: np.ndarray, *, replicated: bool = False):
+        """``array`` on the device(s), its leading (seed) axis split over the mesh's ``runs``
+        axis unless ``replicated``."""
+        return self._build(array.shape, lambda index: array[index],
+                           P() if replicated else P("runs"))
+
+    def _build(self, shape, block, spec):
+        """The array of ``shape`` whose block at ``index`` (a tuple of slices) is
+        ``block(index)``, laid out on the mesh as ``spec``; each process builds only the blocks
+        of its own devices."""
         if self.mesh is None:
-            return tree
-        from jax.sharding import NamedSharding, PartitionSpec as P
+            return jnp.asarray(block(tuple(slice(None) for _ in shape)))
+        return jax.make_array_from_callback(shape, NamedSharding(self.mesh, spec), block)
 
-        return jax.device_put(tree, NamedSharding(self.mesh, P("runs")))
+    def _worker_data(self, parts: list[list[np.ndarray]], padded: int, *, flip_from: int):
+        """Every seed's workers' data, ``(seeds, padded, rows, ...)``: worker ``i`` of seed
+        ``s`` holds ``x_train[parts[s][i]]``, labels flipped for ``i >= flip_from``; workers
+        ``>= len(parts[s])`` are empty padding. Only the blocks this process's devices hold
+        are gathered."""
+        ds, (x, y) = self.dataset, (self.dataset.x_train, self.dataset.y_train)
+        rows = max(p.size for ps in parts for p in ps)
+        empty = np.zeros((0,), np.int64)
+
+        @functools.lru_cache(maxsize=None)
+        def gathered(seeds: range, workers: range):
+            self.loaded_workers.update(i for i in workers if i < self.workers)
+            blocks = [gather_workers(x, y, [parts[s][i] if i < self.workers else empty
+                                            for i in workers], rows=rows) for s in seeds]
+            xs, ys, counts = (np.stack(b) for b in zip(*blocks))
+            flip = np.array([i >= flip_from for i in workers])[None, :, None]
+            return xs, np.where(flip, label_flip(ys, ds.num_classes), ys).astype(np.int32), counts
+
+        def field(j, shape):
+            def block(index):
+                seeds, workers = (range(len(parts))[index[0]], range(padded)[index[1]])
+                return gathered(seeds, workers)[j][(slice(None), slice(None)) + index[2:]]
+
+            return self._build(shape, block, P("runs", "workers"))
+
+        s = len(parts)
+        return WorkerData(field(0, (s, padded, rows) + x.shape[1:]), field(1, (s, padded, rows)),
+                          field(2, (s, padded)))
 
     def _grads(self, params, model_state, data: WorkerData, key):
         """Every worker's loss and gradient (one vmap) and the new BatchNorm statistics: the
         mean of the honest workers' updated running averages."""
-        c = self.config
+        c, w = self.config, self.workers
+        padded = data.y.shape[0]
         k_batch, k_drop = jax.random.split(key)
-        drop = jax.random.split(k_drop, data.y.shape[0])
+        drop = jax.random.split(k_drop, w)
+        drop = jnp.concatenate([drop] + [drop[:1]] * (padded - w))
         grad = jax.value_and_grad(self._loss, has_aux=True)
         if c.algorithm == "dgd":
             mask = (jnp.arange(data.y.shape[1])[None, :] < data.counts[:, None]).astype(jnp.float32)
             (losses, stats), grads = jax.vmap(grad, in_axes=(None, None, 0, 0, 0, 0))(
                 params, model_state, drop, data.x, data.y, mask)
         else:
-            xb, yb = sample_batches(k_batch, data, c.batch_size)
+            xb, yb = sample_batches(k_batch, data, c.batch_size, workers=w)
             (losses, stats), grads = jax.vmap(grad, in_axes=(None, None, 0, 0, 0))(
                 params, model_state, drop, xb, yb)
+        if padded > w:  # each device computed its own workers' gradients; drop the padding
+            by_worker = NamedSharding(self.mesh, P("workers"))
+            grads = jax.lax.with_sharding_constraint(grads, by_worker)
+            losses, grads = losses[:w], jax.tree.map(lambda a: a[:w], grads)
         stats = jax.tree.map(lambda a: jnp.mean(a[: c.honest], axis=0), stats)
         return losses, grads, stats
 
@@ -201,12 +249,11 @@ class Experiment:
         """Advance every seed by ``steps`` steps; returns ``(state, (loss, kappa))``, each
         ``(seeds, steps)``."""
         state, (loss, kappa) = self._run_chunk(state, self.data, int(steps))
-        return state, (loss[: self.n_seeds], kappa[: self.n_seeds])
+        return state, (_fetch(loss)[: self.n_seeds], _fetch(kappa)[: self.n_seeds])
 
-    def _accuracy(self, params, model_state):
+    def _accuracy(self, params, model_state, x, y):
         """Test accuracy, the test set in chunks of ``EVAL_CHUNK`` images (``lax.map``), so
         memory stays bounded whatever the test set's size and the number of vmapped seeds."""
-        x, y = self.x_test, self.y_test
         n = y.shape[0]
         chunk = min(EVAL_CHUNK, n)
         pad = -n % chunk
@@ -223,17 +270,35 @@ class Experiment:
     def evaluate(self, state: RunState):
         """Test accuracy of every seed's current model (BatchNorm on its running averages, no
         dropout), ``(seeds,)``."""
-        return self._evaluate(state.params, state.model_state)[: self.n_seeds]
+        acc = self._evaluate(state.params, state.model_state, self.x_test, self.y_test)
+        return _fetch(acc)[: self.n_seeds]
 
 
-def _runs_mesh(config: Config):
-    """The ``runs`` mesh of ``config.mesh`` (``None`` without one)."""
-    runs = dict(config.mesh).get("runs")
-    if runs is None:
+def experiment_mesh(config: Config):
+    """The ``(runs, workers)`` mesh of ``config.mesh`` (``None`` without one): over this
+    process's devices when they suffice (each process then runs its own slice of a grid),
+    otherwise over every process's devices (all processes run the same programs)."""
+    sizes = dict(config.mesh)
+    if not sizes:
         return None
-    from nnmjax.sharding import worker_mesh
+    devices = None if spans_processes(config) else jax.local_devices()
+    return worker_mesh(sizes.get("workers", 1), runs=sizes.get("runs", 1), devices=devices)
 
-    return worker_mesh(1, runs=runs)
+
+def spans_processes(config: Config) -> bool:
+    """Whether ``config``'s mesh needs more devices than this process has, so that every
+    process of a ``jax.distributed`` run takes part in each of its programs."""
+    sizes = dict(config.mesh)
+    return sizes.get("runs", 1) * sizes.get("workers", 1) > jax.local_device_count()
+
+
+def _fetch(a: jax.Array) -> np.ndarray:
+    """``a`` as NumPy on every process, gathered when it spans several processes."""
+    if not a.is_fully_addressable:
+        from jax.experimental import multihost_utils
+
+        return np.asarray(multihost_utils.process_allgather(a, tiled=True))
+    return np.asarray(a)
 
 
 def _rekey(server_state, key):

@@ -24,6 +24,7 @@ import optax
 
 from nnmjax import attacks as _attacks
 from nnmjax.rules import Rule
+from nnmjax.sharding import on_columns
 from nnmjax.tree import num_workers as _count_workers
 from nnmjax.tree import ravel_workers
 
@@ -147,13 +148,28 @@ class RobustAggregateState(NamedTuple):
     previous: Any
 
 
-def robust_aggregate(rule: Rule | Callable, *, key=None) -> optax.GradientTransformation:
+def robust_aggregate(rule: Rule | Callable, *, key=None, mesh=None,
+                     axis: str = "workers") -> optax.GradientTransformation:
     """Aggregate stacked worker updates ``(n, ...) -> (...)`` with ``rule`` on the raveled
     ``(n, d)`` matrix. Randomized rules draw a fresh subkey each step; a rule ending in
-    ``cclip`` is started from the previous aggregate (Karimireddy et al.'s usage)."""
+    ``cclip`` is started from the previous aggregate (Karimireddy et al.'s usage).
+
+    With a ``mesh`` (:mod:`nnmjax.sharding`) the rule runs on the matrix's columns split over
+    ``mesh``'s ``axis``: coordinate-wise rules without communication, distance-based ones
+    with one all-reduce of the ``n x n`` Gram matrix (:func:`nnmjax.sharding.on_columns`)."""
     randomized = getattr(rule, "randomized", False)
     stateful = isinstance(rule, Rule) and rule.stages[-1] == "cclip"
     key = jax.random.key(0) if key is None else key
+
+    def apply(x, k_use, *previous):
+        kwargs = {"key": k_use} if randomized else {}
+        if stateful:
+            return Rule(rule.name, rule.f, {**rule.options, "init": previous[0]},
+                        rule.pre_options)(x, **kwargs)
+        return rule(x, **kwargs)
+
+    if mesh is not None:
+        apply = on_columns(apply, mesh, axis=axis)
 
     def init_fn(params):
         previous = None
@@ -166,14 +182,7 @@ def robust_aggregate(rule: Rule | Callable, *, key=None) -> optax.GradientTransf
         del params
         x, unravel = ravel_workers(updates)
         k_next, k_use = jax.random.split(state.key)
-        kwargs = {"key": k_use} if randomized else {}
-        if stateful:
-            agg = Rule(rule.name, rule.f, {**rule.options, "init": state.previous},
-                       rule.pre_options)(x, **kwargs)
-            previous = agg
-        else:
-            agg = rule(x, **kwargs)
-            previous = None
-        return unravel(agg), RobustAggregateState(k_next, previous)
+        agg = apply(x, k_use, *([state.previous] if stateful else []))
+        return unravel(agg), RobustAggregateState(k_next, agg if stateful else None)
 
     return optax.GradientTransformation(init_fn, update_fn)

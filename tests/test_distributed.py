@@ -40,14 +40,22 @@ def test_two_processes_equal_one(tmp_path):
         outs.append(json.loads(out.strip().splitlines()[-1]))
     for o in outs:  # a mesh over both processes' devices; sharded rules equal one device
         assert o["devices"] == 2 and o["local"] == 1
+        # with the workers split over the two processes, each gathers only its own data
+        assert o["loaded_workers"] == ([0, 1, 2, 3] if o["pid"] == 0 else [4, 5, 6])
         assert max(o[k] for k in ("nnm+cwtm", "krum", "gm", "cwmed")) <= 1e-5
     # the two processes split the grid and filled one directory: same records as one process
     two = {r["hash"]: r for r in results.load_records(tmp_path / "shared")}
     one = {r["hash"]: r for r in run_grid(load_config(None, SETS), tmp_path / "one",
                                           progress=False)}
     assert set(two) == set(one) and len(one) == (2 * 2 + 1) * 2  # with the baseline
+    # the same grid run jointly, each process computing its own workers' gradients
+    joint = {r["hash"]: r for r in results.load_records(tmp_path / "shared-workers")}
+    assert set(joint) < set(one) and len(joint) == 2 * 1 * 2 + 2
     for h, r in one.items():
         assert r["curves"]["test_acc"] == pytest.approx(two[h]["curves"]["test_acc"], abs=1e-6)
+    for h, r in joint.items():
+        for k in ("test_acc", "loss", "kappa_hat"):
+            assert r["curves"][k] == pytest.approx(one[h]["curves"][k], abs=1e-5), (h, k)
 
 
 def test_initialize_argument_errors():

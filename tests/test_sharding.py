@@ -24,11 +24,16 @@ def _on_eight_devices(script):
     return json.loads(res.stdout.strip().splitlines()[-1])
 
 
-def test_grid_with_seeds_split_over_a_runs_mesh_equals_one_device():
+def test_grid_split_over_runs_and_workers_meshes_equals_one_device():
     out = _on_eight_devices("sharded_grid_check.py")
-    assert out["same_hashes"] and out["max_diff"] <= 1e-5
-    assert out["data_devices"] == 2 and out["state_devices"] == 2
-    assert out["chunk_shape"] == [3, 2]  # 3 seeds padded to 4 on 2 devices, padding dropped
+    for name in ("runs", "runs_workers"):
+        assert out[name]["same_hashes"] and out[name]["max_diff"] <= 1e-5, name
+        assert out[name]["chunk_shape"] == [3, 2]  # 3 seeds padded to 4 on 2 devices
+    assert out["runs"]["data_devices"] == out["runs"]["state_devices"] == 2
+    # 4 seeds x 7 workers (label flipping: all hold data) padded to 8: blocks of 2 x 2 workers
+    w = out["runs_workers"]
+    assert w["data_devices"] == 8 and w["data_shape"][:2] == [4, 8]
+    assert w["data_block"][:2] == [2, 2]
 
 
 def test_every_rule_sharded_by_columns_equals_one_device_coordinatewise_without_collectives():

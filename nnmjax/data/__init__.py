@@ -9,7 +9,7 @@ from .datasets import (
     read_idx,
     write_idx,
 )
-from .device import WorkerData, flip_worker_labels, sample_batches, to_worker_arrays
+from .device import WorkerData, flip_worker_labels, gather_workers, sample_batches, to_worker_arrays
 from .partition import (
     PARTITIONS,
     dirichlet,
@@ -31,6 +31,7 @@ __all__ = [
     "write_idx",
     "WorkerData",
     "flip_worker_labels",
+    "gather_workers",
     "sample_batches",
     "to_worker_arrays",
     "PARTITIONS",

@@ -17,7 +17,7 @@ import numpy as np
 
 from .partition import label_flip
 
-__all__ = ["WorkerData", "to_worker_arrays", "sample_batches", "flip_worker_labels"]
+__all__ = ["WorkerData", "to_worker_arrays", "gather_workers", "sample_batches", "flip_worker_labels"]
 
 
 class WorkerData(NamedTuple):
@@ -55,25 +55,38 @@ def to_worker_arrays(x, y, parts: Sequence[np.ndarray]) -> WorkerData:
     empty = [i for i, p in enumerate(parts) if p.size == 0]
     if empty:
         raise ValueError(f"parts: workers {empty} have no samples; every worker needs at least one")
-    counts = np.array([p.size for p in parts], dtype=np.int32)
-    m_max = int(counts.max())
-    xs = np.zeros((len(parts), m_max) + x.shape[1:], dtype=x.dtype)
-    ys = np.zeros((len(parts), m_max), dtype=np.int32)
+    return WorkerData(*map(jnp.asarray, gather_workers(x, y, parts)))
+
+
+def gather_workers(x: np.ndarray, y: np.ndarray, parts: Sequence[np.ndarray], *,
+                   rows: Optional[int] = None):
+    """NumPy ``(xs, ys, counts)`` of the workers holding ``parts``, each padded with zeros to
+    ``rows`` rows (default: the largest part). An empty part is a padding worker: zeros, one
+    "valid" row (label 0), so it can be sampled like any worker and then discarded."""
+    counts = np.array([max(p.size, 1) for p in parts], dtype=np.int32)
+    rows = int(counts.max()) if rows is None else rows
+    xs = np.zeros((len(parts), rows) + x.shape[1:], dtype=x.dtype)
+    ys = np.zeros((len(parts), rows), dtype=np.int32)
     for i, p in enumerate(parts):
         xs[i, : p.size] = x[p]
         ys[i, : p.size] = y[p]
-    return WorkerData(jnp.asarray(xs), jnp.asarray(ys), jnp.asarray(counts))
+    return xs, ys, counts
 
 
-def sample_batches(key: jax.Array, data: WorkerData, batch_size: int):
+def sample_batches(key: jax.Array, data: WorkerData, batch_size: int, *,
+                   workers: Optional[int] = None):
     """Each worker's minibatch, ``batch_size`` rows uniform with replacement from its own data.
 
     ``idx[i, j] ~ Uniform{0, ..., counts[i] - 1}`` independently; returns
     ``(x[i, idx[i]], y[i, idx[i]])`` stacked as ``([h, b, ...], int32[h, b])``.
+    With ``workers=w < h`` only the first ``w`` workers draw (the same draws as for a
+    ``w``-worker ``data``); the rest are padding and take row 0.
     Pure and jittable (``batch_size`` static), vmappable over ``key``.
     """
     h = data.y.shape[0]
-    idx = jax.random.randint(key, (h, batch_size), 0, data.counts[:, None])
+    w = h if workers is None else workers
+    idx = jax.random.randint(key, (w, batch_size), 0, data.counts[:w, None])
+    idx = jnp.pad(idx, [(0, h - w), (0, 0)])
     xb = jax.vmap(lambda xi, ii: xi[ii])(data.x, idx)
     yb = jnp.take_along_axis(data.y, idx, axis=1)
     return xb, yb
