@@ -216,7 +216,11 @@ def test_mesh_key_is_validated_and_not_part_of_a_runs_identity():
     a = load_config(None, ["mesh={runs = 2}"])
     assert a.mesh == (("runs", 2),)
     assert a.runs()[0].hash() == load_config(None, []).runs()[0].hash()
-    with pytest.raises(ValueError, match="mesh"):
-        load_config(None, ["mesh={workers = 2}"])
+    b = load_config(None, ["mesh={workers = 4, runs = 2}"])
+    assert b.mesh == (("runs", 2), ("workers", 4)) and b.runs()[0].hash() == a.runs()[0].hash()
+    with pytest.raises(ValueError, match="unknown axis 'data'"):
+        load_config(None, ["mesh={data = 2}"])
+    with pytest.raises(ValueError, match="workers must be a positive integer"):
+        load_config(None, ["mesh={workers = 0}"])
     with pytest.raises(ValueError, match="mesh"):
         load_config(None, ["mesh=2"])
