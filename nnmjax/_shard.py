@@ -1,18 +1,17 @@
 """Reductions over the coordinate axis ``d`` that also work when ``d`` is sharded.
 
 Inside :func:`nnmjax.sharding.shard_rule` a rule runs on one device's block of columns
-(``jax.shard_map``); every sum over ``d`` (Gram matrices, row norms) and every
-"all coordinates finite" test must then combine the blocks. The rules call
-:func:`dsum` and :func:`dall` for those, which are the identity outside a sharded call
-and one ``psum`` / ``pmin`` over the mesh axis inside (``n x n`` or ``n`` values: the only
-communication a sharded rule needs).
+(``jax.shard_map``); every sum over ``d`` (Gram matrices, row norms) must then combine
+the blocks. The rules call :func:`dsum` for those, which is the identity outside a
+sharded call and one ``psum`` over the mesh axis inside (``n x n`` or ``n`` values: the
+only communication a sharded rule needs). A row's non-finite entries make its partial sum
+non-finite, so "this row is finite" needs no reduction of its own.
 """
 from __future__ import annotations
 
 import contextlib
 
 import jax
-import jax.numpy as jnp
 
 _AXIS: str | None = None
 
@@ -31,8 +30,3 @@ def columns_sharded(axis: str):
 def dsum(v):
     """``v``, a partial sum over this block's columns, summed over all blocks."""
     return v if _AXIS is None else jax.lax.psum(v, _AXIS)
-
-
-def dall(b):
-    """``b``, a boolean over this block's columns, and-ed over all blocks."""
-    return b if _AXIS is None else jax.lax.pmin(b.astype(jnp.int32), _AXIS).astype(bool)

@@ -25,7 +25,7 @@ import jax.numpy as jnp
 
 from nnmjax import _gram, _order
 from nnmjax._checks import as_matrix, check_f, check_int, check_positive
-from nnmjax._shard import dall, dsum
+from nnmjax._shard import dsum
 
 __all__ = ["mean", "cwmed", "cwtm", "gm", "krum", "multikrum", "mda", "meamed",
            "cclip", "monna", "caf", "smea", "AGGREGATORS"]
@@ -141,7 +141,7 @@ def multikrum(x, f: int, *, m: int | None = None):
     geo = _gram.Geometry(x)
     order = jnp.argsort(_krum_scores(geo.sqdist, f), stable=True)[:m]
     c = jnp.zeros((n,), x.dtype).at[order].set(1.0 / m)
-    return _gram.combine(c, x)
+    return _gram.combine(c, x, far=geo.far)
 
 
 def gm(x, f: int = 0, *, nu: float = 1e-6, max_iter: int = 200, tol: float = 1e-6,
@@ -195,15 +195,14 @@ def gm(x, f: int = 0, *, nu: float = 1e-6, max_iter: int = 200, tol: float = 1e-
 
     if iters > 0:
         (c, _), _ = jax.lax.scan(body, (c, jnp.array(False)), None, length=iters)
-    return _gram.combine(c, x)
+    return _gram.combine(c, x, far=geo.far)
 
 
 def _sqdist_to(x, v):
-    """``||x_i - v||^2`` in one pass; ``inf`` for rows with non-finite entries."""
-    diff = x - v
-    d2 = dsum(jnp.sum(jnp.square(jnp.where(jnp.isfinite(diff), diff, 0.0)), axis=1))
-    ok = dall(jnp.all(jnp.isfinite(x), axis=1)) & jnp.isfinite(d2)
-    return jnp.where(ok, d2, jnp.inf)
+    """``||x_i - v||^2`` in one pass; ``inf`` for rows with non-finite entries (their sum is
+    ``inf`` or ``nan``) or whose distance overflows."""
+    d2 = dsum(jnp.sum(jnp.square(x - v), axis=1))
+    return jnp.where(jnp.isfinite(d2), d2, jnp.inf)
 
 
 def monna(x, f: int, *, idx: int = 0):
@@ -213,10 +212,10 @@ def monna(x, f: int, *, idx: int = 0):
     x, f = _prepare(x, f, "monna")
     n = x.shape[0]
     idx = check_int(idx, name="idx", rule="monna", low=0, high=n - 1)
-    d2 = _sqdist_to(x, x[idx]).at[idx].set(-1.0)
-    nbrs = jnp.argsort(d2, stable=True)[: n - f]
+    d2 = _sqdist_to(x, x[idx])
+    nbrs = jnp.argsort(d2.at[idx].set(-1.0), stable=True)[: n - f]
     c = jnp.zeros((n,), x.dtype).at[nbrs].set(1.0 / (n - f))
-    return _gram.combine(c, x)
+    return _gram.combine(c, x, far=jnp.isinf(d2))
 
 
 def cclip(x, f: int = 0, *, tau: float = 100.0, n_iter: int = 1, init=None):
@@ -237,7 +236,7 @@ def cclip(x, f: int = 0, *, tau: float = 100.0, n_iter: int = 1, init=None):
     for _ in range(n_iter):
         d2 = _sqdist_to(x, v)
         s = jnp.where(jnp.isfinite(d2), jnp.minimum(1.0, tau / jnp.sqrt(d2)), 0.0)
-        v = v * (1.0 - jnp.sum(s) / n) + _gram.combine(s / n, x)
+        v = v * (1.0 - jnp.sum(s) / n) + _gram.combine(s / n, x, far=jnp.isinf(d2))
     return v
 
 
@@ -252,7 +251,7 @@ def mda(x, f: int, *, max_subsets: int = 200_000):
     geo = _gram.Geometry(x)
     diam = jnp.max(geo.sqdist[subsets[:, :, None], subsets[:, None, :]], axis=(1, 2))
     best = subsets[jnp.argmin(diam)]
-    return _gram.combine(jnp.zeros((n,), x.dtype).at[best].set(1.0 / (n - f)), x)
+    return _gram.combine(jnp.zeros((n,), x.dtype).at[best].set(1.0 / (n - f)), x, far=geo.far)
 
 
 def smea(x, f: int, *, max_subsets: int = 200_000):
@@ -270,7 +269,7 @@ def smea(x, f: int, *, max_subsets: int = 200_000):
     top = jnp.linalg.eigvalsh(centre @ g @ centre)[:, -1]
     top = jnp.where(jnp.any(geo.far[subsets], axis=1), jnp.inf, top)
     best = subsets[jnp.argmin(top)]
-    return _gram.combine(jnp.zeros((n,), x.dtype).at[best].set(1.0 / k), x)
+    return _gram.combine(jnp.zeros((n,), x.dtype).at[best].set(1.0 / k), x, far=geo.far)
 
 
 def caf(x, f: int):
@@ -280,8 +279,15 @@ def caf(x, f: int):
     far; ``c_i <- c_i (1 - tau_i / max tau)`` with ``tau_i = ((x_i - mu) . v)^2``. Output the
     remembered ``mu``.
 
-    The eigenpair is exact and deterministic (``eigh`` of the ``n x n`` weighted, centred Gram
-    matrix), unlike ByzFL's single random power iteration. ``max tau`` is taken over rows
+    The eigenpair is deterministic, unlike ByzFL's single random power iteration: exact
+    (``eigh`` of the ``n x n`` weighted, centred Gram matrix) up to ``CAF_EIGH_MAX_N`` rows;
+    past that, ``CAF_POWER_ITERS`` power iterations per round started from the previous
+    round's eigenvector (the first from the rows' centred squared norms), with the centred
+    Gram matrix applied as ``O(n^2)`` products and never formed: as accurate as ``eigh``
+    when the top eigenvalue stands out, approximate (like ByzFL's) when the top two are
+    close.
+    Cost: the Gram pass ``O(n^2 d)``, at most ``n`` rounds of ``O(n^3)`` (eigh) or
+    ``O(CAF_POWER_ITERS n^2)``, one combination pass; memory ``O(n d + n^2)``. ``max tau`` is taken over rows
     that still have weight, so every round zeroes at least one row and at most ``n`` rounds
     run (ByzFL takes it over all rows, including already-zeroed ones, which can take many
     more rounds and end elsewhere).
@@ -290,19 +296,37 @@ def caf(x, f: int):
     n = x.shape[0]
     geo = _gram.Geometry(x)
     live = (~geo.far).astype(x.dtype)
-    eye = jnp.eye(n, dtype=x.dtype)
+    ones = jnp.ones((n,), x.dtype)
+
+    def centred(w, v):
+        """``K v`` with ``K = (I - 1 w^T) G (I - w 1^T)``: O(n^2), K never formed."""
+        gv = geo.gram @ (v - w * jnp.sum(v))
+        return gv - ones * (w @ gv)
+
+    def top_pair(w, u0):
+        """Top eigenpair of ``diag(sqrt w) K diag(sqrt w)``: ``eigh`` up to CAF_EIGH_MAX_N rows,
+        else ``CAF_POWER_ITERS`` power iterations from the previous round's vector."""
+        sq = jnp.sqrt(jnp.maximum(w, 0.0))
+        if n <= CAF_EIGH_MAX_N:
+            k = jax.vmap(lambda e: centred(w, e))(jnp.eye(n, dtype=x.dtype))
+            lams, us = jnp.linalg.eigh(sq[:, None] * k * sq[None, :])
+            return lams[-1], us[:, -1]
+
+        def step(u, _):
+            v = sq * centred(w, sq * u)
+            return v / jnp.maximum(jnp.linalg.norm(v), jnp.finfo(x.dtype).tiny), None
+
+        u, _ = jax.lax.scan(step, u0, None, length=CAF_POWER_ITERS)
+        return u @ (sq * centred(w, sq * u)), u
 
     def body(carry, _):
-        c, best_w, best_lam, done = carry
+        c, best_w, best_lam, done, u = carry
         csum = jnp.sum(c)
         active = (~done) & (csum > n - 2 * f)
         w = c / jnp.where(csum > 0, csum, 1.0)
-        proj = eye - w[None, :]  # rows: e_i - w, so (proj @ x)_i = x_i - mu
-        k = proj @ geo.gram @ proj.T
+        lam, u = top_pair(w, u)
         sq = jnp.sqrt(jnp.maximum(w, 0.0))
-        lams, us = jnp.linalg.eigh(sq[:, None] * k * sq[None, :])
-        lam, u = lams[-1], us[:, -1]
-        tau = jnp.square((k @ (sq * u)) / jnp.sqrt(jnp.maximum(lam, jnp.finfo(x.dtype).tiny)))
+        tau = jnp.square(centred(w, sq * u) / jnp.sqrt(jnp.maximum(lam, jnp.finfo(x.dtype).tiny)))
         tau = jnp.where(c > 0, tau, 0.0)
         tmax = jnp.max(tau)
         improve = active & (lam < best_lam)
@@ -311,11 +335,21 @@ def caf(x, f: int):
         step = active & (tmax > 0)
         shrunk = jnp.where(tau >= tmax, 0.0, c * (1.0 - tau / jnp.where(tmax > 0, tmax, 1.0)))
         c = jnp.where(step, jnp.maximum(shrunk, 0.0), c)
-        return (c, best_w, best_lam, done | ~step), None
+        return (c, best_w, best_lam, done | ~step, u), None
 
-    init = (live, live / jnp.sum(live), jnp.array(jnp.inf, x.dtype), jnp.array(False))
-    (_, best_w, _, _), _ = jax.lax.scan(body, init, None, length=n)
-    return _gram.combine(best_w, x)
+    u0 = jnp.where(geo.far, 0.0, geo.sqnorm) / jnp.maximum(
+        jnp.linalg.norm(jnp.where(geo.far, 0.0, geo.sqnorm)), jnp.finfo(x.dtype).tiny)
+    init = (live, live / jnp.sum(live), jnp.array(jnp.inf, x.dtype), jnp.array(False), u0)
+    # at most n rounds; stop as soon as the weights fall to n - 2f
+    _, best_w, _, _, _ = jax.lax.while_loop(lambda carry: ~carry[3],
+                                            lambda carry: body(carry, None)[0], init)
+    return _gram.combine(best_w, x, far=geo.far)
+
+
+#: CAF's exact eigenpairs (``eigh``, O(n^3) per round) up to this many rows; power
+#: iterations (O(n^2) each) past it.
+CAF_EIGH_MAX_N = 128
+CAF_POWER_ITERS = 100
 
 
 AGGREGATORS = {

@@ -10,7 +10,7 @@ import jax.numpy as jnp
 
 from nnmjax import _gram
 from nnmjax._checks import as_matrix, check_f, check_int, check_positive
-from nnmjax._shard import dall, dsum
+from nnmjax._shard import dsum
 
 __all__ = ["nnm", "mixing_matrix", "bucketing", "bucketing_matrix", "clipping", "arc",
            "PREAGGREGATORS", "bucket_size", "output_size"]
@@ -30,16 +30,21 @@ def nnm(x, f: int):
     x = as_matrix(x)
     n = x.shape[0]
     f = check_f(f, n, rule="nnm")
-    return _gram.combine(mixing_matrix(x, f), x)
+    geo = _gram.Geometry(x)
+    return _gram.combine(_mixing(geo.sqdist, f), x, far=geo.far)
 
 
 def mixing_matrix(x, f: int):
     """The ``(n, n)`` NNM weights ``W`` with ``nnm(x, f) = W @ x``: ``W_ij = 1/(n-f)`` if ``x_j``
     is among the ``n - f`` nearest rows of ``x_i``."""
-    n = x.shape[0]
-    idx = _gram.nearest(_gram.Geometry(x).sqdist, n - f)
+    return _mixing(_gram.Geometry(x).sqdist, f).astype(x.dtype)
+
+
+def _mixing(sqdist, f: int):
+    n = sqdist.shape[0]
+    idx = _gram.nearest(sqdist, n - f)
     rows = jnp.arange(n)[:, None]
-    return jnp.zeros((n, n), x.dtype).at[rows, idx].set(1.0 / (n - f))
+    return jnp.zeros((n, n), sqdist.dtype).at[rows, idx].set(1.0 / (n - f))
 
 
 def bucket_size(n: int, f: int) -> int:
@@ -80,12 +85,17 @@ def clipping(x, f: int = 0, *, c: float = 2.0):
     return _scale_rows(x, c)
 
 
+def _row_norms(x):
+    """``||x_i||``, ``inf`` for rows with non-finite entries or an overflowing norm."""
+    norm = jnp.sqrt(dsum(jnp.sum(jnp.square(x), axis=1)))
+    return jnp.where(jnp.isfinite(norm), norm, jnp.inf)
+
+
 def _scale_rows(x, threshold):
-    xs = jnp.where(jnp.isfinite(x), x, 0.0)
-    norm = jnp.sqrt(dsum(jnp.sum(jnp.square(xs), axis=1)))
-    bad = ~dall(jnp.all(jnp.isfinite(x), axis=1)) | ~jnp.isfinite(norm)
+    norm = _row_norms(x)
+    bad = jnp.isinf(norm)
     scale = jnp.minimum(1.0, threshold / jnp.where(norm > 0, norm, 1.0))
-    return jnp.where(bad[:, None], 0.0, xs * jnp.where(bad, 0.0, scale)[:, None])
+    return jnp.where(bad[:, None], 0.0, x * jnp.where(bad, 0.0, scale)[:, None])
 
 
 def arc(x, f: int):
@@ -98,10 +108,7 @@ def arc(x, f: int):
     k = (2 * f * (n - f)) // n
     if k == 0:
         return x
-    xs = jnp.where(jnp.isfinite(x), x, 0.0)
-    norm = jnp.sqrt(dsum(jnp.sum(jnp.square(xs), axis=1)))
-    norm = jnp.where(dall(jnp.all(jnp.isfinite(x), axis=1)) & jnp.isfinite(norm), norm, jnp.inf)
-    threshold = jnp.sort(norm)[n - k - 1]
+    threshold = jnp.sort(_row_norms(x))[n - k - 1]
     return _scale_rows(x, threshold)
 
 

@@ -17,7 +17,7 @@ import pytest
 
 import nnmjax
 import reference as ref
-from nnmjax import _order, metrics
+from nnmjax import _order, aggregators, metrics
 from nnmjax.aggregators import AGGREGATORS
 
 NAMES = sorted(AGGREGATORS)
@@ -761,3 +761,15 @@ def test_sanitize_and_sum_rows():
     want = y[1:4].sum(axis=0)
     np.testing.assert_allclose(_order.sum_rows([jnp.asarray(r) for r in y], 1, 4), want, rtol=1e-6)
     np.testing.assert_allclose(_order.sum_rows(jnp.asarray(y), 1, 4), want, rtol=1e-6)
+
+
+def test_caf_power_iterations_for_large_n_match_the_exact_eigenpairs(monkeypatch):
+    """Past CAF_EIGH_MAX_N rows CAF uses warm-started power iterations instead of eigh: the
+    same output when the top eigenvalue stands out (anisotropic honest rows, far outliers)."""
+    rng = np.random.default_rng(3)
+    x = (rng.standard_normal((40, 30)) * np.linspace(3.0, 0.5, 30)).astype(np.float32)
+    x[:8] += 5.0
+    exact = np.asarray(aggregators.caf(x, 8))
+    monkeypatch.setattr(aggregators, "CAF_EIGH_MAX_N", 0)
+    power = np.asarray(aggregators.caf(x, 8))
+    np.testing.assert_allclose(power, exact, atol=1e-3)
