@@ -10,11 +10,34 @@ of Allouah et al., "Fixing by Mixing" (AISTATS 2023):
 ``||F(x) - mean_S||^2 <= kappa / |S| * sum_{i in S} ||x_i - mean_S||^2``
 for every ``S`` of size ``n - f``.
 
-Cost: coordinate-wise rules make one fused pass over ``x`` for
-``n <= 32`` (a sorting network, see :mod:`nnmjax._order`), a sort otherwise;
-distance-based rules form the ``n x n`` Gram matrix (one pass), work in
-``n``-dimensional coefficient space and combine rows once (second pass).
-Memory is ``O(n d + n^2)``; MDA and SMEA also hold ``C(n, f)`` subsets.
+Cost (``n`` rows, ``d`` coordinates, float32; no rule forms an ``n x n x d`` or
+``n x (n - f) x d`` intermediate):
+
+============================  ==========================================  =====================
+rule                          time                                        memory beyond ``x``
+============================  ==========================================  =====================
+mean                          one pass                                    ``O(d)``
+cwmed, cwtm, meamed           ``n <= 64``: one fused pass through a       ``O(d)``
+                              sorting network (:mod:`nnmjax._order`),
+                              ``O(n log^2 n)`` min/max per coordinate;
+                              ``n <= 128``: the network in stages;        ``O(n d)``
+                              ``n > 128``: ``jnp.sort`` along workers     ``O(n d)``
+krum, multikrum, gm, nnm,     the ``n x n`` Gram matrix, ``O(n^2 d)``     ``O(n^2 + n C)``
+mda, smea, caf                (columns in chunks of ``C = 65536``), then
+                              work in ``n``-dim coefficient space, then
+                              one combination pass ``O(m n d)``           ``O(m d)`` (``m`` rows out)
+cclip, monna                  two passes per iteration (distances to one  ``O(n + d)``
+                              point, then a weighted sum)
+============================  ==========================================  =====================
+
+Past the Gram pass: Krum / Multi-Krum / NNM sort ``n x n`` distances (``O(n^2 log n)``);
+GM runs ``max_iter`` ``O(n^2)`` iterations; MDA and SMEA enumerate ``C(n, f)`` subsets
+(``O(C(n, f) (n - f)^2)`` memory; refused past ``max_subsets``, so in practice small
+``n``); CAF runs at most ``n`` rounds of ``eigh`` (``n <= 128``) or of warm-started power
+iterations (``O(n^2)`` each, larger ``n``). So at ``n = 1000`` every rule but MDA/SMEA
+runs (the tests run each one there), and at ``d = 1e7`` a rule needs ``x`` plus at most
+one more ``(n, d)`` array (sort path, ``(m, d)`` outputs) and ``O(n^2 + n C)`` besides:
+at ``(17, 1e7)`` about 0.7 GB for ``x`` and under 0.7 GB more.
 """
 from __future__ import annotations
 

@@ -773,3 +773,26 @@ def test_caf_power_iterations_for_large_n_match_the_exact_eigenpairs(monkeypatch
     monkeypatch.setattr(aggregators, "CAF_EIGH_MAX_N", 0)
     power = np.asarray(aggregators.caf(x, 8))
     np.testing.assert_allclose(power, exact, atol=1e-3)
+
+
+@pytest.mark.slow
+def test_every_rule_runs_at_a_thousand_workers():
+    """n = 1000 (f = 200 NaN rows): every rule returns a finite vector near the honest mean
+    with the algorithm chosen for that size; MDA and SMEA refuse to enumerate C(1000, 200)."""
+    rng = np.random.default_rng(0)
+    x = (rng.standard_normal((1000, 48)) + 3.0).astype(np.float32)
+    x[800:] = np.nan  # MoNNA trusts row 0
+    honest = x[:800].mean(axis=0)
+    spread = np.sqrt(np.mean(np.sum((x[:800] - honest) ** 2, axis=1)))  # ~ sqrt(48)
+    for name in sorted(aggregators.AGGREGATORS):
+        if name in ("mda", "smea"):
+            with pytest.raises(ValueError, match="max_subsets"):
+                nnmjax.rule(name, 200)(x)
+            continue
+        if name == "mean":
+            continue
+        for rule in (name, "nnm+" + name):
+            out = np.asarray(jax.jit(nnmjax.rule(rule, 200))(x))
+            assert out.shape == (48,) and np.isfinite(out).all(), rule
+            if name != "cclip":  # one step from the origin: (n - f)/n of the way, by design
+                assert np.linalg.norm(out - honest) < spread, rule  # an honest row is ~spread away
