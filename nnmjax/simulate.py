@@ -123,8 +123,9 @@ class Experiment:
         self.aggregate = transforms.robust_aggregate(self.rule, mesh=self.mesh if k > 1 else None)
         self.sgd = optax.sgd(learning_rate(config))
         runs = None if self.mesh is None else "runs"
-        self._run_chunk = jax.jit(jax.vmap(self._chunk, in_axes=(0, 0, None),
-                                           spmd_axis_name=runs), static_argnums=2)
+        self._vmapped_chunk = jax.vmap(self._chunk, in_axes=(0, 0, None), spmd_axis_name=runs)
+        # on a mesh, jitted by init() once the state's layout is known
+        self._run_chunk = None if self.mesh else jax.jit(self._vmapped_chunk, static_argnums=2)
         self._evaluate = jax.jit(jax.vmap(self._accuracy, in_axes=(0, 0, None, None),
                                           spmd_axis_name=runs))
         self._init = jax.jit(jax.vmap(self._init_one, spmd_axis_name=runs))
@@ -155,10 +156,32 @@ class Experiment:
         return RunState(params, (server, agg, self.sgd.init(params)), k_run,
                         jnp.zeros((), jnp.int32), variables)
 
+    def _state_shardings(self, state: RunState):
+        """Where a state lives: seeds over the mesh's ``runs`` axis; per-worker momenta also
+        over ``workers`` when it divides their number; the rest replicated over ``workers``.
+        Pinned as the chunks' output layout, so every chunk compiles once."""
+        seeds = NamedSharding(self.mesh, P("runs"))
+        k = self.mesh.shape["workers"]
+
+        def momentum(a):
+            return NamedSharding(self.mesh, P("runs", "workers")) if a.shape[1] % k == 0 else seeds
+
+        server = tuple(jax.tree.map(momentum, s) if isinstance(s, transforms.WorkerMomentumState)
+                       else jax.tree.map(lambda _: seeds, s) for s in state.opt_state[0])
+        rest = jax.tree.map(lambda _: seeds, state._replace(opt_state=(None,) + state.opt_state[1:]))
+        return rest._replace(opt_state=(server,) + rest.opt_state[1:])
+
     def init(self) -> RunState:
         """Initial states for every seed (leading axis)."""
         keys = np.stack([np.asarray(jax.random.key_data(jax.random.key(s))) for s in self.seeds])
-        return self._init(jax.vmap(jax.random.wrap_key_data)(self._put(keys)))
+        state = self._init(jax.vmap(jax.random.wrap_key_data)(self._put(keys)))
+        if self.mesh is not None and self._run_chunk is None:
+            shardings = self._state_shardings(state)
+            seeds = NamedSharding(self.mesh, P("runs"))
+            self._run_chunk = jax.jit(self._vmapped_chunk, static_argnums=2,
+                                      out_shardings=(shardings, (seeds, seeds)))
+            state = jax.device_put(state, shardings)
+        return state
 
     def _put(self, array: np.ndarray, *, replicated: bool = False):
         """``array`` on the device(s), its leading (seed) axis split over the mesh's ``runs``
