@@ -52,7 +52,7 @@ def robust_centre(x):
 
     n = x.shape[0]
     rows = x if n <= CENTRE_ROWS else x[:: -(-n // CENTRE_ROWS)]
-    s = _order.sorted_rows(_order.sanitize(rows))
+    s = _order.sorted_rows(rows)
     m = rows.shape[0]
     return s[m // 2] if m % 2 else 0.5 * s[m // 2 - 1] + 0.5 * s[m // 2]
 

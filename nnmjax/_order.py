@@ -59,16 +59,17 @@ def sanitize(x):
 
 
 def sorted_rows(x):
-    """The rows of ``x`` sorted coordinate-wise: ``s[0] <= ... <= s[n-1]``.
+    """The rows of ``x`` sorted coordinate-wise: ``s[0] <= ... <= s[n-1]``, after
+    :func:`sanitize` (NaN to the top, infinities to the dtype's extremes).
 
-    Returns a list of ``(d,)`` rows (network path, ``n <= NETWORK_MAX_N``) or
-    an ``(n, d)`` array (sort path); both index the same way. Inputs must be
-    free of NaN (see :func:`sanitize`).
+    Returns a list of ``(d,)`` rows (network path, ``n <= NETWORK_MAX_N``; each row is
+    sanitised as it enters the network, so that fuses too) or an ``(n, d)`` array (sort
+    path); both index the same way.
     """
     n = x.shape[0]
     if n > NETWORK_MAX_N:
-        return jnp.sort(x, axis=0)
-    rows = [x[i] for i in range(n)]
+        return jnp.sort(sanitize(x), axis=0)
+    rows = [sanitize(x[i]) for i in range(n)]
     pairs = batcher_pairs(n)
     stage = max(1, len(pairs)) if n <= FUSED_MAX_N else STAGE
     for start in range(0, len(pairs), stage):

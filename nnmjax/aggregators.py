@@ -79,7 +79,7 @@ def cwmed(x, f: int = 0):
     """
     x, f = _prepare(x, f, "cwmed")
     n = x.shape[0]
-    s = _order.sorted_rows(_order.sanitize(x))
+    s = _order.sorted_rows(x)
     if n % 2:
         return s[n // 2]
     return 0.5 * s[n // 2 - 1] + 0.5 * s[n // 2]
@@ -95,7 +95,7 @@ def cwtm(x, f: int):
     n = x.shape[0]
     if f == 0:
         return mean(x)
-    s = _order.sorted_rows(_order.sanitize(x))
+    s = _order.sorted_rows(x)
     return _order.sum_rows(s, f, n - f) / (n - 2 * f)
 
 
@@ -111,7 +111,7 @@ def meamed(x, f: int):
     n = x.shape[0]
     if f == 0:
         return mean(x)
-    s = _order.sorted_rows(_order.sanitize(x))
+    s = _order.sorted_rows(x)
     med = s[n // 2] if n % 2 else 0.5 * s[n // 2 - 1] + 0.5 * s[n // 2]
     core = _order.sum_rows(s, f, n - f)
     best_cost, best_sum = None, None
