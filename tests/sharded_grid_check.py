@@ -15,8 +15,7 @@ from nnmjax.grid import run_grid
 from nnmjax.simulate import build_experiment
 
 TINY = ["steps=4", "eval_every=2", "seeds=[1, 2, 3]", "n=7", "f=2", "batch_size=5",
-        "model='logreg'", "attacks=['sign_flipping', 'label_flipping']",
-        "rules=['nnm+cwtm', 'krum']"]
+        "model='logreg'", "attacks=['label_flipping']", "rules=['nnm+cwtm']"]
 MESHES = {"runs": "mesh={runs = 2}", "runs_workers": "mesh={runs = 2, workers = 4}"}
 
 
