@@ -107,32 +107,28 @@ def combine(c, x, far=None):
 
     Rows that may hold non-finite entries must contribute exactly zero, never
     ``0 * inf = nan``: with ``far`` (the rule's mask of such rows, e.g.
-    :attr:`Geometry.far`) they are dropped row by row inside the fused sum, at no extra pass;
-    without it every non-finite entry is zeroed when there is one (a pass to check, and a
-    cleaned copy only then, via ``lax.cond``). A vector ``c`` over few rows is an unrolled
-    sum that fuses with its consumer; otherwise one matmul.
+    :attr:`Geometry.far`) a vector ``c`` drops them row by row inside the fused sum, and a
+    matrix ``c`` zeroes them first only when there are some; without ``far`` every
+    non-finite entry is zeroed when there is one (a pass to check; the cleaned copy only
+    then, via ``lax.cond``). A vector ``c`` over few rows is an unrolled sum that fuses with
+    its consumer; otherwise one matmul.
     """
     c = c.astype(x.dtype)
     n = x.shape[0]
-    if c.ndim == 1 and n <= UNROLL_MAX_N:
-        if far is None:
-            x = _clean(x)
-            return sum(c[j] * x[j] for j in range(n))
-        return sum(jnp.where(far[j], 0.0, c[j] * x[j]) for j in range(n))
+    unrolled = c.ndim == 1 and n <= UNROLL_MAX_N
 
     def product(x):
+        if unrolled:
+            return sum(c[j] * x[j] for j in range(n))
         return jnp.matmul(c, x, precision=jax.lax.Precision.HIGHEST)
 
     if far is None:
-        return product(_clean(x))
-    return jax.lax.cond(jnp.any(far), lambda x: product(jnp.where(far[:, None], 0.0, x)),
-                        product, x)
-
-
-def _clean(x):
-    """``x`` with non-finite entries zeroed, copied only when there are some."""
-    bad = ~jnp.all(jnp.isfinite(x))
-    return jax.lax.cond(bad, lambda x: jnp.where(jnp.isfinite(x), x, 0.0), lambda x: x, x)
+        bad, clean = ~jnp.all(jnp.isfinite(x)), lambda x: jnp.where(jnp.isfinite(x), x, 0.0)
+    elif unrolled:
+        return sum(jnp.where(far[j], 0.0, c[j] * x[j]) for j in range(n))
+    else:
+        bad, clean = jnp.any(far), lambda x: jnp.where(far[:, None], 0.0, x)
+    return jax.lax.cond(bad, lambda x: product(clean(x)), product, x)
 
 
 def nearest(sqdist, k: int):

@@ -243,7 +243,8 @@ class Experiment:
             xb, yb = sample_batches(k_batch, data, c.batch_size, workers=w)
             (losses, stats), grads = jax.vmap(grad, in_axes=(None, None, 0, 0, 0))(
                 params, model_state, drop, xb, yb)
-        if padded > w:  # each device computed its own workers' gradients; drop the padding
+        if self.mesh is not None and self.mesh.shape["workers"] > 1:
+            # each device computed its own workers' gradients; drop the padding
             by_worker = NamedSharding(self.mesh, P("workers"))
             grads = jax.lax.with_sharding_constraint(grads, by_worker)
             losses, grads = losses[:w], jax.tree.map(lambda a: a[:w], grads)
