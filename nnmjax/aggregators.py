@@ -23,7 +23,8 @@ cwmed, cwtm, meamed           ``n <= 64``: one fused pass through a       ``O(d)
                               ``n <= 128``: the network in stages;        ``O(n d)``
                               ``n > 128``: ``jnp.sort`` along workers     ``O(n d)``
 krum, multikrum, gm, nnm,     the ``n x n`` Gram matrix, ``O(n^2 d)``     ``O(n^2 + n C)``
-mda, smea, caf                (columns in chunks of ``C = 65536``), then
+mda, smea, caf                (a loop over blocks of ``C`` columns,
+                              ``C = 2^19 / n`` clipped to [1024, 16384]), then
                               work in ``n``-dim coefficient space, then
                               one combination pass ``O(m n d)``           ``O(m d)`` (``m`` rows out)
 cclip, monna                  two passes per iteration (distances to one  ``O(n + d)``

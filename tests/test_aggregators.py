@@ -797,3 +797,32 @@ def test_every_rule_runs_at_a_thousand_workers():
             assert out.shape == (48,) and np.isfinite(out).all(), rule
             if name != "cclip":  # one step from the origin: (n - f)/n of the way, by design
                 assert np.linalg.norm(out - honest) < spread, rule  # an honest row is ~spread away
+
+
+@pytest.mark.parametrize("d, width", [(7, 16), (48, 16), (53, 16), (40_000, 16384)])
+def test_gram_and_inner_over_column_blocks_match_numpy(d, width, monkeypatch):
+    """The Gram and inner-product passes loop over blocks of columns: a tail only, full
+    blocks only, both, and the default width at a large ``d``; same sums as float64 NumPy."""
+    from nnmjax import _gram
+
+    monkeypatch.setattr(_gram, "block_columns", lambda n, d: min(width, d))
+    rng = np.random.default_rng(d)
+    x = rng.standard_normal((5, d)).astype(np.float32)
+    centre = rng.standard_normal(d).astype(np.float32)
+    v = rng.standard_normal(d).astype(np.float32)
+    xc = x.astype(np.float64) - centre
+    got = np.asarray(jax.jit(_gram.gram)(x, centre))
+    np.testing.assert_allclose(got, xc @ xc.T, rtol=1e-5, atol=1e-3)
+    geo = _gram.Geometry(jnp.asarray(x))
+    b, vv = geo.inner(jnp.asarray(v))
+    xg = x.astype(np.float64) - np.asarray(geo.centre)
+    vg = v.astype(np.float64) - np.asarray(geo.centre)
+    np.testing.assert_allclose(np.asarray(b), xg @ vg, rtol=1e-5, atol=1e-3)
+    np.testing.assert_allclose(float(vv), vg @ vg, rtol=1e-5)
+
+
+def test_block_columns_stays_within_its_range():
+    from nnmjax._gram import block_columns
+
+    assert [block_columns(n, 10**6) for n in (17, 100, 1000, 10**6)] == [16384, 4096, 1024, 1024]
+    assert block_columns(17, 300) == 300
