@@ -1,10 +1,12 @@
-"""Run a grid: compile each (setting, attack, rule) once, vmap it over the seeds not yet done.
+"""Run a grid: compile each structurally distinct (setting, attack, rule) once and vmap it over
+its runs not yet done: the seeds and every setting that changes no shape
+(:data:`nnmjax.simulate.VMAPPED_KEYS`, e.g. a sweep over ``alpha`` or ``momentum``).
 
 A grid is one :class:`~nnmjax.config.Config` or a list of them (a config file's sweep,
 :func:`nnmjax.config.load_grid`); runs shared by several settings (the fault-free
 baseline) run once.
 
-Progress is one bar over all (run, step) pairs; after each (attack, rule)
+Progress is one bar over all (run, step) pairs; after each compiled
 group its records are written atomically and ``summary.csv`` is rebuilt, so an
 interrupted grid loses nothing finished and a re-run skips it.
 """
@@ -22,9 +24,13 @@ from tqdm.auto import tqdm
 from nnmjax import results
 from nnmjax.config import Config, RunSpec
 from nnmjax.data import load_dataset
-from nnmjax.simulate import build_experiment, spans_processes
+from nnmjax.simulate import build_experiment, program_key, spans_processes, worker_data_bytes
 
-__all__ = ["run_grid", "pending_runs", "grid_runs"]
+__all__ = ["run_grid", "pending_runs", "grid_runs", "program_groups", "memory_budget"]
+
+#: Share of the device memory (host RAM on CPU) one compiled group's worker data may take;
+#: larger groups are split into several programs.
+DATA_MEMORY_SHARE = 0.4
 
 
 def grid_runs(configs: Config | Sequence[Config]) -> list[RunSpec]:
@@ -48,6 +54,44 @@ def pending_runs(configs: Config | Sequence[Config], out_dir: Path | str
         else:
             todo.append(spec)
     return done, todo
+
+
+def memory_budget() -> int:
+    """Bytes of worker data one compiled group may hold: :data:`DATA_MEMORY_SHARE` of the
+    first device's memory limit, or of the host's RAM where the device reports none (CPU)."""
+    import os
+
+    stats = jax.local_devices()[0].memory_stats() or {}
+    total = stats.get("bytes_limit") or os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    return int(DATA_MEMORY_SHARE * total)
+
+
+def program_groups(specs: Sequence[RunSpec], *, datasets=None, budget: int | None = None
+                   ) -> list[list[RunSpec]]:
+    """``specs`` split into the groups that run as one vmapped program: same
+    :func:`~nnmjax.simulate.program_key`, attack and rule, in grid order; with ``datasets``
+    (``{(dataset, data_dir, augment_flip): Dataset}``) a group whose worker data would exceed
+    ``budget`` bytes is cut into consecutive pieces that fit (at least one run each)."""
+    groups: dict[tuple, list[RunSpec]] = defaultdict(list)
+    for spec in specs:
+        groups[(program_key(spec.config), spec.attack, spec.rule)].append(spec)
+    if datasets is None:
+        return list(groups.values())
+    budget = memory_budget() if budget is None else budget
+    out = []
+    for group in groups.values():
+        c = group[0].config
+        ds = datasets[(c.dataset, c.data_dir, c.augment_flip)]
+        piece: list[RunSpec] = []
+        for spec in group:
+            trial = piece + [spec]
+            if piece and worker_data_bytes([(s.config, s.seed) for s in trial], spec.attack,
+                                           ds) > budget:
+                out.append(piece)
+                trial = [spec]
+            piece = trial
+        out.append(piece)
+    return out
 
 
 def _eval_points(steps: int, every: int) -> list[int]:
@@ -83,28 +127,27 @@ def run_grid(config: Config | Sequence[Config], out_dir: Path | str, *, progress
         done = [s for s, flag in zip(runs, flags) if flag]
         todo = [s for s, flag in zip(runs, flags) if not flag]
     writer = not collective or jax.process_index() == 0
-    every = list(dict.fromkeys((s.config, s.attack, s.rule) for s in runs))
+    every = list(dict.fromkeys((program_key(s.config), s.attack, s.rule) for s in runs))
     mine = set(every[i::k])
-    groups: dict[tuple, list[RunSpec]] = defaultdict(list)
-    for spec in todo:
-        if (spec.config, spec.attack, spec.rule) in mine:
-            groups[(spec.config, spec.attack, spec.rule)].append(spec)
-    todo = [s for g in groups.values() for s in g]
+    todo = [s for s in todo if (program_key(s.config), s.attack, s.rule) in mine]
     # every dataset is loaded (or its absence reported) before anything compiles
     datasets = {}
-    for cfg, _, _ in groups:
-        source = (cfg.dataset, cfg.data_dir, cfg.augment_flip)
+    for spec in todo:
+        source = (spec.config.dataset, spec.config.data_dir, spec.config.augment_flip)
         if source not in datasets:
-            datasets[source] = load_dataset(cfg.dataset, data_dir=cfg.data_dir,
-                                            augment_flip=cfg.augment_flip)
-    total = sum(len(g) * g[0].config.steps for g in groups.values())
+            datasets[source] = load_dataset(source[0], data_dir=source[1],
+                                            augment_flip=source[2])
+    groups = program_groups(todo, datasets=datasets)
+    total = sum(len(g) * g[0].config.steps for g in groups)
     bar = tqdm(total=total, unit="step", disable=not (progress and writer), dynamic_ncols=True,
                desc=f"{len(todo)} runs ({len(done)} already done)")
-    for (cfg, attack, rule_name), specs in groups.items():
+    for specs in groups:
+        cfg, attack, rule_name = specs[0].config, specs[0].attack, specs[0].rule
         bar.set_postfix_str(f"{attack} / {rule_name}")
         t0 = time.perf_counter()
         exp = build_experiment(cfg, attack, rule_name, [s.seed for s in specs],
-                               dataset=datasets[(cfg.dataset, cfg.data_dir, cfg.augment_flip)])
+                               dataset=datasets[(cfg.dataset, cfg.data_dir, cfg.augment_flip)],
+                               settings=[s.config for s in specs])
         state = exp.init()
         losses, kappas, accs, at = [], [], [], []
         t_prev = 0
@@ -131,7 +174,7 @@ def run_grid(config: Config | Sequence[Config], out_dir: Path | str, *, progress
                 "summary": {"max_test_acc": float(np.max(acc[i])),
                             "final_test_acc": float(acc[i][-1]),
                             "wall_s": wall, "steps_per_s": cfg.steps * len(specs) / wall,
-                            "vmapped_seeds": len(specs)},
+                            "vmapped_runs": len(specs)},
                 "machine": {"backend": jax.default_backend(),
                             "device": jax.devices()[0].device_kind},
             }

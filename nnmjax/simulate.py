@@ -6,7 +6,10 @@ stacked gradients through the optax chain of :mod:`nnmjax.transforms`
 aggregation -> SGD with the paper's schedule), and records the honest loss and
 the empirical robustness ``kappa_hat`` of eq. (26). Steps run in ``lax.scan``
 chunks; whole runs are ``jax.vmap``-ed over seeds (each seed has its own
-partition, initialisation and sampling).
+partition, initialisation and sampling) and over the settings that change no shape
+(:data:`VMAPPED_KEYS`: the partition's ``alpha``/``gamma``, ``lr``, ``momentum``,
+``weight_decay``, ``clip``), so one compiled program runs e.g. every (alpha, seed) pair of
+a sweep.
 
 With ``mesh = {runs = r, workers = w}`` (``jax.sharding``) the seed axis is split over ``r``
 devices (seeds padded to a multiple of ``r``) and the worker axis over ``w``: each device
@@ -24,6 +27,7 @@ from __future__ import annotations
 
 from typing import Any, NamedTuple
 
+import dataclasses
 import functools
 
 import jax
@@ -42,16 +46,30 @@ from nnmjax.sharding import worker_mesh
 from nnmjax.tree import ravel_workers
 
 __all__ = ["Experiment", "RunState", "learning_rate", "build_experiment", "experiment_mesh",
-           "spans_processes", "EVAL_CHUNK"]
+           "spans_processes", "program_key", "worker_data_bytes", "EVAL_CHUNK", "VMAPPED_KEYS"]
 
 #: Test images per forward pass when evaluating (bounds evaluation memory).
 EVAL_CHUNK = 1000
+#: Config keys that change no shape: runs differing only in these (and the seed) share one
+#: compiled program, vmapped (``clip`` only between numbers, not to or from ``None``).
+VMAPPED_KEYS = ("alpha", "gamma", "lr", "momentum", "weight_decay", "clip")
+#: Hyperparameters of the step itself (the rest of ``VMAPPED_KEYS`` shape the data only).
+_STEP_KEYS = ("lr", "momentum", "weight_decay", "clip")
 
 
-def learning_rate(config: Config):
+def program_key(config: Config) -> Config:
+    """``config`` with the :data:`VMAPPED_KEYS` set to fixed values: runs whose configs have
+    the same key (and the same attack and rule) can be one vmapped program."""
+    neutral = {k: Config.__dataclass_fields__[k].default for k in VMAPPED_KEYS}
+    neutral["clip"] = None if config.clip is None else 1.0
+    return dataclasses.replace(config, **neutral)
+
+
+def learning_rate(config: Config, lr=None):
     """The step-size schedule: ``paper_mnist`` ``lr / (1 + floor(t / 50))`` (Table 3),
-    ``paper_cifar`` ``lr`` then ``lr / 10`` after step 1500, or ``constant``."""
-    lr = config.lr
+    ``paper_cifar`` ``lr`` then ``lr / 10`` after step 1500, or ``constant``; ``lr`` (a
+    number or a traced scalar) overrides ``config.lr``."""
+    lr = config.lr if lr is None else lr
     if config.lr_schedule == "paper_mnist":
         return lambda t: lr / (1.0 + jnp.floor(t / 50.0))
     if config.lr_schedule == "paper_cifar":
@@ -82,22 +100,42 @@ def _parts(config: Config, ds, seed: int, workers: int) -> list[np.ndarray]:
 
 
 class Experiment:
-    """One compiled (attack, rule) experiment of a config, runnable for several seeds at once.
+    """One compiled (attack, rule) experiment of a config, runnable for several runs at once.
+
+    Run ``i`` has seed ``seeds[i]`` and config ``settings[i]`` (default: ``config``), which
+    may differ from ``config`` only in :data:`VMAPPED_KEYS`; step hyperparameters that differ
+    between runs are traced per run, the others stay compile-time constants.
 
     >>> exp = build_experiment(config, "optimal_alie", "nnm+cwtm", seeds=[1, 2])
-    >>> state = exp.init()                      # leading axis = seeds
+    >>> state = exp.init()                      # leading axis = runs
     >>> state, (loss, kappa) = exp.run_chunk(state, 50)
-    >>> acc = exp.evaluate(state)               # (seeds,)
+    >>> acc = exp.evaluate(state)               # (runs,)
+    >>> sweep = [dataclasses.replace(config, alpha=a) for a in (0.1, 1.0)]
+    >>> exp = build_experiment(config, "alie", "nnm+cwtm", seeds=[1, 1], settings=sweep)
     """
 
-    def __init__(self, config: Config, attack: str, rule_name: str, seeds, dataset=None):
+    def __init__(self, config: Config, attack: str, rule_name: str, seeds, dataset=None, *,
+                 settings=None):
         self.config, self.attack, self.rule_name = config, attack, rule_name
         self.seeds = [int(s) for s in seeds]
         self.n_seeds = len(self.seeds)
+        self.settings = [config] * self.n_seeds if settings is None else list(settings)
+        if len(self.settings) != self.n_seeds:
+            raise ValueError(f"settings: one config per seed needed; got {len(self.settings)} "
+                             f"for {self.n_seeds} seeds")
+        for s in self.settings:
+            if program_key(s) != program_key(config):
+                changed = sorted(k for k in Config.__dataclass_fields__
+                                 if getattr(s, k) != getattr(config, k) and k not in VMAPPED_KEYS)
+                raise ValueError(f"settings: runs of one program may differ only in "
+                                 f"{list(VMAPPED_KEYS)} (clip not to or from None); one differs "
+                                 f"in {changed or ['clip']}")
         self.mesh = experiment_mesh(config)
         k = 1 if self.mesh is None else self.mesh.shape["workers"]
         if self.mesh is not None:  # pad to a multiple of the runs axis; extra runs dropped
-            self.seeds += [self.seeds[-1]] * (-self.n_seeds % self.mesh.shape["runs"])
+            pad = -self.n_seeds % self.mesh.shape["runs"]
+            self.seeds += [self.seeds[-1]] * pad
+            self.settings += [self.settings[-1]] * pad
         ds = dataset if dataset is not None else load_dataset(
             config.dataset, data_dir=config.data_dir, augment_flip=config.augment_flip)
         self.dataset = ds
@@ -105,33 +143,51 @@ class Experiment:
         #: workers holding data (the ``f`` Byzantine ones too under label flipping)
         self.workers = config.n if lf else config.honest
         self.loaded_workers: set[int] = set()  # worker rows gathered by this process
-        self.data = self._worker_data([_parts(config, ds, s, self.workers) for s in self.seeds],
-                                      self.workers + -self.workers % k, flip_from=config.honest)
+        self.data = self._worker_data(
+            [_parts(c, ds, s, self.workers) for c, s in zip(self.settings, self.seeds)],
+            self.workers + -self.workers % k, flip_from=config.honest)
+        #: per-run values of the step hyperparameters that differ between runs, ``(runs,)``
+        #: arrays (vmapped); the others stay Python constants, so a program of one setting is
+        #: the one it was before runs could differ
+        self.hyper = {key: self._put(np.array([getattr(c, key) for c in self.settings],
+                                              np.float32))
+                      for key in _STEP_KEYS
+                      if len({getattr(c, key) for c in self.settings}) > 1}
         self.x_test = self._put(np.asarray(ds.x_test), replicated=True)
         self.y_test = self._put(np.asarray(ds.y_test), replicated=True)
         self.model = make_model(config.model, ds.num_classes, ds.x_train.shape[1:])
         self.rule = make_rule(rule_name, config.f)
-        h, f = config.honest, config.f
-        injected = "none" if lf else attack
-        beta = config.momentum if config.algorithm == "dshb" else 0.0
-        self.server = optax.chain(
-            transforms.clip_by_worker_norm(config.clip) if config.clip else optax.identity(),
-            transforms.worker_momentum(beta, config.n if lf else h),
-            transforms.inject_attack(injected, f if injected != "none" else 0, rule=self.rule,
-                                     key=jax.random.key(0)),
-        )
+        self.lf = lf
+        self.server, self.sgd = self._optimizers({})
         self.aggregate = transforms.robust_aggregate(self.rule, mesh=self.mesh if k > 1 else None)
-        self.sgd = optax.sgd(learning_rate(config))
         runs = None if self.mesh is None else "runs"
-        self._vmapped_chunk = jax.vmap(self._chunk, in_axes=(0, 0, None), spmd_axis_name=runs)
+        self._vmapped_chunk = jax.vmap(self._chunk, in_axes=(0, 0, 0, None), spmd_axis_name=runs)
         # on a mesh, jitted by init() once the state's layout is known
-        self._run_chunk = None if self.mesh else jax.jit(self._vmapped_chunk, static_argnums=2)
+        self._run_chunk = None if self.mesh else jax.jit(self._vmapped_chunk, static_argnums=3)
         self._evaluate = jax.jit(jax.vmap(self._accuracy, in_axes=(0, 0, None, None),
                                           spmd_axis_name=runs))
         self._init = jax.jit(jax.vmap(self._init_one, spmd_axis_name=runs))
 
     # ------------------------------------------------------------------ pieces
-    def _loss(self, params, model_state, key, x, y, mask=None):
+    def _hyper(self, hyper, key: str):
+        """This run's value of a step hyperparameter: traced when runs differ in it."""
+        return hyper[key] if key in hyper else getattr(self.settings[0], key)
+
+    def _optimizers(self, hyper):
+        """The server chain (clip -> worker momentum -> attack) and the SGD step, built from
+        this run's hyperparameters (``hyper``: the traced ones, see ``self.hyper``)."""
+        c, f = self.config, self.config.f
+        injected = "none" if self.lf else self.attack
+        beta = self._hyper(hyper, "momentum") if c.algorithm == "dshb" else 0.0
+        server = optax.chain(
+            transforms.clip_by_worker_norm(self._hyper(hyper, "clip")) if c.clip else optax.identity(),
+            transforms.worker_momentum(beta, c.n if self.lf else c.honest),
+            transforms.inject_attack(injected, f if injected != "none" else 0, rule=self.rule,
+                                     key=jax.random.key(0)),
+        )
+        return server, optax.sgd(learning_rate(c, lr=self._hyper(hyper, "lr")))
+
+    def _loss(self, params, model_state, key, x, y, mask=None, *, weight_decay):
         """Training loss of one worker's batch (BatchNorm on the batch's statistics, dropout
         from ``key``) and the worker's updated BatchNorm running statistics."""
         variables = {"params": params, **model_state}
@@ -143,7 +199,7 @@ class Experiment:
         nll = -jnp.take_along_axis(logp, y[:, None], axis=1)[:, 0]
         nll = jnp.mean(nll) if mask is None else jnp.sum(nll * mask) / jnp.sum(mask)
         l2 = sum(jnp.sum(jnp.square(p)) for p in jax.tree.leaves(params))
-        return nll + 0.5 * self.config.weight_decay * l2, new
+        return nll + 0.5 * weight_decay * l2, new
 
     def _init_one(self, key):
         k_model, k_server, k_agg, k_run = jax.random.split(key, 4)
@@ -178,7 +234,7 @@ class Experiment:
         if self.mesh is not None and self._run_chunk is None:
             shardings = self._state_shardings(state)
             seeds = NamedSharding(self.mesh, P("runs"))
-            self._run_chunk = jax.jit(self._vmapped_chunk, static_argnums=2,
+            self._run_chunk = jax.jit(self._vmapped_chunk, static_argnums=3,
                                       out_shardings=(shardings, (seeds, seeds)))
             state = jax.device_put(state, shardings)
         return state
@@ -226,7 +282,7 @@ class Experiment:
         return WorkerData(field(0, (s, padded, rows) + x.shape[1:]), field(1, (s, padded, rows)),
                           field(2, (s, padded)))
 
-    def _grads(self, params, model_state, data: WorkerData, key):
+    def _grads(self, params, model_state, data: WorkerData, key, weight_decay):
         """Every worker's loss and gradient (one vmap) and the new BatchNorm statistics: the
         mean of the honest workers' updated running averages."""
         c, w = self.config, self.workers
@@ -234,7 +290,8 @@ class Experiment:
         k_batch, k_drop = jax.random.split(key)
         drop = jax.random.split(k_drop, w)
         drop = jnp.concatenate([drop] + [drop[:1]] * (padded - w))
-        grad = jax.value_and_grad(self._loss, has_aux=True)
+        grad = jax.value_and_grad(functools.partial(self._loss, weight_decay=weight_decay),
+                                  has_aux=True)
         if c.algorithm == "dgd":
             mask = (jnp.arange(data.y.shape[1])[None, :] < data.counts[:, None]).astype(jnp.float32)
             (losses, stats), grads = jax.vmap(grad, in_axes=(None, None, 0, 0, 0, 0))(
@@ -251,28 +308,30 @@ class Experiment:
         stats = jax.tree.map(lambda a: jnp.mean(a[: c.honest], axis=0), stats)
         return losses, grads, stats
 
-    def _step(self, state: RunState, data: WorkerData):
+    def _step(self, state: RunState, data: WorkerData, hyper):
         server, agg, opt = state.opt_state
         key, k_batch = jax.random.split(state.key)
-        losses, grads, model_state = self._grads(state.params, state.model_state, data, k_batch)
-        rows, server = self.server.update(grads, server, state.params)
+        losses, grads, model_state = self._grads(state.params, state.model_state, data, k_batch,
+                                                 self._hyper(hyper, "weight_decay"))
+        server_chain, sgd = self._optimizers(hyper)
+        rows, server = server_chain.update(grads, server, state.params)
         aggregate, agg = self.aggregate.update(rows, agg, state.params)
         honest, _ = ravel_workers(rows)
         honest = honest[: self.config.honest]
         flat, _ = ravel_workers(jax.tree.map(lambda a: a[None], aggregate))
         kappa = metrics.kappa_hat(flat[0], honest)
-        updates, opt = self.sgd.update(aggregate, opt, state.params)
+        updates, opt = sgd.update(aggregate, opt, state.params)
         params = optax.apply_updates(state.params, updates)
         new = RunState(params, (server, agg, opt), key, state.step + 1, model_state)
         return new, (jnp.mean(losses[: self.config.honest]), kappa)
 
-    def _chunk(self, state: RunState, data: WorkerData, steps: int):
-        return jax.lax.scan(lambda s, _: self._step(s, data), state, None, length=steps)
+    def _chunk(self, state: RunState, data: WorkerData, hyper, steps: int):
+        return jax.lax.scan(lambda s, _: self._step(s, data, hyper), state, None, length=steps)
 
     def run_chunk(self, state: RunState, steps: int):
-        """Advance every seed by ``steps`` steps; returns ``(state, (loss, kappa))``, each
-        ``(seeds, steps)``."""
-        state, (loss, kappa) = self._run_chunk(state, self.data, int(steps))
+        """Advance every run by ``steps`` steps; returns ``(state, (loss, kappa))``, each
+        ``(runs, steps)``."""
+        state, (loss, kappa) = self._run_chunk(state, self.data, self.hyper, int(steps))
         return state, (_fetch(loss)[: self.n_seeds], _fetch(kappa)[: self.n_seeds])
 
     def _accuracy(self, params, model_state, x, y):
@@ -335,7 +394,19 @@ def _rekey(server_state, key):
     return tuple(out)
 
 
-def build_experiment(config: Config, attack: str, rule_name: str, seeds, dataset=None) -> Experiment:
-    """Compile-ready :class:`Experiment` for one (attack, rule) over ``seeds``."""
-    return Experiment(config, attack, rule_name, seeds, dataset=dataset)
+def build_experiment(config: Config, attack: str, rule_name: str, seeds, dataset=None, *,
+                     settings=None) -> Experiment:
+    """Compile-ready :class:`Experiment` for one (attack, rule) over ``seeds`` (with one config
+    per seed in ``settings`` when the runs differ in :data:`VMAPPED_KEYS`)."""
+    return Experiment(config, attack, rule_name, seeds, dataset=dataset, settings=settings)
+
+
+def worker_data_bytes(runs, attack: str, dataset) -> int:
+    """Bytes of the worker data an :class:`Experiment` of ``runs`` ((config, seed) pairs)
+    holds on its devices: every run's workers padded to the largest part of any run."""
+    config = runs[0][0]
+    workers = config.n if attack == "label_flipping" and config.f > 0 else config.honest
+    rows = max(p.size for c, s in runs for p in _parts(c, dataset, s, workers))
+    image = int(np.prod(dataset.x_train.shape[1:])) * dataset.x_train.dtype.itemsize
+    return len(runs) * workers * rows * (image + 4)
 

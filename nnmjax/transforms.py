@@ -32,10 +32,15 @@ __all__ = ["clip_by_worker_norm", "worker_momentum", "inject_attack", "robust_ag
            "WorkerMomentumState", "InjectAttackState", "RobustAggregateState"]
 
 
+def _concrete(value) -> bool:
+    """Whether a hyperparameter can be checked now (not a tracer: a vmapped sweep's value)."""
+    return not isinstance(value, jax.core.Tracer)
+
+
 def clip_by_worker_norm(max_norm: float) -> optax.GradientTransformation:
     """Rescale each worker's update to global l2 norm at most ``max_norm``:
     ``g_i <- g_i min(1, max_norm / ||g_i||)`` (the paper's gradient clipping, Table 3)."""
-    if not max_norm > 0:
+    if _concrete(max_norm) and not max_norm > 0:
         raise ValueError(f"max_norm must be > 0; got {max_norm!r}")
 
     def update_fn(updates, state, params=None):
@@ -59,7 +64,7 @@ class WorkerMomentumState(NamedTuple):
 def worker_momentum(beta: float, num_workers: int) -> optax.GradientTransformation:
     """Local momentum of each honest worker, paper eq. (3):
     ``m_t^(i) = beta m_{t-1}^(i) + (1 - beta) g_t^(i)``, ``m_0 = 0``. Emits the momenta."""
-    if not 0.0 <= beta < 1.0:
+    if _concrete(beta) and not 0.0 <= beta < 1.0:
         raise ValueError(f"beta must be in [0, 1); got {beta!r}")
     if not (isinstance(num_workers, int) and num_workers > 0):
         raise ValueError(f"num_workers must be a positive integer; got {num_workers!r}")

@@ -82,6 +82,70 @@ def test_vmapped_seeds_equal_one_by_one_and_repeatable(tiny_config):
     np.testing.assert_array_equal(np.asarray(loss), np.asarray(loss2))
 
 
+def test_runs_differing_in_shape_free_settings_share_one_program(tiny_config):
+    """alpha, lr, momentum, weight_decay and clip vmapped as per-run values: each run equals
+    its own one-setting program (where the values are compile-time constants)."""
+    import dataclasses
+
+    settings = [dataclasses.replace(tiny_config, alpha=0.1, lr=0.5, momentum=0.9),
+                dataclasses.replace(tiny_config, alpha=10.0, lr=0.2, momentum=0.5, clip=1.0,
+                                    weight_decay=1e-2),
+                dataclasses.replace(tiny_config, alpha=1.0, gamma=0.3, lr=0.5, momentum=0.0)]
+    seeds = [1, 2, 1]
+    both = build_experiment(tiny_config, "optimal_alie", "nnm+cwtm", seeds, settings=settings)
+    assert sorted(both.hyper) == ["clip", "lr", "momentum", "weight_decay"]
+    s, (loss, kappa) = both.run_chunk(both.init(), 4)
+    acc = np.asarray(both.evaluate(s))
+    for i, (cfg, seed) in enumerate(zip(settings, seeds)):
+        one = build_experiment(cfg, "optimal_alie", "nnm+cwtm", [seed])
+        assert one.hyper == {}
+        s1, (l1, k1) = one.run_chunk(one.init(), 4)
+        np.testing.assert_allclose(np.asarray(loss[i]), np.asarray(l1[0]), rtol=2e-5, atol=1e-6)
+        np.testing.assert_allclose(np.asarray(kappa[i]), np.asarray(k1[0]), rtol=2e-4, atol=1e-5)
+        np.testing.assert_allclose(acc[i], np.asarray(one.evaluate(s1))[0], atol=1e-6)
+
+
+def test_settings_that_change_shapes_are_refused(tiny_config):
+    import dataclasses
+
+    with pytest.raises(ValueError, match=r"differ only in .* one differs in \['n'\]"):
+        build_experiment(tiny_config, "alie", "cwtm", [1, 1],
+                         settings=[tiny_config, dataclasses.replace(tiny_config, n=9)])
+    with pytest.raises(ValueError, match=r"one differs in \['clip'\]"):
+        build_experiment(tiny_config, "alie", "cwtm", [1, 1],
+                         settings=[tiny_config, dataclasses.replace(tiny_config, clip=None)])
+    with pytest.raises(ValueError, match="one config per seed"):
+        build_experiment(tiny_config, "alie", "cwtm", [1, 2], settings=[tiny_config])
+
+
+def test_grid_compiles_a_sweep_over_alpha_and_momentum_once(tmp_path, monkeypatch, tiny_config):
+    """A sweep over shape-free keys is one program per (attack, rule); its records equal those
+    of the settings run one grid each; a memory budget below one run cuts it into pieces."""
+    import dataclasses
+
+    from nnmjax import grid
+
+    built = []
+    real = grid.build_experiment
+    monkeypatch.setattr(grid, "build_experiment",
+                        lambda *a, **k: built.append(len(a[3])) or real(*a, **k))
+    sweep = [dataclasses.replace(tiny_config, alpha=a, momentum=m, seeds=(1, 2))
+             for a, m in [(0.1, 0.9), (1.0, 0.99)]]
+    records = run_grid(sweep, tmp_path / "sweep", progress=False)
+    assert built == [4] and len(records) == 4
+    assert {r["summary"]["vmapped_runs"] for r in records} == {4}
+    by_hash = {r["hash"]: r for r in records}
+    for cfg in sweep:
+        for r in run_grid(cfg, tmp_path / f"alone-{cfg.alpha}", progress=False):
+            np.testing.assert_allclose(by_hash[r["hash"]]["curves"]["loss"], r["curves"]["loss"],
+                                       rtol=2e-5, atol=1e-6)
+    specs = grid.grid_runs(sweep)
+    ds = nnmjax.data.load_dataset("digits")
+    assert [len(g) for g in grid.program_groups(specs)] == [4]
+    assert [len(g) for g in grid.program_groups(specs, datasets={("digits", None, False): ds},
+                                                budget=1)] == [1, 1, 1, 1]
+
+
 @pytest.mark.parametrize("attack,rule", [("label_flipping", "bucketing+cwtm"), ("mimic", "krum"),
                                          ("gaussian", "gm")])
 def test_every_attack_kind_runs(tiny_config, attack, rule):
