@@ -81,7 +81,12 @@ def sorted_rows(x):
 
 
 def sum_rows(rows, start: int, stop: int):
-    """``sum(rows[start:stop])`` for a list of rows or an array (fused either way)."""
+    """``sum(rows[start:stop])`` for a list of rows (one fused sum) or an array (a 0/1 weight
+    vector times ``rows``: XLA's CPU reduction over the leading axis took 0.6-0.7 s at
+    ``(1000, 1e5)`` and ``(100, 1e6)`` against 12-14 ms for the product; rows outside
+    ``[start, stop)`` of an array must be finite, as sorted, sanitised rows are)."""
     if isinstance(rows, list):
         return functools.reduce(jnp.add, rows[start:stop])
-    return jnp.sum(rows[start:stop], axis=0)
+    i = jnp.arange(rows.shape[0])
+    w = ((i >= start) & (i < stop)).astype(rows.dtype)
+    return jnp.matmul(w, rows, precision=jax.lax.Precision.HIGHEST)

@@ -52,6 +52,8 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from nnmjax.provenance import code_info, source_digest
+
 __all__ = ["Case", "BenchConfig", "DEFAULT_CASES", "QUICK_CASES", "QUICK_RULES",
            "TARGETS", "default_rules", "parse_case", "run", "format_table",
            "check_targets", "format_targets", "write_json"]
@@ -514,46 +516,6 @@ def _task_measure(task, progress):
     return {impl: _summarize(rec) for impl, rec in recs.items()}
 
 
-def _source_digest() -> str:
-    """sha256 over the ``nnmjax`` package's ``.py`` files (what the timings measured)."""
-    import hashlib
-
-    root = os.path.dirname(os.path.abspath(__file__))
-    h = hashlib.sha256()
-    for folder, dirs, files in sorted(os.walk(root)):
-        dirs[:] = sorted(d for d in dirs if d != "__pycache__")
-        for name in sorted(files):
-            if name.endswith(".py"):
-                path = os.path.join(folder, name)
-                h.update(os.path.relpath(path, root).encode())
-                with open(path, "rb") as fh:
-                    h.update(fh.read())
-    return h.hexdigest()
-
-
-def _code_info() -> dict:
-    """nnmjax version, git commit and dirty flag of its checkout (when it is one), and
-    :func:`_source_digest`."""
-    import subprocess
-
-    import nnmjax
-
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    info = {"nnmjax": nnmjax.__version__, "git_commit": None, "git_dirty": None,
-            "source_sha256": _source_digest()}
-    try:
-        run = lambda *a: subprocess.run(["git", "-C", root, *a], capture_output=True,  # noqa: E731
-                                        text=True, timeout=10)
-        head = run("rev-parse", "HEAD")
-        if head.returncode == 0:
-            info["git_commit"] = head.stdout.strip()
-            status = run("status", "--porcelain", "--", "nnmjax")
-            info["git_dirty"] = bool(status.stdout.strip()) if status.returncode == 0 else None
-    except (OSError, subprocess.SubprocessError):
-        pass
-    return info
-
-
 def _task_info(task, progress):
     import jax
     import jaxlib
@@ -831,7 +793,7 @@ def run(cfg: BenchConfig | None = None, *, verbose: bool = True,
                       dtype="float32", data="standard normal, numpy default_rng(seed)",
                       byzfl_available=byzfl_ok,
                       byzfl_names={r: _byzfl_spec(r) for r in rules})
-        code = _code_info()
+        code = code_info()
         result.update(machine=info, code=code, config=config, streams=[], results=[],
                       targets=[])
         if cfg.byzfl and not byzfl_ok:
@@ -893,7 +855,7 @@ def run(cfg: BenchConfig | None = None, *, verbose: bool = True,
                     on_update(result)
         result["targets"] = check_targets(result)
         result["machine"]["loadavg_end"] = runner.call({"kind": "loadavg"})
-        code["changed_during_run"] = _source_digest() != code["source_sha256"]
+        code["changed_during_run"] = source_digest() != code["source_sha256"]
         if code["changed_during_run"]:
             _log("warning: the nnmjax sources changed during the run; timings may mix versions",
                  verbose)

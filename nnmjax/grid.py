@@ -22,6 +22,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from nnmjax import results
+from nnmjax.provenance import code_info
 from nnmjax.config import Config, RunSpec
 from nnmjax.data import load_dataset
 from nnmjax.simulate import build_experiment, program_key, spans_processes, worker_data_bytes
@@ -138,6 +139,7 @@ def run_grid(config: Config | Sequence[Config], out_dir: Path | str, *, progress
             datasets[source] = load_dataset(source[0], data_dir=source[1],
                                             augment_flip=source[2])
     groups = program_groups(todo, datasets=datasets)
+    code = code_info() if groups else None
     total = sum(len(g) * g[0].config.steps for g in groups)
     bar = tqdm(total=total, unit="step", disable=not (progress and writer), dynamic_ncols=True,
                desc=f"{len(todo)} runs ({len(done)} already done)")
@@ -177,6 +179,7 @@ def run_grid(config: Config | Sequence[Config], out_dir: Path | str, *, progress
                             "vmapped_runs": len(specs)},
                 "machine": {"backend": jax.default_backend(),
                             "device": jax.devices()[0].device_kind},
+                "code": code,
             }
             if writer:
                 results.write_record(out_dir, spec.hash(), record)

@@ -134,6 +134,7 @@ def test_grid_compiles_a_sweep_over_alpha_and_momentum_once(tmp_path, monkeypatc
     records = run_grid(sweep, tmp_path / "sweep", progress=False)
     assert built == [4] and len(records) == 4
     assert {r["summary"]["vmapped_runs"] for r in records} == {4}
+    assert all(len(r["code"]["source_sha256"]) == 64 for r in records)  # provenance
     by_hash = {r["hash"]: r for r in records}
     for cfg in sweep:
         for r in run_grid(cfg, tmp_path / f"alone-{cfg.alpha}", progress=False):
