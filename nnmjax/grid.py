@@ -22,9 +22,9 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from nnmjax import results
-from nnmjax.provenance import code_info
 from nnmjax.config import Config, RunSpec
 from nnmjax.data import load_dataset
+from nnmjax.provenance import code_info
 from nnmjax.simulate import build_experiment, program_key, spans_processes, worker_data_bytes
 
 __all__ = ["run_grid", "pending_runs", "grid_runs", "program_groups", "memory_budget"]
@@ -83,14 +83,15 @@ def program_groups(specs: Sequence[RunSpec], *, datasets=None, budget: int | Non
     for group in groups.values():
         c = group[0].config
         ds = datasets[(c.dataset, c.data_dir, c.augment_flip)]
-        piece: list[RunSpec] = []
-        for spec in group:
-            trial = piece + [spec]
-            if piece and worker_data_bytes([(s.config, s.seed) for s in trial], spec.attack,
-                                           ds) > budget:
+        # a program pads every run's workers to the largest part of any of its runs
+        alone = [worker_data_bytes([(s.config, s.seed)], s.attack, ds) for s in group]
+        piece, largest = [], 0
+        for spec, size in zip(group, alone):
+            if piece and (len(piece) + 1) * max(largest, size) > budget:
                 out.append(piece)
-                trial = [spec]
-            piece = trial
+                piece, largest = [], 0
+            piece.append(spec)
+            largest = max(largest, size)
         out.append(piece)
     return out
 

@@ -331,6 +331,9 @@ class Experiment:
     def run_chunk(self, state: RunState, steps: int):
         """Advance every run by ``steps`` steps; returns ``(state, (loss, kappa))``, each
         ``(runs, steps)``."""
+        if self._run_chunk is None:
+            raise RuntimeError("on a mesh the state's layout is fixed by init(): call "
+                               "state = experiment.init() before run_chunk")
         state, (loss, kappa) = self._run_chunk(state, self.data, self.hyper, int(steps))
         return state, (_fetch(loss)[: self.n_seeds], _fetch(kappa)[: self.n_seeds])
 

@@ -118,6 +118,14 @@ def test_settings_that_change_shapes_are_refused(tiny_config):
         build_experiment(tiny_config, "alie", "cwtm", [1, 2], settings=[tiny_config])
 
 
+def test_run_chunk_on_a_mesh_before_init_is_a_clear_error(tiny_config):
+    import dataclasses
+
+    exp = build_experiment(dataclasses.replace(tiny_config, mesh=(("runs", 1),)), "alie", "cwtm", [1])
+    with pytest.raises(RuntimeError, match=r"init\(\)"):
+        exp.run_chunk(None, 1)
+
+
 def test_grid_compiles_a_sweep_over_alpha_and_momentum_once(tmp_path, monkeypatch, tiny_config):
     """A sweep over shape-free keys is one program per (attack, rule); its records equal those
     of the settings run one grid each; a memory budget below one run cuts it into pieces."""
