@@ -92,12 +92,12 @@ def test_runs_differing_in_shape_free_settings_share_one_program(tiny_config):
                                     weight_decay=1e-2),
                 dataclasses.replace(tiny_config, alpha=1.0, gamma=0.3, lr=0.5, momentum=0.0)]
     seeds = [1, 2, 1]
-    both = build_experiment(tiny_config, "optimal_alie", "nnm+cwtm", seeds, settings=settings)
+    both = build_experiment(tiny_config, "sign_flipping", "nnm+cwtm", seeds, settings=settings)
     assert sorted(both.hyper) == ["clip", "lr", "momentum", "weight_decay"]
     s, (loss, kappa) = both.run_chunk(both.init(), 4)
     acc = np.asarray(both.evaluate(s))
     for i, (cfg, seed) in enumerate(zip(settings, seeds)):
-        one = build_experiment(cfg, "optimal_alie", "nnm+cwtm", [seed])
+        one = build_experiment(cfg, "sign_flipping", "nnm+cwtm", [seed])
         assert one.hyper == {}
         s1, (l1, k1) = one.run_chunk(one.init(), 4)
         np.testing.assert_allclose(np.asarray(loss[i]), np.asarray(l1[0]), rtol=2e-5, atol=1e-6)
