@@ -27,7 +27,7 @@ BLOCK_ELEMENTS = 1 << 19
 
 
 def block_columns(n: int, d: int) -> int:
-    """Columns per block: the power of two nearest below ``BLOCK_ELEMENTS / n``, in
+    """Columns per block: the largest power of two at most ``BLOCK_ELEMENTS / n``, clipped to
     ``[1024, 16384]`` (measured best on CPU for n = 17, 100, 1000), at most ``d``."""
     width = 1 << max(10, min(14, (BLOCK_ELEMENTS // n).bit_length() - 1))
     return min(width, d)
@@ -59,13 +59,12 @@ def column_sum(fn, arrays, width: int):
 def gram(x, centre=None):
     """``(x - centre)(x - centre)^T``, accumulated over column blocks (the centred copy of
     a block exists only in cache)."""
-    centre = jnp.zeros(x.shape[1], x.dtype) if centre is None else centre
-
-    def block(xb, cb):
-        c = xb - cb
+    def block(xb, *cb):
+        c = xb - cb[0] if cb else xb
         return jnp.matmul(c, c.T, precision=jax.lax.Precision.HIGHEST)
 
-    return dsum(column_sum(block, (x, centre), block_columns(*x.shape)))
+    arrays = (x,) if centre is None else (x, centre)
+    return dsum(column_sum(block, arrays, block_columns(*x.shape)))
 
 
 def robust_centre(x):
