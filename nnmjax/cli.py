@@ -130,6 +130,10 @@ def _add_run(subparsers) -> None:
     p.add_argument("--shard", default="0/1", metavar="I/K",
                    help="run only the I-th of K interleaved slices of the grid (0-based), so K "
                         "processes can share one --out directory (default: %(default)s)")
+    p.add_argument("--checkpoint-every", type=float, default=60.0, metavar="SECONDS",
+                   help="save a running group's state under DIR/partial at most this often, "
+                        "so an interrupted run resumes mid-group; 0 saves at every evaluation "
+                        "point, a negative value never (default: %(default)s)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--coordinator", metavar="HOST:PORT", default=None,
                    help="join a multi-process run through jax.distributed (with "
@@ -182,7 +186,9 @@ def _run_run(args) -> int:
     except (ValueError, FileNotFoundError) as e:
         raise SystemExit(f"nnmjax run: error: {e}")
     try:
-        records = run_grid(config, args.out, progress=not args.quiet, shard=shard)
+        every = args.checkpoint_every
+        records = run_grid(config, args.out, progress=not args.quiet, shard=shard,
+                           checkpoint_s=every if every >= 0 else None)
     except (DatasetNotFoundError, CorruptRecordError, ValueError) as e:
         raise SystemExit(f"nnmjax run: error: {e}")
     if reporter:

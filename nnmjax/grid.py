@@ -8,7 +8,9 @@ baseline) run once.
 
 Progress is one bar over all (run, step) pairs; after each compiled
 group its records are written atomically and ``summary.csv`` is rebuilt, so an
-interrupted grid loses nothing finished and a re-run skips it.
+interrupted grid loses nothing finished and a re-run skips it. A group still running is
+checkpointed (:mod:`nnmjax.checkpoint`) at most every ``checkpoint_s`` seconds, so a re-run
+resumes it where it stopped, with the same records an uninterrupted run writes.
 """
 from __future__ import annotations
 
@@ -21,7 +23,7 @@ import jax
 import numpy as np
 from tqdm.auto import tqdm
 
-from nnmjax import results
+from nnmjax import checkpoint, results
 from nnmjax.config import Config, RunSpec
 from nnmjax.data import load_dataset
 from nnmjax.provenance import code_info
@@ -102,7 +104,8 @@ def _eval_points(steps: int, every: int) -> list[int]:
 
 
 def run_grid(config: Config | Sequence[Config], out_dir: Path | str, *, progress: bool = True,
-             shard: tuple[int, int] = (0, 1)) -> list[dict]:
+             shard: tuple[int, int] = (0, 1), checkpoint_s: float | None = 60.0
+             ) -> list[dict]:
     """Run every pending run of ``config`` (one config or a list) into ``out_dir``; return all
     records of the grid.
 
@@ -113,10 +116,17 @@ def run_grid(config: Config | Sequence[Config], out_dir: Path | str, *, progress
     When a config's ``mesh`` spans several processes (:func:`~nnmjax.simulate.spans_processes`)
     every process must call this with the same grid and ``shard``: process 0 decides what is
     left to run, all processes run it together, and process 0 alone writes the records.
+
+    A group's state and curves are saved to ``out_dir/partial/`` at the first evaluation point
+    ``checkpoint_s`` seconds or more after the last save (``None``: never; not in the
+    all-processes case above), and a re-run resumes from there; a record's ``wall_s`` then
+    sums the time of every process that worked on its group.
     """
     i, k = shard
     if not (isinstance(i, int) and isinstance(k, int) and k >= 1 and 0 <= i < k):
         raise ValueError(f"shard must be (i, k) with 0 <= i < k; got {shard!r}")
+    if checkpoint_s is not None and not checkpoint_s >= 0:
+        raise ValueError(f"checkpoint_s must be None or >= 0 seconds; got {checkpoint_s!r}")
     out_dir = Path(out_dir)
     runs = grid_runs(config)
     done, todo = pending_runs(config, out_dir)
@@ -129,6 +139,7 @@ def run_grid(config: Config | Sequence[Config], out_dir: Path | str, *, progress
         done = [s for s, flag in zip(runs, flags) if flag]
         todo = [s for s, flag in zip(runs, flags) if not flag]
     writer = not collective or jax.process_index() == 0
+    keep = checkpoint_s is not None and not collective
     every = list(dict.fromkeys((program_key(s.config), s.attack, s.rule) for s in runs))
     mine = set(every[i::k])
     todo = [s for s in todo if (program_key(s.config), s.attack, s.rule) in mine]
@@ -152,9 +163,20 @@ def run_grid(config: Config | Sequence[Config], out_dir: Path | str, *, progress
                                dataset=datasets[(cfg.dataset, cfg.data_dir, cfg.augment_flip)],
                                settings=[s.config for s in specs])
         state = exp.init()
-        losses, kappas, accs, at = [], [], [], []
-        t_prev = 0
+        saved = checkpoint.group_path(out_dir, [s.hash() for s in specs]) if keep else None
+        resumed = saved and checkpoint.load(saved, state, source=code["source_sha256"])
+        if resumed:
+            state, before = resumed
+            bar.update(len(specs) * before.steps)
+        else:
+            before = checkpoint.Progress(0, np.zeros((len(specs), 0), np.float32),
+                                         np.zeros((len(specs), 0), np.float32),
+                                         np.zeros((len(specs), 0), np.float32), [], 0.0)
+        losses, kappas, accs = [before.loss], [before.kappa], list(before.acc.T)
+        at, t_prev, last_save = list(before.at), before.steps, time.perf_counter()
         for t in _eval_points(cfg.steps, cfg.eval_every):
+            if t <= t_prev:
+                continue
             state, (loss, kappa) = exp.run_chunk(state, t - t_prev)
             acc = exp.evaluate(state)
             losses.append(np.asarray(loss))
@@ -163,8 +185,14 @@ def run_grid(config: Config | Sequence[Config], out_dir: Path | str, *, progress
             at.append(t)
             bar.update(len(specs) * (t - t_prev))
             t_prev = t
+            if saved and t < cfg.steps and time.perf_counter() - last_save >= checkpoint_s:
+                checkpoint.save(saved, state, checkpoint.Progress(
+                    t, np.concatenate(losses, axis=1), np.concatenate(kappas, axis=1),
+                    np.stack(accs, axis=1), at, before.wall_s + time.perf_counter() - t0),
+                    source=code["source_sha256"])
+                last_save = time.perf_counter()
         jax.block_until_ready(state)
-        wall = time.perf_counter() - t0
+        wall = before.wall_s + time.perf_counter() - t0
         loss = np.concatenate(losses, axis=1)
         kappa = np.concatenate(kappas, axis=1)
         acc = np.stack(accs, axis=1)
@@ -186,6 +214,8 @@ def run_grid(config: Config | Sequence[Config], out_dir: Path | str, *, progress
                 results.write_record(out_dir, spec.hash(), record)
         if writer:
             results.write_summary(out_dir)
+        if saved and saved.exists():
+            saved.unlink()
         del exp, state  # free this group's device data before the next one is built
     bar.close()
     records = results.load_records(out_dir)

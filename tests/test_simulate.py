@@ -216,8 +216,10 @@ def test_grid_records_resume_and_corruption(tmp_path, tiny_config):
 def test_cli_run_table_plot(tmp_path, capsys):
     from nnmjax.cli import main
     args = ["run", "--out", str(tmp_path)] + [a for s in TINY for a in ("--set", s)] + [
-        "--set", "attacks=['sign_flipping']", "--set", "rules=['cwtm','nnm+cwtm']", "--quiet"]
+        "--set", "attacks=['sign_flipping']", "--set", "rules=['cwtm','nnm+cwtm']", "--quiet",
+        "--checkpoint-every", "0"]
     assert main(args) == 0
+    assert not list((tmp_path / "partial").glob("*.npz"))  # finished groups leave none
     out = capsys.readouterr().out
     assert "nnm+cwtm" in out and "worst case" in out
     assert (tmp_path / "summary.csv").exists() and (tmp_path / "table.md").exists()
@@ -285,3 +287,75 @@ def test_dataset_too_small_for_the_partition_is_a_clear_error(tmp_path, capsys):
     with pytest.raises(SystemExit, match="13 workers but only 10 samples"):
         main(["run", "--out", str(tmp_path / "out"), "--quiet",
               *[a for s in sets for a in ("--set", s)]])
+
+
+def test_an_interrupted_group_resumes_from_its_checkpoint_bit_for_bit(tmp_path, tiny_config,
+                                                                       monkeypatch):
+    import dataclasses
+    from nnmjax import checkpoint
+    from nnmjax.simulate import Experiment
+
+    cfg = dataclasses.replace(tiny_config, eval_every=2, seeds=(1, 2))
+    reference = run_grid(cfg, tmp_path / "ref", progress=False, checkpoint_s=None)
+    assert not (tmp_path / "ref" / "partial").exists()
+
+    chunks = []
+    real = Experiment.run_chunk
+
+    def killed_after_two_chunks(self, state, steps):
+        if len(chunks) == 2:
+            raise KeyboardInterrupt
+        chunks.append(steps)
+        return real(self, state, steps)
+
+    monkeypatch.setattr(Experiment, "run_chunk", killed_after_two_chunks)
+    with pytest.raises(KeyboardInterrupt):
+        run_grid(cfg, tmp_path / "out", progress=False, checkpoint_s=0)
+    saved, = (tmp_path / "out" / "partial").glob("*.npz")
+    assert not (tmp_path / "out" / "runs").exists()
+    with np.load(saved) as z:
+        assert int(z["steps"]) == 4 and z["loss"].shape == (2, 4) and list(z["at"]) == [2, 4]
+
+    chunks.clear()
+    monkeypatch.setattr(Experiment, "run_chunk", lambda self, state, steps: (
+        chunks.append(steps), real(self, state, steps))[1])
+    resumed = run_grid(cfg, tmp_path / "out", progress=False, checkpoint_s=0)
+    assert chunks == [2]  # only the last chunk ran
+    assert not list((tmp_path / "out" / "partial").glob("*.npz"))
+    by_hash = {r["hash"]: r for r in reference}
+    assert len(resumed) == 2
+    for r in resumed:
+        assert r["curves"] == by_hash[r["hash"]]["curves"]
+        assert r["summary"]["max_test_acc"] == by_hash[r["hash"]]["summary"]["max_test_acc"]
+
+
+def test_stale_or_foreign_checkpoints_are_discarded(tmp_path, tiny_config):
+    from nnmjax import checkpoint
+
+    exp = build_experiment(tiny_config, "alie", "nnm+cwtm", [1, 2])
+    state = exp.init()
+    path = checkpoint.group_path(tmp_path, ["b", "a"])
+    assert path == checkpoint.group_path(tmp_path, ["a", "b"])
+    progress = checkpoint.Progress(3, np.ones((2, 3), np.float32), np.ones((2, 3), np.float32),
+                                   np.ones((2, 1), np.float32), [3], 1.5)
+    checkpoint.save(path, state, progress, source="code-a")
+    back, got = checkpoint.load(path, state, source="code-a")
+    assert got.steps == 3 and got.at == [3] and got.wall_s == 1.5
+    for a, b in zip(jax.tree.leaves(state), jax.tree.leaves(back)):
+        assert a.dtype == b.dtype
+        if jax.dtypes.issubdtype(a.dtype, jax.dtypes.prng_key):
+            a, b = jax.random.key_data(a), jax.random.key_data(b)
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    with pytest.warns(UserWarning, match="other code"):
+        assert checkpoint.load(path, state, source="code-b") is None
+    assert not path.exists()
+    other = build_experiment(tiny_config, "alie", "nnm+cwtm", [1, 2, 3]).init()
+    checkpoint.save(path, other, progress, source="code-a")
+    with pytest.warns(UserWarning, match="does not match"):
+        assert checkpoint.load(path, state, source="code-a") is None
+    path.write_bytes(b"not an npz")
+    with pytest.warns(UserWarning, match="unreadable"):
+        assert checkpoint.load(path, state, source="code-a") is None
+    assert checkpoint.load(path, state, source="code-a") is None  # nothing left
+    with pytest.raises(ValueError, match="checkpoint_s"):
+        run_grid(tiny_config, tmp_path, progress=False, checkpoint_s=-1)
