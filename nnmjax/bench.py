@@ -52,6 +52,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from nnmjax import hugepages
 from nnmjax.provenance import code_info, source_digest
 
 __all__ = ["Case", "BenchConfig", "DEFAULT_CASES", "QUICK_CASES", "QUICK_RULES",
@@ -529,6 +530,7 @@ def _task_info(task, progress):
         "cpu_count": os.cpu_count(),
         "cpu_affinity": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
         "loadavg": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
+        "hugepages": hugepages.status(),
         "mem_total_gb": None,
         "numpy": np.__version__,
         "jax": jax.__version__,

@@ -8,10 +8,14 @@ options and sets ``func`` (called with the parsed arguments, returning an exit s
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from typing import Sequence
 
-__all__ = ["main", "build_parser"]
+__all__ = ["main", "entry", "build_parser"]
+
+#: Subcommands worth a re-execution with huge pages (:mod:`nnmjax.hugepages`): the long ones.
+HUGEPAGE_COMMANDS = ("run", "bench")
 
 
 # ---------------------------------------------------------------------- nnmjax bench
@@ -270,5 +274,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     return args.func(args)
 
 
+def entry() -> None:
+    """The ``nnmjax`` console script: :func:`main` on ``sys.argv``. For ``run`` and ``bench`` it
+    first re-executes itself once (``python -m nnmjax.cli ...``) with glibc's malloc on
+    transparent huge pages where that helps (:func:`nnmjax.hugepages.hugepage_env`;
+    ``NNMJAX_HUGEPAGES=0`` opts out)."""
+    argv = sys.argv[1:]
+    if argv and argv[0] in HUGEPAGE_COMMANDS and not os.environ.get("NNMJAX_REEXECUTED"):
+        from nnmjax.hugepages import hugepage_env
+
+        env = hugepage_env()
+        if env is not None:
+            env["NNMJAX_REEXECUTED"] = "1"
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os.execve(sys.executable, [sys.executable, "-m", "nnmjax.cli", *argv], env)
+    sys.exit(main(argv))
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    entry()
