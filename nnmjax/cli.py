@@ -14,8 +14,10 @@ from typing import Sequence
 
 __all__ = ["main", "entry", "build_parser"]
 
-#: Subcommands worth a re-execution with huge pages (:mod:`nnmjax.hugepages`): the long ones.
-HUGEPAGE_COMMANDS = ("run", "bench")
+#: Subcommands re-executed with huge pages (:mod:`nnmjax.hugepages`): the experiment runner.
+#: Not ``bench``: it times nnmjax against ByzFL as a plain Python script would run them (set
+#: ``GLIBC_TUNABLES`` yourself to time both with huge pages; the JSON records it).
+HUGEPAGE_COMMANDS = ("run",)
 
 
 # ---------------------------------------------------------------------- nnmjax bench
@@ -275,8 +277,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def entry() -> None:
-    """The ``nnmjax`` console script: :func:`main` on ``sys.argv``. For ``run`` and ``bench`` it
-    first re-executes itself once (``python -m nnmjax.cli ...``) with glibc's malloc on
+    """The ``nnmjax`` console script: :func:`main` on ``sys.argv``. For ``run`` it first
+    re-executes itself once (``python -m nnmjax.cli ...``) with glibc's malloc on
     transparent huge pages where that helps (:func:`nnmjax.hugepages.hugepage_env`;
     ``NNMJAX_HUGEPAGES=0`` opts out)."""
     argv = sys.argv[1:]
