@@ -984,12 +984,9 @@ def _jsonable(obj):
 
 def write_json(result: dict, path: str | os.PathLike) -> None:
     """Write ``result`` to ``path`` atomically (parent folders created)."""
-    path = os.fspath(path)
-    folder = os.path.dirname(path)
-    if folder:
-        os.makedirs(folder, exist_ok=True)
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w") as fh:
-        json.dump(_jsonable(result), fh, indent=1)
-        fh.write("\n")
-    os.replace(tmp, path)
+    from pathlib import Path
+
+    from nnmjax.results import atomic_write
+
+    text = json.dumps(_jsonable(result), indent=1) + "\n"
+    atomic_write(Path(path), lambda fh: fh.write(text))

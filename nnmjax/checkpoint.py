@@ -12,14 +12,14 @@ discarded with a warning and its group restarts, so a record never mixes two cod
 from __future__ import annotations
 
 import hashlib
-import os
-import tempfile
 import warnings
 from pathlib import Path
 from typing import NamedTuple, Sequence
 
 import jax
 import numpy as np
+
+from nnmjax import results
 
 __all__ = ["Progress", "group_path", "save", "load"]
 
@@ -51,20 +51,10 @@ def save(path: Path, state, progress: Progress, *, source: str) -> None:
     leaves = jax.tree.leaves(state)
     arrays = {f"leaf_{i}": np.asarray(jax.random.key_data(a) if _is_key(a) else a)
               for i, a in enumerate(leaves)}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            np.savez(fh, **arrays, steps=progress.steps, loss=progress.loss,
-                     kappa=progress.kappa, acc=progress.acc, at=np.asarray(progress.at, np.int64),
-                     wall_s=progress.wall_s, source=np.str_(source))
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    results.atomic_write(path, lambda fh: np.savez(
+        fh, **arrays, steps=progress.steps, loss=progress.loss, kappa=progress.kappa,
+        acc=progress.acc, at=np.asarray(progress.at, np.int64), wall_s=progress.wall_s,
+        source=np.str_(source)), mode="wb")
 
 
 def _discard(path: Path, why: str) -> None:

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["CorruptRecordError", "write_record", "read_record", "load_records", "write_summary",
+__all__ = ["CorruptRecordError", "atomic_write", "write_record", "read_record", "load_records", "write_summary",
            "SUMMARY_COLUMNS", "record_path"]
 
 SUMMARY_COLUMNS = ("dataset", "model", "algorithm", "n", "f", "partition", "alpha", "attack",
@@ -32,12 +32,15 @@ def record_path(out_dir: Path | str, run_hash: str) -> Path:
     return Path(out_dir) / "runs" / f"{run_hash}.json"
 
 
-def _atomic_write(path: Path, text: str):
+def atomic_write(path: Path, write, *, mode: str = "w") -> None:
+    """Create or replace ``path`` atomically: ``write(fh)`` fills a temporary file beside it
+    (opened with ``mode``), which is flushed, fsynced and renamed over ``path``; a failure
+    leaves ``path`` as it was."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        with os.fdopen(fd, "w") as fh:
-            fh.write(text)
+        with os.fdopen(fd, mode, **({} if "b" in mode else {"newline": ""})) as fh:
+            write(fh)
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
@@ -65,7 +68,8 @@ def _plain(value: Any):
 def write_record(out_dir: Path | str, run_hash: str, record: dict[str, Any]) -> Path:
     """Atomically write ``record`` as ``DIR/runs/<run_hash>.json`` (non-finite floats -> null)."""
     path = record_path(out_dir, run_hash)
-    _atomic_write(path, json.dumps(_plain(record), indent=1, sort_keys=True))
+    text = json.dumps(_plain(record), indent=1, sort_keys=True)
+    atomic_write(path, lambda fh: fh.write(text))
     return path
 
 
@@ -100,12 +104,12 @@ def write_summary(out_dir: Path | str, records: list[dict[str, Any]] | None = No
         rows.append(row)
     extra = sorted({k for row in rows for k in row} - set(SUMMARY_COLUMNS))
     columns = list(SUMMARY_COLUMNS) + extra
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".summary.", suffix=".tmp")
-    with os.fdopen(fd, "w", newline="") as fh:
+
+    def write(fh):
         w = csv.DictWriter(fh, fieldnames=columns)
         w.writeheader()
         for row in sorted(rows, key=lambda r: (str(r["attack"]), str(r["rule"]), r["seed"])):
             w.writerow({k: row.get(k) for k in columns})
-    os.replace(tmp, path)
+
+    atomic_write(path, write)
     return path
