@@ -168,6 +168,8 @@ def run_grid(config: Config | Sequence[Config], out_dir: Path | str, *, progress
         if resumed:
             state, before = resumed
             bar.update(len(specs) * before.steps)
+            if progress and writer:
+                bar.write(f"{attack} / {rule_name}: resumed at step {before.steps} from {saved}")
         else:
             before = checkpoint.Progress(0, np.zeros((len(specs), 0), np.float32),
                                          np.zeros((len(specs), 0), np.float32),

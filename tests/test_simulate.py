@@ -290,7 +290,7 @@ def test_dataset_too_small_for_the_partition_is_a_clear_error(tmp_path, capsys):
 
 
 def test_an_interrupted_group_resumes_from_its_checkpoint_bit_for_bit(tmp_path, tiny_config,
-                                                                       monkeypatch):
+                                                                       monkeypatch, capsys):
     import dataclasses
     from nnmjax import checkpoint
     from nnmjax.simulate import Experiment
@@ -319,8 +319,9 @@ def test_an_interrupted_group_resumes_from_its_checkpoint_bit_for_bit(tmp_path, 
     chunks.clear()
     monkeypatch.setattr(Experiment, "run_chunk", lambda self, state, steps: (
         chunks.append(steps), real(self, state, steps))[1])
-    resumed = run_grid(cfg, tmp_path / "out", progress=False, checkpoint_s=0)
+    resumed = run_grid(cfg, tmp_path / "out", progress=True, checkpoint_s=0)
     assert chunks == [2]  # only the last chunk ran
+    assert "alie / nnm+cwtm: resumed at step 4 from" in capsys.readouterr().out
     assert not list((tmp_path / "out" / "partial").glob("*.npz"))
     by_hash = {r["hash"]: r for r in reference}
     assert len(resumed) == 2
