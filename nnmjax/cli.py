@@ -14,10 +14,10 @@ from typing import Sequence
 
 __all__ = ["main", "entry", "build_parser"]
 
-#: Subcommands re-executed with huge pages (:mod:`nnmjax.hugepages`): the experiment runner.
+#: Subcommands re-executed with huge pages (:mod:`nnmjax.hugepages`): those that train.
 #: Not ``bench``: it times nnmjax against ByzFL as a plain Python script would run them (set
 #: ``GLIBC_TUNABLES`` yourself to time both with huge pages; the JSON records it).
-HUGEPAGE_COMMANDS = ("run",)
+HUGEPAGE_COMMANDS = ("run", "check")
 
 
 # ---------------------------------------------------------------------- nnmjax bench
@@ -151,6 +151,53 @@ def _add_run(subparsers) -> None:
     p.set_defaults(func=_run_run)
 
 
+def _add_check(subparsers) -> None:
+    p = subparsers.add_parser(
+        "check", help="re-run finished runs of a config and compare them with their records",
+        description="Rebuild finished groups of a config's grid exactly as `nnmjax run` compiled "
+                    "them (same runs vmapped together, same chunks), run their first STEPS "
+                    "steps and compare every run's loss, kappa-hat and test accuracy with its "
+                    "record, bit for bit. Exit status 1 when any run differs.")
+    p.add_argument("config", nargs="?", default=None, help="TOML config file (as given to run)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config key, as for run")
+    p.add_argument("--out", default="out/quickstart", metavar="DIR",
+                   help="the run directory (default: %(default)s)")
+    p.add_argument("--attack", default=None, help="only the groups of this attack")
+    p.add_argument("--rule", default=None, help="only the groups of this rule")
+    p.add_argument("--steps", type=int, default=None,
+                   help="steps to re-run, an evaluation point (default: the first one)")
+    p.set_defaults(func=_run_check)
+
+
+def _run_check(args) -> int:
+    from nnmjax.config import load_grid
+    from nnmjax.data import DatasetNotFoundError
+    from nnmjax.reproduce import check_grid
+    from nnmjax.results import CorruptRecordError
+
+    try:
+        config = load_grid(args.config, args.overrides)
+        checks = check_grid(config, args.out, attack=args.attack, rule=args.rule,
+                            steps=args.steps)
+    except (DatasetNotFoundError, CorruptRecordError, ValueError, FileNotFoundError) as e:
+        raise SystemExit(f"nnmjax check: error: {e}")
+    print("| attack / rule | seed | steps | result | loss (rel) | kappa-hat | test acc | "
+          "record's commit | same code |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for c in checks:
+        result = "bit for bit" if c.equal else "**differs**"
+        same = {True: "yes", False: "no", None: "?"}[c.same_code]
+        print(f"| {c.attack} / {c.rule} | {c.seed} | {c.steps} | {result} | {c.loss_rel:.2g} | "
+              f"{c.kappa_abs:.2g} | {c.acc_abs:.2g} | {(c.record_commit or '?')[:10]} | {same} |")
+    equal = sum(c.equal for c in checks)
+    print(f"\n{equal} of {len(checks)} runs reproduce their records bit for bit.")
+    if any(not c.equal and c.same_code is False for c in checks):
+        print("Some differing records were written by other code: float rounding differences, "
+              "amplified by training, are expected there.")
+    return 0 if equal == len(checks) else 1
+
+
 def _report(out_dir, records) -> None:
     from pathlib import Path
 
@@ -250,7 +297,7 @@ def _run_plot(args) -> int:
 # ------------------------------------------------------------------------ the parser
 
 #: Functions that add one subcommand each, in the order ``--help`` lists them.
-SUBCOMMANDS = (_add_run, _add_table, _add_plot, _add_bench)
+SUBCOMMANDS = (_add_run, _add_check, _add_table, _add_plot, _add_bench)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -277,8 +324,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def entry() -> None:
-    """The ``nnmjax`` console script: :func:`main` on ``sys.argv``. For ``run`` it first
-    re-executes itself once (``python -m nnmjax.cli ...``) with glibc's malloc on
+    """The ``nnmjax`` console script: :func:`main` on ``sys.argv``. For ``run`` and ``check`` it
+    first re-executes itself once (``python -m nnmjax.cli ...``) with glibc's malloc on
     transparent huge pages where that helps (:func:`nnmjax.hugepages.hugepage_env`;
     ``NNMJAX_HUGEPAGES=0`` opts out)."""
     argv = sys.argv[1:]

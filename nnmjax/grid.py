@@ -29,7 +29,8 @@ from nnmjax.data import load_dataset
 from nnmjax.provenance import code_info
 from nnmjax.simulate import build_experiment, program_key, spans_processes, worker_data_bytes
 
-__all__ = ["run_grid", "pending_runs", "grid_runs", "program_groups", "memory_budget"]
+__all__ = ["run_grid", "pending_runs", "grid_runs", "program_groups", "memory_budget",
+           "eval_points", "load_datasets", "build_group", "chunks"]
 
 #: Share of the device memory (host RAM on CPU) one compiled group's worker data may take;
 #: larger groups are split into several programs.
@@ -98,9 +99,43 @@ def program_groups(specs: Sequence[RunSpec], *, datasets=None, budget: int | Non
     return out
 
 
-def _eval_points(steps: int, every: int) -> list[int]:
+def eval_points(steps: int, every: int) -> list[int]:
+    """The steps after which a run is evaluated: every ``every`` steps, and the last."""
     pts = list(range(every, steps + 1, every))
     return pts if pts and pts[-1] == steps else pts + [steps]
+
+
+def load_datasets(specs: Sequence[RunSpec]) -> dict:
+    """Every dataset ``specs`` use, keyed by ``(dataset, data_dir, augment_flip)``; all are
+    loaded (or their absence reported) before anything compiles."""
+    datasets = {}
+    for spec in specs:
+        source = (spec.config.dataset, spec.config.data_dir, spec.config.augment_flip)
+        if source not in datasets:
+            datasets[source] = load_dataset(source[0], data_dir=source[1],
+                                            augment_flip=source[2])
+    return datasets
+
+
+def build_group(specs: Sequence[RunSpec], datasets: dict):
+    """The compiled :class:`~nnmjax.simulate.Experiment` of one group of
+    :func:`program_groups` (its runs vmapped in this order)."""
+    cfg = specs[0].config
+    return build_experiment(cfg, specs[0].attack, specs[0].rule, [s.seed for s in specs],
+                            dataset=datasets[(cfg.dataset, cfg.data_dir, cfg.augment_flip)],
+                            settings=[s.config for s in specs])
+
+
+def chunks(exp, state, cfg: Config, *, start: int = 0, stop: int | None = None):
+    """Advance ``state`` from step ``start`` chunk by chunk, a chunk ending at each
+    evaluation point up to ``stop`` (default ``cfg.steps``); yield ``(t, state, loss, kappa,
+    test_acc)`` after each. A run's chunks never depend on where it (re)started."""
+    stop = cfg.steps if stop is None else stop
+    for t in eval_points(cfg.steps, cfg.eval_every):
+        if start < t <= stop:
+            state, (loss, kappa) = exp.run_chunk(state, t - start)
+            yield t, state, loss, kappa, exp.evaluate(state)
+            start = t
 
 
 def run_grid(config: Config | Sequence[Config], out_dir: Path | str, *, progress: bool = True,
@@ -143,13 +178,7 @@ def run_grid(config: Config | Sequence[Config], out_dir: Path | str, *, progress
     every = list(dict.fromkeys((program_key(s.config), s.attack, s.rule) for s in runs))
     mine = set(every[i::k])
     todo = [s for s in todo if (program_key(s.config), s.attack, s.rule) in mine]
-    # every dataset is loaded (or its absence reported) before anything compiles
-    datasets = {}
-    for spec in todo:
-        source = (spec.config.dataset, spec.config.data_dir, spec.config.augment_flip)
-        if source not in datasets:
-            datasets[source] = load_dataset(source[0], data_dir=source[1],
-                                            augment_flip=source[2])
+    datasets = load_datasets(todo)
     groups = program_groups(todo, datasets=datasets)
     code = code_info() if groups else None
     total = sum(len(g) * g[0].config.steps for g in groups)
@@ -159,9 +188,7 @@ def run_grid(config: Config | Sequence[Config], out_dir: Path | str, *, progress
         cfg, attack, rule_name = specs[0].config, specs[0].attack, specs[0].rule
         bar.set_postfix_str(f"{attack} / {rule_name}")
         t0 = time.perf_counter()
-        exp = build_experiment(cfg, attack, rule_name, [s.seed for s in specs],
-                               dataset=datasets[(cfg.dataset, cfg.data_dir, cfg.augment_flip)],
-                               settings=[s.config for s in specs])
+        exp = build_group(specs, datasets)
         state = exp.init()
         saved = checkpoint.group_path(out_dir, [s.hash() for s in specs]) if keep else None
         resumed = saved and checkpoint.load(saved, state, source=code["source_sha256"])
@@ -176,11 +203,7 @@ def run_grid(config: Config | Sequence[Config], out_dir: Path | str, *, progress
                                          np.zeros((len(specs), 0), np.float32), [], 0.0)
         losses, kappas, accs = [before.loss], [before.kappa], list(before.acc.T)
         at, t_prev, last_save = list(before.at), before.steps, time.perf_counter()
-        for t in _eval_points(cfg.steps, cfg.eval_every):
-            if t <= t_prev:
-                continue
-            state, (loss, kappa) = exp.run_chunk(state, t - t_prev)
-            acc = exp.evaluate(state)
+        for t, state, loss, kappa, acc in chunks(exp, state, cfg, start=t_prev):
             losses.append(np.asarray(loss))
             kappas.append(np.asarray(kappa))
             accs.append(np.asarray(acc))

@@ -6,10 +6,11 @@ arrays cost TLB misses. Where the kernel's transparent-huge-page mode is ``madvi
 common default), glibc marks its memory for 2 MiB pages when the process starts with
 ``GLIBC_TUNABLES=glibc.malloc.hugetlb=1`` (NumPy already asks for them on its own arrays).
 The tunable is read only at start-up, so the ``nnmjax`` console script re-executes itself
-once with it for ``run`` (see :func:`nnmjax.cli.entry`); ``NNMJAX_HUGEPAGES=0`` opts out.
-Results are bit for bit the same; only memory placement changes. ``nnmjax bench`` is not
-re-executed (it compares libraries as a plain script runs them); with the variable set by
-hand both nnmjax and ByzFL get faster, ByzFL's torch backend more (``benchmarks/README.md``).
+once with it for ``run`` and ``check`` (see :func:`nnmjax.cli.entry`);
+``NNMJAX_HUGEPAGES=0`` opts out. Results are bit for bit the same; only memory placement
+changes. ``nnmjax bench`` is not re-executed (it compares libraries as a plain script runs
+them); with the variable set by hand both nnmjax and ByzFL get faster, ByzFL's torch
+backend more (``benchmarks/README.md``).
 
 Measured on a 2-core AMD EPYC (THP ``madvise``, glibc 2.36, jax 0.10.2): ``x * 2`` on a fresh
 (17, 1e6) float32 array 25.0 -> 6.0 ms; ``nnm`` at (17, 1e6, f=4) 41.5 -> 30.8 ms; a

@@ -360,3 +360,33 @@ def test_stale_or_foreign_checkpoints_are_discarded(tmp_path, tiny_config):
     assert checkpoint.load(path, state, source="code-a") is None  # nothing left
     with pytest.raises(ValueError, match="checkpoint_s"):
         run_grid(tiny_config, tmp_path, progress=False, checkpoint_s=-1)
+
+
+def test_check_reproduces_finished_runs_bit_for_bit_and_flags_a_changed_record(tmp_path, capsys):
+    from nnmjax.cli import main
+    from nnmjax.reproduce import check_grid
+
+    cfg = load_config(None, TINY + ["attacks=['sign_flipping']", "rules=['cwtm']",
+                                    "baseline=false", "seeds=[1, 2]"])
+    run_grid(cfg, tmp_path, progress=False)
+    checks = check_grid(cfg, tmp_path, steps=6)
+    assert len(checks) == 2 and all(c.equal and c.steps == 6 for c in checks)
+    assert all(c.same_code and c.loss_rel == 0.0 for c in checks)
+    assert check_grid(cfg, tmp_path)[0].steps == 3  # the first evaluation point
+    with pytest.raises(ValueError, match="evaluation point"):
+        check_grid(cfg, tmp_path, steps=4)
+    with pytest.raises(ValueError, match="no finished run"):
+        check_grid(cfg, tmp_path, attack="alie")
+    path = results.record_path(tmp_path, checks[1].hash)
+    record = json.loads(path.read_text())
+    record["curves"]["loss"][1] *= 1.0 + 1e-6
+    path.write_text(json.dumps(record))
+    args = ["check", "--out", str(tmp_path)] + [a for s in TINY for a in ("--set", s)] + [
+        "--set", "attacks=['sign_flipping']", "--set", "rules=['cwtm']",
+        "--set", "baseline=false", "--set", "seeds=[1, 2]"]
+    assert main(args) == 1
+    out = capsys.readouterr().out
+    assert "1 of 2 runs reproduce their records bit for bit" in out and "**differs**" in out
+    assert main(args + ["--steps", "6", "--rule", "cwtm"]) == 1
+    with pytest.raises(SystemExit, match="no finished run"):
+        main(args + ["--attack", "alie"])
