@@ -192,9 +192,9 @@ def _run_check(args) -> int:
               f"{c.kappa_abs:.2g} | {c.acc_abs:.2g} | {(c.record_commit or '?')[:10]} | {same} |")
     equal = sum(c.equal for c in checks)
     print(f"\n{equal} of {len(checks)} runs reproduce their records bit for bit.")
-    if any(not c.equal and c.same_code is False for c in checks):
-        print("Some differing records were written by other code: float rounding differences, "
-              "amplified by training, are expected there.")
+    if any(not c.equal and c.same_code is not True for c in checks):
+        print("Differing records written by other code (or not saying which, same code '?') "
+              "may differ by float rounding that training amplifies; re-run at their commit.")
     return 0 if equal == len(checks) else 1
 
 
