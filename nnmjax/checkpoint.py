@@ -21,7 +21,7 @@ import numpy as np
 
 from nnmjax import results
 
-__all__ = ["Progress", "group_path", "save", "load"]
+__all__ = ["Progress", "group_path", "save", "load", "peek"]
 
 
 class Progress(NamedTuple):
@@ -61,6 +61,16 @@ def _discard(path: Path, why: str) -> None:
     warnings.warn(f"checkpoint {path} discarded ({why}); its group restarts from step 0",
                   stacklevel=3)
     path.unlink()
+
+
+def peek(path: Path, *, source: str | None) -> tuple[int, bool] | None:
+    """``(steps, same_code)`` of the checkpoint at ``path`` (``None`` when there is none or
+    it is unreadable); one written by other code would be discarded, not resumed."""
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            return int(z["steps"]), str(z["source"]) == source
+    except (OSError, ValueError, KeyError):
+        return None
 
 
 def load(path: Path, like, *, source: str):

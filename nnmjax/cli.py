@@ -140,6 +140,9 @@ def _add_run(subparsers) -> None:
                    help="save a running group's state under DIR/partial at most this often, "
                         "so an interrupted run resumes mid-group; 0 saves at every evaluation "
                         "point, a negative value never (default: %(default)s)")
+    p.add_argument("--plan", action="store_true",
+                   help="list the compiled groups a run would run, in order (and where a "
+                        "checkpoint resumes one), then exit without running anything")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--coordinator", metavar="HOST:PORT", default=None,
                    help="join a multi-process run through jax.distributed (with "
@@ -198,6 +201,28 @@ def _run_check(args) -> int:
     return 0 if equal == len(checks) else 1
 
 
+def _print_plan(config, out_dir, shard) -> int:
+    from nnmjax.data import DatasetNotFoundError
+    from nnmjax.grid import plan_grid
+    from nnmjax.results import CorruptRecordError
+
+    try:
+        done, groups = plan_grid(config, out_dir, shard=shard)
+    except (DatasetNotFoundError, CorruptRecordError, ValueError) as e:
+        raise SystemExit(f"nnmjax run: error: {e}")
+    runs = sum(len(g.runs) for g in groups)
+    left = sum(len(g.runs) * (g.steps - g.resume_step) for g in groups)
+    print(f"{runs} runs in {len(groups)} compiled groups to run ({len(done)} already done), "
+          f"{left:,} run-steps left:")
+    for g in groups:
+        resume = ""
+        if g.checkpoint:
+            resume = (f", resumes at step {g.resume_step}" if g.resume_step else
+                      f", restarts (its checkpoint at step {g.checkpoint[0]} is from other code)")
+        print(f"  {g.attack} / {g.rule}: {len(g.runs)} runs x {g.steps} steps{resume}")
+    return 0
+
+
 def _report(out_dir, records) -> None:
     from pathlib import Path
 
@@ -238,6 +263,8 @@ def _run_run(args) -> int:
                 shard = (shard[0] * count + pid, shard[1] * count)
     except (ValueError, FileNotFoundError) as e:
         raise SystemExit(f"nnmjax run: error: {e}")
+    if args.plan:
+        return _print_plan(config, args.out, shard)
     try:
         every = args.checkpoint_every
         records = run_grid(config, args.out, progress=not args.quiet, shard=shard,

@@ -17,7 +17,7 @@ from __future__ import annotations
 import time
 from collections import defaultdict
 from pathlib import Path
-from typing import Sequence
+from typing import NamedTuple, Sequence
 
 import jax
 import numpy as np
@@ -26,11 +26,11 @@ from tqdm.auto import tqdm
 from nnmjax import checkpoint, results
 from nnmjax.config import Config, RunSpec
 from nnmjax.data import load_dataset
-from nnmjax.provenance import code_info
+from nnmjax.provenance import code_info, source_digest
 from nnmjax.simulate import build_experiment, program_key, spans_processes, worker_data_bytes
 
 __all__ = ["run_grid", "pending_runs", "grid_runs", "program_groups", "memory_budget",
-           "eval_points", "load_datasets", "build_group", "chunks"]
+           "eval_points", "load_datasets", "build_group", "chunks", "plan_grid", "PlannedGroup"]
 
 #: Share of the device memory (host RAM on CPU) one compiled group's worker data may take;
 #: larger groups are split into several programs.
@@ -138,6 +138,49 @@ def chunks(exp, state, cfg: Config, *, start: int = 0, stop: int | None = None):
             start = t
 
 
+def _check_shard(shard) -> None:
+    i, k = shard
+    if not (isinstance(i, int) and isinstance(k, int) and k >= 1 and 0 <= i < k):
+        raise ValueError(f"shard must be (i, k) with 0 <= i < k; got {shard!r}")
+
+
+def _my_slice(runs: Sequence[RunSpec], todo: Sequence[RunSpec], shard) -> list[RunSpec]:
+    """The runs of ``todo`` in shard ``(i, k)``'s interleaved slice of the grid's groups."""
+    i, k = shard
+    every = list(dict.fromkeys((program_key(s.config), s.attack, s.rule) for s in runs))
+    mine = set(every[i::k])
+    return [s for s in todo if (program_key(s.config), s.attack, s.rule) in mine]
+
+
+class PlannedGroup(NamedTuple):
+    """One compiled group a run of the grid would run: its runs, their steps, and its
+    checkpoint, ``(step, same_code)`` (``None`` without one; one written by other code
+    would be discarded)."""
+
+    attack: str
+    rule: str
+    runs: list
+    steps: int
+    checkpoint: tuple[int, bool] | None
+
+    @property
+    def resume_step(self) -> int:
+        return self.checkpoint[0] if self.checkpoint and self.checkpoint[1] else 0
+
+
+def plan_grid(config: Config | Sequence[Config], out_dir: Path | str, *,
+              shard: tuple[int, int] = (0, 1)) -> tuple[list[RunSpec], list[PlannedGroup]]:
+    """``(done, groups)``: the finished runs and, in order, the groups
+    :func:`run_grid` with the same arguments would run (single-process view)."""
+    _check_shard(shard)
+    done, todo = pending_runs(config, out_dir)
+    todo = _my_slice(grid_runs(config), todo, shard)
+    groups = program_groups(todo, datasets=load_datasets(todo))
+    source = source_digest() if groups else None
+    return done, [PlannedGroup(g[0].attack, g[0].rule, g, g[0].config.steps, checkpoint.peek(
+        checkpoint.group_path(out_dir, [s.hash() for s in g]), source=source)) for g in groups]
+
+
 def run_grid(config: Config | Sequence[Config], out_dir: Path | str, *, progress: bool = True,
              shard: tuple[int, int] = (0, 1), checkpoint_s: float | None = 60.0
              ) -> list[dict]:
@@ -157,9 +200,7 @@ def run_grid(config: Config | Sequence[Config], out_dir: Path | str, *, progress
     all-processes case above), and a re-run resumes from there; a record's ``wall_s`` then
     sums the time of every process that worked on its group.
     """
-    i, k = shard
-    if not (isinstance(i, int) and isinstance(k, int) and k >= 1 and 0 <= i < k):
-        raise ValueError(f"shard must be (i, k) with 0 <= i < k; got {shard!r}")
+    _check_shard(shard)
     if checkpoint_s is not None and not checkpoint_s >= 0:
         raise ValueError(f"checkpoint_s must be None or >= 0 seconds; got {checkpoint_s!r}")
     out_dir = Path(out_dir)
@@ -175,9 +216,7 @@ def run_grid(config: Config | Sequence[Config], out_dir: Path | str, *, progress
         todo = [s for s, flag in zip(runs, flags) if not flag]
     writer = not collective or jax.process_index() == 0
     keep = checkpoint_s is not None and not collective
-    every = list(dict.fromkeys((program_key(s.config), s.attack, s.rule) for s in runs))
-    mine = set(every[i::k])
-    todo = [s for s in todo if (program_key(s.config), s.attack, s.rule) in mine]
+    todo = _my_slice(runs, todo, shard)
     datasets = load_datasets(todo)
     groups = program_groups(todo, datasets=datasets)
     code = code_info() if groups else None

@@ -218,6 +218,11 @@ def test_cli_run_table_plot(tmp_path, capsys):
     args = ["run", "--out", str(tmp_path)] + [a for s in TINY for a in ("--set", s)] + [
         "--set", "attacks=['sign_flipping']", "--set", "rules=['cwtm','nnm+cwtm']", "--quiet",
         "--checkpoint-every", "0"]
+    assert main(args + ["--plan"]) == 0
+    plan = capsys.readouterr().out
+    assert "3 runs in 3 compiled groups to run (0 already done), 18 run-steps left" in plan
+    assert "sign_flipping / nnm+cwtm: 1 runs x 6 steps" in plan and "none / mean" in plan
+    assert not (tmp_path / "runs").exists()
     assert main(args) == 0
     assert not list((tmp_path / "partial").glob("*.npz"))  # finished groups leave none
     out = capsys.readouterr().out
@@ -312,6 +317,10 @@ def test_an_interrupted_group_resumes_from_its_checkpoint_bit_for_bit(tmp_path, 
     with pytest.raises(KeyboardInterrupt):
         run_grid(cfg, tmp_path / "out", progress=False, checkpoint_s=0)
     saved, = (tmp_path / "out" / "partial").glob("*.npz")
+    from nnmjax.grid import plan_grid
+    done, (group,) = plan_grid(cfg, tmp_path / "out")
+    assert not done and group.checkpoint == (4, True) and group.resume_step == 4
+    assert len(group.runs) == 2 and (group.attack, group.rule, group.steps) == ("alie", "nnm+cwtm", 6)
     assert not (tmp_path / "out" / "runs").exists()
     with np.load(saved) as z:
         assert int(z["steps"]) == 4 and z["loss"].shape == (2, 4) and list(z["at"]) == [2, 4]
