@@ -381,7 +381,6 @@ def test_check_reproduces_finished_runs_bit_for_bit_and_flags_a_changed_record(t
     checks = check_grid(cfg, tmp_path, steps=6)
     assert len(checks) == 2 and all(c.equal and c.steps == 6 for c in checks)
     assert all(c.same_code and c.loss_rel == 0.0 for c in checks)
-    assert check_grid(cfg, tmp_path)[0].steps == 3  # the first evaluation point
     with pytest.raises(ValueError, match="evaluation point"):
         check_grid(cfg, tmp_path, steps=4)
     with pytest.raises(ValueError, match="no finished run"):
@@ -395,7 +394,7 @@ def test_check_reproduces_finished_runs_bit_for_bit_and_flags_a_changed_record(t
         "--set", "baseline=false", "--set", "seeds=[1, 2]"]
     assert main(args) == 1
     out = capsys.readouterr().out
-    assert "1 of 2 runs reproduce their records bit for bit" in out and "**differs**" in out
-    assert main(args + ["--steps", "6", "--rule", "cwtm"]) == 1
+    assert "1 of 2 runs reproduce their records bit for bit" in out
+    assert "| sign_flipping / cwtm | 2 | 3 | **differs** |" in out  # the first evaluation point
     with pytest.raises(SystemExit, match="no finished run"):
         main(args + ["--attack", "alie"])
