@@ -122,17 +122,22 @@ def _run_bench(args) -> int:
 
 # ----------------------------------------------------------- nnmjax run / table / plot
 
+def _add_grid_arguments(p) -> None:
+    """The config, ``--set`` and ``--out`` arguments shared by ``run`` and ``check``."""
+    p.add_argument("config", nargs="?", default=None, help="TOML config file")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config key with a TOML literal, e.g. --set steps=200")
+    p.add_argument("--out", default="out/quickstart", metavar="DIR",
+                   help="the run directory (default: %(default)s)")
+
+
 def _add_run(subparsers) -> None:
     p = subparsers.add_parser(
         "run", help="run every (attack, rule, seed) of a config (default: the digits quickstart)",
         description="Run a config's grid: each (attack, rule) is compiled once and vmapped over "
                     "its seeds; finished runs are skipped. Without CONFIG, the quickstart on the "
                     "embedded digits data.")
-    p.add_argument("config", nargs="?", default=None, help="TOML config file")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a config key with a TOML literal, e.g. --set steps=200")
-    p.add_argument("--out", default="out/quickstart", metavar="DIR",
-                   help="output directory (default: %(default)s)")
+    _add_grid_arguments(p)
     p.add_argument("--shard", default="0/1", metavar="I/K",
                    help="run only the I-th of K interleaved slices of the grid (0-based), so K "
                         "processes can share one --out directory (default: %(default)s)")
@@ -161,11 +166,7 @@ def _add_check(subparsers) -> None:
                     "them (same runs vmapped together, same chunks), run their first STEPS "
                     "steps and compare every run's loss, kappa-hat and test accuracy with its "
                     "record, bit for bit. Exit status 1 when any run differs.")
-    p.add_argument("config", nargs="?", default=None, help="TOML config file (as given to run)")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a config key, as for run")
-    p.add_argument("--out", default="out/quickstart", metavar="DIR",
-                   help="the run directory (default: %(default)s)")
+    _add_grid_arguments(p)
     p.add_argument("--attack", default=None, help="only the groups of this attack")
     p.add_argument("--rule", default=None, help="only the groups of this rule")
     p.add_argument("--steps", type=int, default=None,
