@@ -1,13 +1,39 @@
-"""Shared test setup: make ``tests/`` importable (for ``reference``) and nothing else global.
+"""Shared test setup: make ``tests/`` importable (for ``reference``), and share compiled programs.
 
-JAX configuration is deliberately left alone (float32, default device): every test file
-runs in the same process and must see the library's defaults.
+JAX's numerical configuration is deliberately left alone (float32, default device): every
+test file runs in the same process and must see the library's defaults. The one setting
+made here is where compiled programs are kept: a persistent compilation cache in a fresh
+directory for this test session (unless ``JAX_COMPILATION_CACHE_DIR`` is already set), so
+that the many tests and subprocesses (CLI, notebooks, two-process runs) that build the same
+XLA program compile it once, across ``pytest -n`` workers too. A cached program is the same
+executable, so results are unchanged; the directory is removed when the session ends.
 """
 from __future__ import annotations
 
 import os
+import shutil
 import sys
+import tempfile
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
 if _HERE not in sys.path:
     sys.path.insert(0, _HERE)
+
+_CACHE_ENV = "JAX_COMPILATION_CACHE_DIR"
+_owned_cache: str | None = None
+
+
+def pytest_configure(config):
+    """The controller (or a lone process) makes the cache directory; ``-n`` workers inherit it."""
+    global _owned_cache
+    if os.environ.get(_CACHE_ENV) is None and not hasattr(config, "workerinput"):
+        _owned_cache = tempfile.mkdtemp(prefix="nnmjax-test-xla-cache-")
+        os.environ[_CACHE_ENV] = _owned_cache
+    import jax
+
+    jax.config.update("jax_compilation_cache_dir", os.environ[_CACHE_ENV])
+
+
+def pytest_unconfigure(config):
+    if _owned_cache is not None:
+        shutil.rmtree(_owned_cache, ignore_errors=True)
