@@ -1,6 +1,6 @@
 """Aggregator throughput benchmark: ``python benchmarks/aggregators.py [--quick] [...]``.
 
-A thin wrapper around ``nnmjax bench`` (see ``nnmjax/bench.py`` and
+A thin wrapper around ``nnmjax bench`` (see ``nnmjax/bench/`` and
 ``benchmarks/README.md``); it takes the same options.
 """
 import os

@@ -8,6 +8,9 @@ import sys
 import pytest
 
 from nnmjax import bench, cli
+from nnmjax.bench import measure
+from nnmjax.bench.byzfl_rules import byzfl_skip
+from nnmjax.bench.cases import rule_skip
 
 TINY = ["--cases", "9:1000:2", "--rules", "cwtm", "nnm+krum", "--repeats", "2",
         "--quiet"]
@@ -89,11 +92,11 @@ def test_bench_cli_with_byzfl(tmp_path):
 
 
 def test_bench_skips_enumeration_past_max_subsets():
-    assert bench._rule_skip("mda", bench.Case(17, 10, 4)) is None
-    assert "max_subsets" in bench._rule_skip("nnm+smea", bench.Case(100, 10, 20))
+    assert rule_skip("mda", bench.Case(17, 10, 4)) is None
+    assert "max_subsets" in rule_skip("nnm+smea", bench.Case(100, 10, 20))
     # ByzFL's NNM gather (n, n-f, d) float32 is refused past the limit
-    assert bench._byzfl_skip("nnm+cwtm", bench.Case(1000, 10_000, 200), 8.0)
-    assert bench._byzfl_skip("cwtm", bench.Case(1000, 10_000, 200), 8.0) is None
+    assert byzfl_skip("nnm+cwtm", bench.Case(1000, 10_000, 200), 8.0)
+    assert byzfl_skip("cwtm", bench.Case(1000, 10_000, 200), 8.0) is None
 
 
 def test_bench_cli_bad_arguments(capsys):
@@ -108,3 +111,28 @@ def test_cli_help_runs_as_module():
                          capture_output=True, text=True, timeout=60)
     assert res.returncode == 0
     assert "--quick" in res.stdout and "--out" in res.stdout
+
+
+def test_measure_records_a_failing_implementation_and_keeps_timing_the_others(monkeypatch):
+    real = measure._make_call
+    calls = {"n": 0}
+
+    def flaky(impl, rule, case, seed):
+        call, prepare = real(impl, rule, case, seed)
+        if impl != "numpy":
+            return call, prepare
+
+        def fails_on_second_call(*args):
+            calls["n"] += 1
+            if calls["n"] == 2:
+                raise FloatingPointError("boom")
+            return call(*args)
+
+        return fails_on_second_call, prepare
+
+    monkeypatch.setattr(measure, "_make_call", flaky)
+    task = {"kind": "measure", "case": bench.Case(5, 8, 1), "seed": 0, "rule": "cwtm",
+            "impls": ["nnmjax", "numpy"], "repeats": 3, "budget_s": 60.0, "single_call_s": 60.0}
+    out = measure.run_task(task, lambda step: None)["ok"]
+    assert out["numpy"]["status"] == "error" and "FloatingPointError: boom" in out["numpy"]["reason"]
+    assert out["nnmjax"]["status"] == "ok" and len(out["nnmjax"]["samples_ms"]) == 3
