@@ -1,4 +1,5 @@
-"""Shared test setup: make ``tests/`` importable (for ``reference``), and share compiled programs.
+"""Shared test setup: make ``tests/`` importable (for ``reference``), share compiled programs,
+and start the long tests first.
 
 JAX's numerical configuration is deliberately left alone (float32, default device): every
 test file runs in the same process and must see the library's defaults. The one setting
@@ -7,6 +8,9 @@ directory for this test session (unless ``JAX_COMPILATION_CACHE_DIR`` is already
 that the many tests and subprocesses (CLI, notebooks, two-process runs) that build the same
 XLA program compile it once, across ``pytest -n`` workers too. A cached program is the same
 executable, so results are unchanged; the directory is removed when the session ends.
+
+Tests marked ``slow`` (end-to-end runs of a minute or more on 2 cores) are collected first,
+so that ``pytest -n 2`` does not finish on one worker running a long test alone.
 """
 from __future__ import annotations
 
@@ -37,3 +41,7 @@ def pytest_configure(config):
 def pytest_unconfigure(config):
     if _owned_cache is not None:
         shutil.rmtree(_owned_cache, ignore_errors=True)
+
+
+def pytest_collection_modifyitems(config, items):
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)  # stable: slow first

@@ -26,6 +26,7 @@ def _free_port():
         return s.getsockname()[1]
 
 
+@pytest.mark.slow
 def test_two_processes_equal_one(tmp_path):
     port = _free_port()
     env = dict(os.environ, JAX_PLATFORMS="cpu")

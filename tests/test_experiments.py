@@ -97,6 +97,7 @@ def _smoke_overrides(path, data_dir):
     return sets + [f"data_dir='{data_dir}'"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("path", CONFIGS, ids=[p.stem for p in CONFIGS])
 def test_paper_config_smoke_run(path, tmp_path, capsys):
     """Each committed config runs through ``nnmjax run`` (its model, algorithm, attack search

@@ -24,6 +24,7 @@ def _on_eight_devices(script):
     return json.loads(res.stdout.strip().splitlines()[-1])
 
 
+@pytest.mark.slow
 def test_grid_split_over_runs_and_workers_meshes_equals_one_device():
     out = _on_eight_devices("sharded_grid_check.py")
     for name in ("runs", "runs_workers"):
@@ -36,6 +37,7 @@ def test_grid_split_over_runs_and_workers_meshes_equals_one_device():
     assert w["data_block"][:2] == [2, 2]
 
 
+@pytest.mark.slow
 def test_every_rule_sharded_by_columns_equals_one_device_coordinatewise_without_collectives():
     eight_devices = _on_eight_devices("sharded_rules_check.py")  # one subprocess for both checks
     rules = {k: v for k, v in eight_devices.items() if not k.startswith("collectives:")}
