@@ -33,9 +33,10 @@ def pytest_configure(config):
     if os.environ.get(_CACHE_ENV) is None and not hasattr(config, "workerinput"):
         _owned_cache = tempfile.mkdtemp(prefix="nnmjax-test-xla-cache-")
         os.environ[_CACHE_ENV] = _owned_cache
-    import jax
+    if os.environ.get(_CACHE_ENV):
+        import jax
 
-    jax.config.update("jax_compilation_cache_dir", os.environ[_CACHE_ENV])
+        jax.config.update("jax_compilation_cache_dir", os.environ[_CACHE_ENV])
 
 
 def pytest_unconfigure(config):
