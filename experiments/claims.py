@@ -9,7 +9,8 @@ With ``--config``, a row counts as complete only when it has every attack of the
 
 Prints Markdown: for every block (base rule), the worst case over attacks of the vanilla
 rule, Bucketing and NNM in our records next to the paper's MNIST Table 2, and which
-variant has the best worst case; then the spread of Bucketing's worst case across rules.
+variant has the best worst case (and by how much: whether the margin exceeds one
+standard deviation over seeds); then the spread of Bucketing's worst case across rules.
 Cells with fewer seeds or attacks than the others are flagged, never filled in.
 """
 from __future__ import annotations
@@ -29,6 +30,18 @@ PAPER_WORST = {
 
 def _best(rows):
     return max(rows, key=lambda r: r[1])[0] if rows else None
+
+
+def _margin(rows) -> str:
+    """How far the best row's worst case is ahead of the next, and whether that exceeds
+    the larger of their standard deviations over seeds (rows: ``(rule, mean, _, std)``)."""
+    if len(rows) < 2:
+        return ""
+    (r1, m1, _, s1), (r2, m2, _, s2) = sorted(rows, key=lambda r: -r[1])[:2]
+    within = m1 - m2 <= max(s1, s2)
+    return (f", {m1:.2f} ± {s1:.2f}% against `{r2}` {m2:.2f} ± {s2:.2f}%: "
+            f"{m1 - m2:.2f} points ahead"
+            + (", within one standard deviation (not a clear win)" if within else ""))
 
 
 def claims(records, attacks=None) -> str:
@@ -52,7 +65,7 @@ def claims(records, attacks=None) -> str:
                 m, s, _ = t.cells[(r, "worst")]
                 k = min(t.cells[(r, a)][2] for a in have)
                 complete = len(have) == n_attacks and k == seeds
-                rows.append((r, 100 * m, complete))
+                rows.append((r, 100 * m, complete, 100 * s))
                 paper = ref.get(r)
                 out.append(f"| {base} | {r} | {100 * m:.2f} ± {100 * s:.2f} | {len(have)}/{n_attacks}"
                            f" | {k} | {'—' if paper is None else f'{paper:.2f}'} |")
@@ -68,7 +81,8 @@ def claims(records, attacks=None) -> str:
             else:
                 nnm_best = ours is not None and ours.startswith("nnm+")
                 verdicts.append(f"- **{base}**: best worst case here `{ours}` "
-                                f"({'NNM' if nnm_best else 'not NNM'}); paper: `{paper_best}`.")
+                                f"({'NNM' if nnm_best else 'not NNM'}){_margin(full)}; "
+                                f"paper: `{paper_best}`.")
         out.append("")
         out.append("Does NNM give the best worst case in every block?")
         out.extend(verdicts)
