@@ -8,6 +8,7 @@ silently overwritten). ``DIR/summary.csv`` is rebuilt from the records.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import os
 import tempfile
@@ -50,13 +51,17 @@ def atomic_write(path: Path, write, *, mode: str = "w") -> None:
         raise
 
 
-def _plain(value: Any):
+def plain(value: Any):
+    """``value`` as JSON-able Python: dataclasses and NumPy values converted, keys as
+    strings, non-finite floats as ``None`` (used by run records and benchmark files)."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return plain(dataclasses.asdict(value))
     if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
+        return {str(k): plain(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
+        return [plain(v) for v in value]
     if isinstance(value, np.ndarray):
-        return _plain(value.tolist())
+        return plain(value.tolist())
     if isinstance(value, (np.floating, float)):
         v = float(value)
         return v if np.isfinite(v) else None
@@ -68,7 +73,7 @@ def _plain(value: Any):
 def write_record(out_dir: Path | str, run_hash: str, record: dict[str, Any]) -> Path:
     """Atomically write ``record`` as ``DIR/runs/<run_hash>.json`` (non-finite floats -> null)."""
     path = record_path(out_dir, run_hash)
-    text = json.dumps(_plain(record), indent=1, sort_keys=True)
+    text = json.dumps(plain(record), indent=1, sort_keys=True)
     atomic_write(path, lambda fh: fh.write(text))
     return path
 

@@ -2,13 +2,11 @@
 from __future__ import annotations
 
 import json
-import math
 import os
 from dataclasses import asdict
 
-import numpy as np
-
 from nnmjax.bench.cases import TARGETS, Case, fmt_d
+
 
 def best_byzfl(rec: dict) -> None:
     oks = {b: r for b, r in rec["backends"].items() if r.get("status") == "ok"}
@@ -142,25 +140,11 @@ def format_targets(result: dict) -> str:
     return "\n".join(lines)
 
 
-def _jsonable(obj):
-    if isinstance(obj, Case):
-        return asdict(obj)
-    if isinstance(obj, dict):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    if isinstance(obj, np.generic):
-        return obj.item()
-    return obj
-
-
 def write_json(result: dict, path: str | os.PathLike) -> None:
     """Write ``result`` to ``path`` atomically (parent folders created)."""
     from pathlib import Path
 
-    from nnmjax.results import atomic_write
+    from nnmjax.results import atomic_write, plain
 
-    text = json.dumps(_jsonable(result), indent=1) + "\n"
+    text = json.dumps(plain(result), indent=1) + "\n"
     atomic_write(Path(path), lambda fh: fh.write(text))
