@@ -203,13 +203,12 @@ def _run_check(args) -> int:
 
 
 def _print_plan(config, out_dir, shard) -> int:
-    from nnmjax.data import DatasetNotFoundError
     from nnmjax.grid import plan_grid
     from nnmjax.results import CorruptRecordError
 
     try:
-        done, groups = plan_grid(config, out_dir, shard=shard)
-    except (DatasetNotFoundError, CorruptRecordError, ValueError) as e:
+        done, groups, missing_data = plan_grid(config, out_dir, shard=shard)
+    except (CorruptRecordError, ValueError) as e:
         raise SystemExit(f"nnmjax run: error: {e}")
     runs = sum(len(g.runs) for g in groups)
     left = sum(len(g.runs) * (g.steps - g.resume_step) for g in groups)
@@ -221,6 +220,9 @@ def _print_plan(config, out_dir, shard) -> int:
             resume = (f", resumes at step {g.resume_step}" if g.resume_step else
                       f", restarts (its checkpoint at step {g.checkpoint[0]} is from other code)")
         print(f"  {g.attack} / {g.rule}: {len(g.runs)} runs x {g.steps} steps{resume}")
+    if missing_data:
+        print(f"\nThe run needs data not found here, so these groups are not split by memory "
+              f"(a run splits a group whose worker data exceed its budget):\n{missing_data}")
     return 0
 
 

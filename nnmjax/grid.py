@@ -25,12 +25,12 @@ from tqdm.auto import tqdm
 
 from nnmjax import checkpoint, results
 from nnmjax.config import Config, RunSpec
-from nnmjax.data import load_dataset
+from nnmjax.data import DatasetNotFoundError, load_dataset
 from nnmjax.provenance import code_info, source_digest
 from nnmjax.simulate import build_experiment, program_key, spans_processes, worker_data_bytes
 
 __all__ = ["run_grid", "pending_runs", "grid_runs", "program_groups", "memory_budget",
-           "eval_points", "load_datasets", "build_group", "chunks", "plan_grid", "PlannedGroup"]
+           "eval_points", "load_datasets", "build_group", "chunks", "plan_grid", "PlannedGroup", "GridPlan"]
 
 #: Share of the device memory (host RAM on CPU) one compiled group's worker data may take;
 #: larger groups are split into several programs.
@@ -168,17 +168,32 @@ class PlannedGroup(NamedTuple):
         return self.checkpoint[0] if self.checkpoint and self.checkpoint[1] else 0
 
 
+class GridPlan(NamedTuple):
+    """What :func:`plan_grid` found: the finished runs, the groups left (in order), and why
+    the data could not be read (``None`` when it could; the groups are then listed unsplit,
+    as a run would cut a group whose worker data exceed the memory budget)."""
+
+    done: list[RunSpec]
+    groups: list[PlannedGroup]
+    missing_data: str | None
+
+
 def plan_grid(config: Config | Sequence[Config], out_dir: Path | str, *,
-              shard: tuple[int, int] = (0, 1)) -> tuple[list[RunSpec], list[PlannedGroup]]:
-    """``(done, groups)``: the finished runs and, in order, the groups
-    :func:`run_grid` with the same arguments would run (single-process view)."""
+              shard: tuple[int, int] = (0, 1)) -> GridPlan:
+    """The plan of :func:`run_grid` with the same arguments (single-process view); runs
+    nothing, and needs no data (without it, groups are not split by memory)."""
     _check_shard(shard)
     done, todo = pending_runs(config, out_dir)
     todo = _my_slice(grid_runs(config), todo, shard)
-    groups = program_groups(todo, datasets=load_datasets(todo))
+    try:
+        datasets, missing = load_datasets(todo), None
+    except DatasetNotFoundError as e:
+        datasets, missing = None, str(e)
+    groups = program_groups(todo, datasets=datasets)
     source = source_digest() if groups else None
-    return done, [PlannedGroup(g[0].attack, g[0].rule, g, g[0].config.steps, checkpoint.peek(
-        checkpoint.group_path(out_dir, [s.hash() for s in g]), source=source)) for g in groups]
+    return GridPlan(done, [PlannedGroup(g[0].attack, g[0].rule, g, g[0].config.steps, checkpoint.peek(
+        checkpoint.group_path(out_dir, [s.hash() for s in g]), source=source)) for g in groups],
+        missing)
 
 
 def run_grid(config: Config | Sequence[Config], out_dir: Path | str, *, progress: bool = True,

@@ -213,6 +213,19 @@ def test_grid_records_resume_and_corruption(tmp_path, tiny_config):
     assert files[0].read_text() == "{not json"
 
 
+def test_cli_plan_without_data(tmp_path, capsys):
+    """--plan lists the groups of a grid whose data is not here, and says so."""
+    from nnmjax.cli import main
+    args = ["run", "--out", str(tmp_path / "out"), "--plan"] + [a for s in TINY for a in ("--set", s)]
+    args += ["--set", "dataset='mnist'", "--set", f"data_dir='{tmp_path}'",
+             "--set", "attacks=['alie']", "--set", "rules=['cwtm']"]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "2 runs in 2 compiled groups to run (0 already done), 12 run-steps left" in out
+    assert "alie / cwtm: 1 runs x 6 steps" in out
+    assert "needs data not found here" in out and "could not find" in out and str(tmp_path) in out
+
+
 def test_cli_run_table_plot(tmp_path, capsys):
     from nnmjax.cli import main
     args = ["run", "--out", str(tmp_path)] + [a for s in TINY for a in ("--set", s)] + [
@@ -318,7 +331,8 @@ def test_an_interrupted_group_resumes_from_its_checkpoint_bit_for_bit(tmp_path, 
         run_grid(cfg, tmp_path / "out", progress=False, checkpoint_s=0)
     saved, = (tmp_path / "out" / "partial").glob("*.npz")
     from nnmjax.grid import plan_grid
-    done, (group,) = plan_grid(cfg, tmp_path / "out")
+    done, (group,), missing = plan_grid(cfg, tmp_path / "out")
+    assert missing is None
     assert not done and group.checkpoint == (4, True) and group.resume_step == 4
     assert len(group.runs) == 2 and (group.attack, group.rule, group.steps) == ("alie", "nnm+cwtm", 6)
     assert not (tmp_path / "out" / "runs").exists()
