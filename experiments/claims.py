@@ -47,12 +47,14 @@ def _margin(rows) -> str:
 def claims(records, attacks=None) -> str:
     """The claim-by-claim Markdown; ``attacks``: the attacks a complete row must have."""
     out = []
-    for t in table.accuracy_tables(records):
+    tables = table.accuracy_tables(records)
+    fields = table.title_fields(t.setting for t in tables)
+    for t in tables:
         paper_setting = (t.setting.get("f"), t.setting.get("alpha")) == (4, 0.1)
         ref = PAPER_WORST if paper_setting else {}
         n_attacks = len(attacks) if attacks else len(t.attacks)
         seeds = max(c[2] for c in t.cells.values())
-        out.append(f"### {table.title(t.setting)}\n")
+        out.append(f"### {table.title(t.setting, fields)}\n")
         out.append(f"Attacks present: {', '.join(t.attacks)} ({len(t.attacks)} of {n_attacks}); "
                    f"seeds per cell up to {seeds}.\n")
         out.append("| block | rule | ours: worst case (%) | attacks | min seeds | paper MNIST (%) |")

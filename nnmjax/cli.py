@@ -279,9 +279,15 @@ def _run_run(args) -> int:
     return 0
 
 
+_TUNE_HELP = ("choose per setting and rule the values of these keys (lr, lr_schedule, momentum, "
+              "weight_decay, clip, batch_size) with the best worst case over attacks, as "
+              "ByzFL's benchmark does, and write the tuned results under DIR/tuned-KEYS/")
+
+
 def _add_table(subparsers) -> None:
     p = subparsers.add_parser("table", help="print and write the results table of a run directory")
     p.add_argument("dir", help="output directory of nnmjax run")
+    p.add_argument("--tune", nargs="+", metavar="KEY", help=_TUNE_HELP)
     p.set_defaults(func=_run_table)
 
 
@@ -294,16 +300,36 @@ def _load(dir_):
     return records
 
 
-def _run_table(args) -> int:
+def _tuned(args, records):
+    """``(records, out_dir, tuned)``: as they are, or tuned over ``--tune`` keys."""
     from pathlib import Path
 
-    from nnmjax import results, table
+    from nnmjax import tuning
+
+    if not args.tune:
+        return records, Path(args.dir), None
+    try:
+        tuned = tuning.tune(records, args.tune)
+    except ValueError as e:
+        raise SystemExit(f"nnmjax {args.command}: error: {e}")
+    out = Path(args.dir, "tuned-" + "-".join(args.tune))
+    out.mkdir(exist_ok=True)
+    return tuned.records, out, tuned
+
+
+def _run_table(args) -> int:
+    from nnmjax import results, table, tuning
 
     records = _load(args.dir)
+    if not args.tune:
+        results.write_summary(args.dir, records)
+    records, out, tuned = _tuned(args, records)
     md = table.format_markdown(records)
-    Path(args.dir, "table.md").write_text(md + "\n")
-    table.write_csv(records, Path(args.dir, "table.csv"))
-    results.write_summary(args.dir, records)
+    if tuned is not None:
+        md += "\n\nChosen hyperparameters (best worst case over attacks):\n\n" + tuning.format_choices(tuned)
+        tuning.write_choices_csv(tuned, out / "hyperparameters.csv")
+    (out / "table.md").write_text(md + "\n")
+    table.write_csv(records, out / "table.csv")
     print(md)
     return 0
 
@@ -311,15 +337,15 @@ def _run_table(args) -> int:
 def _add_plot(subparsers) -> None:
     p = subparsers.add_parser("plot", help="draw accuracy and kappa-hat curves of a run directory")
     p.add_argument("dir", help="output directory of nnmjax run")
+    p.add_argument("--tune", nargs="+", metavar="KEY", help=_TUNE_HELP)
     p.set_defaults(func=_run_plot)
 
 
 def _run_plot(args) -> int:
-    from pathlib import Path
-
     from nnmjax import plots
 
-    for path in plots.plot_all(_load(args.dir), Path(args.dir) / "plots"):
+    records, out, _ = _tuned(args, _load(args.dir))
+    for path in plots.plot_all(records, out / "plots"):
         print(f"wrote {path}")
     return 0
 

@@ -132,12 +132,12 @@ def plot_all(records, out_dir: Path | str) -> list[Path]:
     """Accuracy and kappa-hat curves per setting and block (base rule) —
     ``accuracy[-<setting>]-<block>.png``, ``kappa[...]`` — and, when the settings vary in
     ``f`` or ``alpha`` only, ``worst_case.png`` heat-maps."""
-    from nnmjax.table import block_rank, setting_groups, title
+    from nnmjax.table import block_rank, setting_groups, title, title_fields
 
     out_dir = Path(out_dir)
     groups = setting_groups(records)
-    varying = [k for k in ("dataset", "algorithm", "f", "alpha", "momentum", "steps")
-               if len({str(s.get(k)) for s, _ in groups}) > 1]
+    fields = title_fields(s for s, _ in groups)
+    varying = [k for k in fields if len({str(s.get(k)) for s, _ in groups}) > 1]
     paths = []
     for setting, recs in groups:
         tag = _slug(setting, varying)
@@ -149,9 +149,9 @@ def plot_all(records, out_dir: Path | str) -> list[Path]:
         for block in sorted(blocks, key=block_rank):
             name = "-".join(p for p in (tag, block) if p)
             paths.append(plot_accuracy(blocks[block] + base, out_dir / f"accuracy-{name}.png",
-                                       title=title(setting)))
+                                       title=title(setting, fields)))
             paths.append(plot_kappa(blocks[block], out_dir / f"kappa-{name}.png",
-                                    title=title(setting)))
+                                    title=title(setting, fields)))
     if varying and set(varying) <= {"f", "alpha"}:
         paths.append(plot_worst_case(records, out_dir / "worst_case.png"))
     return paths

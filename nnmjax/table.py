@@ -16,7 +16,7 @@ from typing import NamedTuple
 import numpy as np
 
 __all__ = ["Table", "accuracy_tables", "format_markdown", "write_csv", "worst_case_grid",
-           "setting_groups", "title", "block_rank", "ATTACK_ORDER", "BLOCK_ORDER"]
+           "setting_groups", "title", "title_fields", "block_rank", "ATTACK_ORDER", "BLOCK_ORDER"]
 
 #: Column order: the paper's (ALIE, FOE, LF, SF, Mimic); other attacks follow alphabetically.
 ATTACK_ORDER = ("optimal_alie", "alie", "optimal_foe", "foe", "label_flipping", "sign_flipping",
@@ -79,7 +79,8 @@ def setting_groups(records: list[dict]) -> list[tuple[dict, list[dict]]]:
         s = dict(setting)
         base_key = (_setting({k: v for k, v in s.items() if k not in ("n", "f")}), s["n"] - s["f"])
         out.append((s, recs + baselines.get(base_key, [])))
-    return sorted(out, key=lambda p: tuple(str(p[0].get(k)) for k in TITLE_FIELDS))
+    return sorted(out, key=lambda p: (tuple(str(p[0].get(k)) for k in TITLE_FIELDS),
+                                      tuple(sorted((k, str(v)) for k, v in p[0].items()))))
 
 
 def _is_baseline(record) -> bool:
@@ -117,18 +118,28 @@ def _fmt(cell, bold=False):
     return f"**{text}**" if bold else text
 
 
-def title(setting: dict) -> str:
-    return ", ".join(f"{k}={setting[k]}" for k in TITLE_FIELDS if k in setting)
+def title_fields(settings) -> list[str]:
+    """The fields that name a setting among ``settings``: :data:`TITLE_FIELDS`, then any
+    other field whose value differs between them (e.g. ``lr`` in a learning-rate sweep)."""
+    settings = list(settings)
+    others = sorted({k for s in settings for k in s} - set(TITLE_FIELDS))
+    return [*TITLE_FIELDS, *(k for k in others if len({str(s.get(k)) for s in settings}) > 1)]
+
+
+def title(setting: dict, fields=TITLE_FIELDS) -> str:
+    return ", ".join(f"{k}={setting[k]}" for k in fields if k in setting)
 
 
 def format_markdown(records: list[dict]) -> str:
     """Markdown: per setting a title line and a table with one row per rule, one column per
     attack and the worst case; the best mean of each block and column in bold."""
     out = []
-    for t in accuracy_tables(records):
+    tables = accuracy_tables(records)
+    fields = title_fields(t.setting for t in tables)
+    for t in tables:
         cols = [*t.attacks, "worst"]
         head = ["rule", *[c if c != "worst" else "worst case" for c in cols]]
-        lines = [f"**{title(t.setting)}** — max test accuracy (%), mean ± std over seeds", "",
+        lines = [f"**{title(t.setting, fields)}** — max test accuracy (%), mean ± std over seeds", "",
                  "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
         for _, rules in t.blocks:
             best = {c: max((t.cells[(r, c)][0] for r in rules if (r, c) in t.cells), default=None)
@@ -153,7 +164,8 @@ def write_csv(records: list[dict], path) -> None:
     import csv
 
     tables = accuracy_tables(records)
-    fields = [k for k in TITLE_FIELDS if any(k in t.setting for t in tables)]
+    fields = [k for k in title_fields(t.setting for t in tables)
+              if any(k in t.setting for t in tables)]
     with open(path, "w", newline="") as fh:
         w = csv.writer(fh)
         w.writerow([*fields, "block", "rule", "attack", "mean_max_test_acc",
