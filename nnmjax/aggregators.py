@@ -42,8 +42,6 @@ at ``(17, 1e7)`` about 0.7 GB for ``x`` and under 0.7 GB more.
 """
 from __future__ import annotations
 
-import functools
-
 import jax
 import jax.numpy as jnp
 

@@ -14,7 +14,6 @@ import pytest
 byzfl = pytest.importorskip("byzfl")
 
 import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
 
 import nnmjax  # noqa: E402
 from nnmjax import aggregators as agg  # noqa: E402
