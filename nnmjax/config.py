@@ -44,6 +44,10 @@ class Config:
     algorithm: str = "dshb"
     n: int = 17
     f: int = 4
+    #: The ``f`` the rules are told (ByzFL's ``tolerated_f``); ``None``: the actual ``f``.
+    #: Over- or under-estimating the number of Byzantine workers; part of a run's identity
+    #: only when set.
+    tolerated_f: int | None = None
     partition: str = "dirichlet"
     alpha: float = 0.1
     gamma: float = 0.5
@@ -73,11 +77,17 @@ class Config:
     def honest(self) -> int:
         return self.n - self.f
 
+    @property
+    def rule_f(self) -> int:
+        """The ``f`` the robust rules are built with: :attr:`tolerated_f`, else :attr:`f`."""
+        return self.f if self.tolerated_f is None else self.tolerated_f
+
     def runs(self) -> list["RunSpec"]:
         """Every (attack, rule, seed) of the grid, plus the fault-free mean baseline."""
         specs = [RunSpec(self, a, r, s) for a in self.attacks for r in self.rules for s in self.seeds]
         if self.baseline:
-            specs += [RunSpec(dataclasses.replace(self, f=0, n=self.honest), "none", "mean", s)
+            base = dataclasses.replace(self, f=0, n=self.honest, tolerated_f=None)
+            specs += [RunSpec(base, "none", "mean", s)
                       for s in self.seeds]
         return specs
 
@@ -95,6 +105,8 @@ class RunSpec:
         base = dataclasses.asdict(self.config)
         for k in ("attacks", "rules", "seeds", "baseline", "mesh"):
             base.pop(k)
+        if base["tolerated_f"] is None:  # so runs keep the hashes they had before the key
+            base.pop("tolerated_f")
         return {**base, "attack": self.attack, "rule": self.rule, "seed": self.seed}
 
     def hash(self) -> str:
@@ -127,6 +139,10 @@ def _validate(c: Config):
         _fail("f", f"must be a non-negative integer; got {c.f!r}")
     if 2 * c.f >= c.n:
         _fail("f", f"needs 2f < n; got f={c.f}, n={c.n}")
+    t = c.tolerated_f
+    if t is not None and (isinstance(t, bool) or not isinstance(t, int) or t < 0 or 2 * t >= c.n):
+        _fail("tolerated_f", f"must be an integer with 0 <= tolerated_f and 2 tolerated_f < n "
+                             f"(n={c.n}), or omitted; got {t!r}")
     if not c.alpha > 0:
         _fail("alpha", f"must be > 0; got {c.alpha!r}")
     if not 0.0 <= c.gamma <= 1.0:
@@ -148,7 +164,7 @@ def _validate(c: Config):
             _fail("attacks", f"unknown attack {a!r}; choose from {list(ATTACK_NAMES)}")
     for r in c.rules:
         try:
-            make_rule(r, c.f)
+            make_rule(r, c.rule_f)
         except ValueError as e:
             _fail("rules", str(e))
     for s in c.seeds:

@@ -156,7 +156,7 @@ class Experiment:
         self.x_test = self._put(np.asarray(ds.x_test), replicated=True)
         self.y_test = self._put(np.asarray(ds.y_test), replicated=True)
         self.model = make_model(config.model, ds.num_classes, ds.x_train.shape[1:])
-        self.rule = make_rule(rule_name, config.f)
+        self.rule = make_rule(rule_name, config.rule_f)
         self.lf = lf
         self.server, self.sgd = self._optimizers({})
         self.aggregate = transforms.robust_aggregate(self.rule, mesh=self.mesh if k > 1 else None)

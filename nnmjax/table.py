@@ -24,9 +24,11 @@ ATTACK_ORDER = ("optimal_alie", "alie", "optimal_foe", "foe", "label_flipping", 
 #: Block order: the paper's Table 2 (Krum, GM, CWMed, CWTM), then its extra rules.
 BLOCK_ORDER = ("krum", "gm", "cwmed", "cwtm", "mda", "meamed", "multikrum")
 _PER_RUN = ("attack", "rule", "seed")
+#: Fields in which an attacked setting differs from its fault-free baseline.
+_ATTACKED = ("n", "f", "tolerated_f")
 #: Setting fields shown in a table's title.
-TITLE_FIELDS = ("dataset", "model", "algorithm", "n", "f", "partition", "alpha", "momentum",
-                "steps")
+TITLE_FIELDS = ("dataset", "model", "algorithm", "n", "f", "tolerated_f", "partition", "alpha",
+                "momentum", "steps")
 
 
 class Table(NamedTuple):
@@ -70,14 +72,14 @@ def setting_groups(records: list[dict]) -> list[tuple[dict, list[dict]]]:
     for r in records:
         key = r["key"]
         if _is_baseline(r):
-            baselines[_setting({k: v for k, v in key.items() if k not in ("n", "f")}), key["n"]
+            baselines[_setting({k: v for k, v in key.items() if k not in _ATTACKED}), key["n"]
                       ].append(r)
         else:
             groups[_setting(key)].append(r)
     out = []
     for setting, recs in groups.items():
         s = dict(setting)
-        base_key = (_setting({k: v for k, v in s.items() if k not in ("n", "f")}), s["n"] - s["f"])
+        base_key = (_setting({k: v for k, v in s.items() if k not in _ATTACKED}), s["n"] - s["f"])
         out.append((s, recs + baselines.get(base_key, [])))
     return sorted(out, key=lambda p: (tuple(str(p[0].get(k)) for k in TITLE_FIELDS),
                                       tuple(sorted((k, str(v)) for k, v in p[0].items()))))

@@ -178,6 +178,9 @@ def test_dgd_runs(tiny_config):
     ("rules=['cwtm+nnm']", "rules"),
     ("model='resnet'", "model"),
     ("steps=0", "steps"),
+    ("tolerated_f=9", "2 tolerated_f < n"),
+    ("tolerated_f=-1", "tolerated_f"),
+    ("tolerated_f=true", "tolerated_f"),
 ])
 def test_config_errors(item, match):
     with pytest.raises(ValueError, match=match):
@@ -189,9 +192,39 @@ def test_parse_set_and_missing_files(tmp_path):
         "steps": 200, "rules": ["nnm+cwtm"], "dataset": "mnist"}
     with pytest.raises(FileNotFoundError):
         load_config(tmp_path / "nope.toml")
-    cfg = load_config(None, TINY + [f"dataset='mnist'", f"data_dir='{tmp_path}'"])
+    cfg = load_config(None, TINY + ["dataset='mnist'", f"data_dir='{tmp_path}'"])
     with pytest.raises(FileNotFoundError, match=str(tmp_path)):
         run_grid(cfg, tmp_path / "out", progress=False)
+
+
+def test_committed_records_keep_their_identity():
+    """A run's hash is a function of its settings; new config keys (unset) must not change
+    it, or finished grids would run again: rebuild committed records' hashes."""
+    from nnmjax.config import RunSpec
+    runs = Path(__file__).parents[1] / "experiments" / "results" / "fashion_mnist_table2" / "runs"
+    for path in sorted(runs.glob("*.json"))[:5]:
+        rec = json.loads(path.read_text())
+        key = dict(rec["key"])
+        attack, rule, seed = key.pop("attack"), key.pop("rule"), key.pop("seed")
+        config = Config(**key, attacks=(attack,), rules=(rule,), seeds=(seed,))
+        assert RunSpec(config, attack, rule, seed).hash() == rec["hash"] == path.stem
+
+
+def test_tolerated_f_builds_the_rules_with_it(tmp_path, tiny_config):
+    """The rules assume ``tolerated_f`` Byzantine workers while ``f`` attack; the record
+    says so, and its table joins the baseline of the same honest workers."""
+    import dataclasses
+    cfg = dataclasses.replace(tiny_config, tolerated_f=3, rules=("cwtm",), baseline=True)
+    exp = build_experiment(cfg, "alie", "cwtm", [1])
+    assert exp.rule.f == 3 and exp.workers == cfg.n - cfg.f == 5
+    assert cfg.runs()[0].hash() != dataclasses.replace(cfg, tolerated_f=None).runs()[0].hash()
+    recs = run_grid(cfg, tmp_path, progress=False)
+    attacked = [r for r in recs if r["key"]["attack"] == "alie"]
+    assert len(recs) == 2 and attacked[0]["key"]["tolerated_f"] == 3
+    assert "tolerated_f" not in [r for r in recs if r["key"]["attack"] == "none"][0]["key"]
+    from nnmjax import table
+    md = table.format_markdown(recs)
+    assert "f=2, tolerated_f=3" in md and "Fault-free baseline (mean, 5 honest workers)" in md
 
 
 def test_grid_records_resume_and_corruption(tmp_path, tiny_config):
@@ -265,7 +298,7 @@ def test_fashion_mnist_paper_setting_reaches_65_percent(tmp_path):
 def test_shards_partition_the_grid(tmp_path, tiny_config):
     import dataclasses
     cfg = dataclasses.replace(tiny_config, attacks=("alie", "sign_flipping"), rules=("cwtm",))
-    a = run_grid(cfg, tmp_path, progress=False, shard=(0, 2))
+    run_grid(cfg, tmp_path, progress=False, shard=(0, 2))
     assert len(list((tmp_path / "runs").glob("*.json"))) == 1
     run_grid(cfg, tmp_path, progress=False, shard=(1, 2))
     assert len(list((tmp_path / "runs").glob("*.json"))) == 2
@@ -310,7 +343,6 @@ def test_dataset_too_small_for_the_partition_is_a_clear_error(tmp_path, capsys):
 def test_an_interrupted_group_resumes_from_its_checkpoint_bit_for_bit(tmp_path, tiny_config,
                                                                        monkeypatch, capsys):
     import dataclasses
-    from nnmjax import checkpoint
     from nnmjax.simulate import Experiment
 
     cfg = dataclasses.replace(tiny_config, eval_every=2, seeds=(1, 2))
