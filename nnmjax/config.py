@@ -54,6 +54,11 @@ class Config:
     attacks: tuple[str, ...] = ("optimal_alie",)
     rules: tuple[str, ...] = ("nnm+cwtm",)
     seeds: tuple[int, ...] = (1,)
+    #: The seed of the data partition (ByzFL's ``data_distribution_seed``); ``None``: each
+    #: run's ``seed``, which otherwise draws the model's initialisation, the minibatches
+    #: and the attacks' randomness. Sweep it to separate the two sources of variance; part
+    #: of a run's identity only when set.
+    data_seed: int | None = None
     steps: int = 800
     batch_size: int = 25
     lr: float = 0.75
@@ -105,8 +110,9 @@ class RunSpec:
         base = dataclasses.asdict(self.config)
         for k in ("attacks", "rules", "seeds", "baseline", "mesh"):
             base.pop(k)
-        if base["tolerated_f"] is None:  # so runs keep the hashes they had before the key
-            base.pop("tolerated_f")
+        for k in ("tolerated_f", "data_seed"):  # unset, runs keep the hashes they had before
+            if base[k] is None:
+                base.pop(k)
         return {**base, "attack": self.attack, "rule": self.rule, "seed": self.seed}
 
     def hash(self) -> str:
@@ -170,6 +176,8 @@ def _validate(c: Config):
     for s in c.seeds:
         if isinstance(s, bool) or not isinstance(s, int):
             _fail("seeds", f"must be integers; got {s!r}")
+    if c.data_seed is not None and (isinstance(c.data_seed, bool) or not isinstance(c.data_seed, int)):
+        _fail("data_seed", f"must be an integer or omitted; got {c.data_seed!r}")
     for axis, size in c.mesh:
         if axis not in ("runs", "workers"):
             _fail("mesh", f"unknown axis {axis!r}; the simulator's mesh has 'runs' and 'workers'")

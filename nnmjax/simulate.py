@@ -7,7 +7,7 @@ aggregation -> SGD with the paper's schedule), and records the honest loss and
 the empirical robustness ``kappa_hat`` of eq. (26). Steps run in ``lax.scan``
 chunks; whole runs are ``jax.vmap``-ed over seeds (each seed has its own
 partition, initialisation and sampling) and over the settings that change no shape
-(:data:`VMAPPED_KEYS`: the partition's ``alpha``/``gamma``, ``lr``, ``momentum``,
+(:data:`VMAPPED_KEYS`: the partition's ``alpha``/``gamma``/``data_seed``, ``lr``, ``momentum``,
 ``weight_decay``, ``clip``), so one compiled program runs e.g. every (alpha, seed) pair of
 a sweep.
 
@@ -52,7 +52,7 @@ __all__ = ["Experiment", "RunState", "learning_rate", "build_experiment", "exper
 EVAL_CHUNK = 1000
 #: Config keys that change no shape: runs differing only in these (and the seed) share one
 #: compiled program, vmapped (``clip`` only between numbers, not to or from ``None``).
-VMAPPED_KEYS = ("alpha", "gamma", "lr", "momentum", "weight_decay", "clip")
+VMAPPED_KEYS = ("alpha", "gamma", "data_seed", "lr", "momentum", "weight_decay", "clip")
 #: Hyperparameters of the step itself (the rest of ``VMAPPED_KEYS`` shape the data only).
 _STEP_KEYS = ("lr", "momentum", "weight_decay", "clip")
 
@@ -89,7 +89,9 @@ class RunState(NamedTuple):
 
 
 def _parts(config: Config, ds, seed: int, workers: int) -> list[np.ndarray]:
-    """Each worker's training-set indices under ``config``'s partition and ``seed``."""
+    """Each worker's training-set indices under ``config``'s partition, drawn with its
+    ``data_seed`` if set, else with the run's ``seed``."""
+    seed = seed if config.data_seed is None else config.data_seed
     parts = [np.asarray(p, dtype=np.int64).reshape(-1) for p in partition(
         ds.y_train, workers, method=config.partition, alpha=config.alpha, gamma=config.gamma,
         seed=seed)]

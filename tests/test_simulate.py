@@ -105,6 +105,25 @@ def test_runs_differing_in_shape_free_settings_share_one_program(tiny_config):
         np.testing.assert_allclose(acc[i], np.asarray(one.evaluate(s1))[0], atol=1e-6)
 
 
+def test_data_seed_fixes_the_partition_across_seeds(tiny_config):
+    """``data_seed`` draws the partition; the runs' seeds then differ in initialisation and
+    sampling only. Runs differing in it share one program."""
+    import dataclasses
+
+    same = build_experiment(dataclasses.replace(tiny_config, data_seed=7), "alie", "cwtm", [1, 2])
+    own = build_experiment(tiny_config, "alie", "cwtm", [1, 2])
+    data = jax.tree.map(np.asarray, (same.data, own.data))
+    for a in jax.tree.leaves(data[0]):
+        np.testing.assert_array_equal(a[0], a[1])  # one partition for both seeds
+    assert not all(np.array_equal(b[0], b[1]) for b in jax.tree.leaves(data[1]))  # each its own
+    settings = [dataclasses.replace(tiny_config, data_seed=d) for d in (7, 8)]
+    mixed = build_experiment(tiny_config, "alie", "cwtm", [1, 1], settings=settings)
+    first = jax.tree.leaves(jax.tree.map(np.asarray, mixed.data))
+    np.testing.assert_array_equal(first[0][0], jax.tree.leaves(data[0])[0][0])
+    with pytest.raises(ValueError, match="data_seed"):
+        load_config(None, ["data_seed=1.5"])
+
+
 def test_settings_that_change_shapes_are_refused(tiny_config):
     import dataclasses
 
