@@ -1,7 +1,8 @@
 """Result tables in the paper's Table 2 layout.
 
-For each setting of a run directory (every record field but attack, rule and seed), one
-table: the max test accuracy over the run, mean +- std over seeds, per attack, plus the
+For each setting of a run directory (every record field but attack, rule and the seeds), one
+table: the max test accuracy over the run, mean +- std over runs (seeds, and partition
+seeds when a grid sets ``data_seed``), per attack, plus the
 worst case over attacks; rows grouped in blocks by base rule (the final aggregator:
 ``krum``, ``bucketing+krum``, ``nnm+krum``, then ``gm``, ...), the best cell of each
 block in bold as in the paper. The fault-free baseline (``attack = "none"``,
@@ -23,7 +24,9 @@ ATTACK_ORDER = ("optimal_alie", "alie", "optimal_foe", "foe", "label_flipping", 
                 "mimic")
 #: Block order: the paper's Table 2 (Krum, GM, CWMed, CWTM), then its extra rules.
 BLOCK_ORDER = ("krum", "gm", "cwmed", "cwtm", "mda", "meamed", "multikrum")
-_PER_RUN = ("attack", "rule", "seed")
+#: Fields that tell runs of one cell or table apart; a cell pools every ``seed`` and
+#: ``data_seed`` (the partition's seed, when set).
+_PER_RUN = ("attack", "rule", "seed", "data_seed")
 #: Fields in which an attacked setting differs from its fault-free baseline.
 _ATTACKED = ("n", "f", "tolerated_f")
 #: Setting fields shown in a table's title.

@@ -1,17 +1,18 @@
 """Hyperparameter selection over a sweep: per setting and rule, the training
 hyperparameters with the best worst case over attacks.
 
-For a rule ``R`` in a setting ``S`` (every record field but the attack, the seed and the
+For a rule ``R`` in a setting ``S`` (every record field but the attack, the seeds and the
 tuned keys ``K``), each candidate ``v`` (a value of ``K`` that was run) scores
 
-    worst(v) = min over attacks a of  mean over seeds of  max_t acc_t(S, R, a, v, seed),
+    worst(v) = min over attacks a of  mean over runs of  max_t acc_t(S, R, a, v, run),
 
 the worst case of the paper's Table 2, and the chosen ``v*`` maximises it (ties: the first
 in sorted order), as ByzFL's benchmark does (``find_best_hyperparameters``: "maximize the
 minimum accuracy across different attacks"; ByzFL scores the maximum over time of the
 seed-averaged curve, we the seed average of each run's maximum, as Table 2 does).
 
-Only complete candidates compete: one that lacks an (attack, seed) another candidate has
+(the runs: every ``seed``, and ``data_seed`` when set). Only complete candidates compete:
+one that lacks an (attack, seed) another candidate has
 would be scored over fewer attacks, so it is left out and reported; a rule with no
 complete candidate is not tuned. The chosen candidates' records, with ``K`` dropped from
 their keys, make an ordinary run directory's records: :mod:`nnmjax.table` and
@@ -30,6 +31,10 @@ __all__ = ["TUNABLE", "Choice", "Tuned", "tune", "format_choices", "write_choice
 #: Config keys that may be tuned: training hyperparameters, not the problem (``f``,
 #: ``alpha``, the data, the model) nor a run's identity (attack, rule, seed).
 TUNABLE = ("lr", "lr_schedule", "momentum", "weight_decay", "clip", "batch_size")
+
+
+#: What tells the runs of one candidate apart.
+_RUN = ("attack", "seed", "data_seed")
 
 
 class Choice(NamedTuple):
@@ -95,13 +100,13 @@ def tune(records: Sequence[dict], keys: Sequence[str]) -> Tuned:
     for r in records:
         key = r["key"]
         setting = tuple(sorted((k, _frozen(v)) for k, v in key.items()
-                               if k not in keys and k not in ("attack", "seed")))
+                               if k not in keys and k not in _RUN))
         groups[setting][tuple(_frozen(key[k]) for k in keys)].append(r)
     out, choices, untuned = [], [], []
     for setting, candidates in groups.items():
         s = {k: v for k, v in setting if k != "rule"}
         rule = dict(setting)["rule"]
-        runs = {v: {(r["key"]["attack"], r["key"]["seed"]) for r in rs}
+        runs = {v: {tuple(r["key"].get(k) for k in _RUN) for r in rs}
                 for v, rs in candidates.items()}
         union = set().union(*runs.values())
         complete = sorted((v for v in candidates if runs[v] == union), key=_order)

@@ -151,3 +151,21 @@ def test_cli_table_and_plot_tune(tmp_path, capsys):
     assert (tuned / "plots" / "accuracy-cwtm.png").exists()
     with pytest.raises(SystemExit, match="nnmjax table: error: cannot tune"):
         main(["table", str(tmp_path), "--tune", "alpha"])
+
+
+def test_cells_pool_partition_seeds_and_tuning_needs_every_one():
+    recs = []
+    for data_seed, seed in itertools.product((1, 2), (1, 2)):
+        recs += _sweep(lambda rule, attack, lr, mom, s: lr + 0.01 * data_seed, rules=("cwtm",),
+                       seeds=(seed,))
+        for r in recs[-6:]:
+            r["key"]["data_seed"] = data_seed
+    lr01 = [r for r in recs if r["key"]["lr"] == 0.1]
+    (t,) = table.accuracy_tables(lr01)  # one table: data_seed pools like seed
+    assert t.cells[("cwtm", "mimic")] == (pytest.approx(0.115), pytest.approx(0.005), 4)
+    (c,) = tuning.tune(recs, ["lr"]).choices
+    assert c.values == {"lr": 0.5} and c.compared == 2
+    partial = [r for r in recs if not (r["key"]["lr"] == 0.5 and r["key"]["data_seed"] == 2
+                                       and r["key"]["seed"] == 1 and r["key"]["attack"] == "mimic")]
+    (c,) = tuning.tune(partial, ["lr"]).choices
+    assert c.values == {"lr": 0.1} and c.incomplete == ({"lr": 0.5},)
