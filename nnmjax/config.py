@@ -46,7 +46,7 @@ class Config:
     f: int = 4
     #: The ``f`` the rules are told (ByzFL's ``tolerated_f``); ``None``: the actual ``f``.
     #: Over- or under-estimating the number of Byzantine workers; part of a run's identity
-    #: only when set.
+    #: only when set to another value than ``f``.
     tolerated_f: int | None = None
     partition: str = "dirichlet"
     alpha: float = 0.1
@@ -77,6 +77,8 @@ class Config:
 
     def __post_init__(self):
         _validate(self)
+        if self.tolerated_f == self.f:  # the same experiment as leaving it unset: same identity
+            object.__setattr__(self, "tolerated_f", None)
 
     @property
     def honest(self) -> int:

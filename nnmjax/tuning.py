@@ -133,7 +133,7 @@ def _rank(setting: dict, rule: str) -> tuple:
 
 
 def _setting_text(setting: dict, varying: Sequence[str]) -> str:
-    return ", ".join(f"{k}={setting.get(k)}" for k in varying) or "-"
+    return ", ".join(f"{k}={setting[k]}" for k in varying if k in setting) or "-"
 
 
 def _varying(settings) -> list[str]:

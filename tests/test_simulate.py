@@ -237,6 +237,7 @@ def test_tolerated_f_builds_the_rules_with_it(tmp_path, tiny_config):
     exp = build_experiment(cfg, "alie", "cwtm", [1])
     assert exp.rule.f == 3 and exp.workers == cfg.n - cfg.f == 5
     assert cfg.runs()[0].hash() != dataclasses.replace(cfg, tolerated_f=None).runs()[0].hash()
+    assert dataclasses.replace(cfg, tolerated_f=cfg.f).tolerated_f is None  # = f: the same run
     recs = run_grid(cfg, tmp_path, progress=False)
     attacked = [r for r in recs if r["key"]["attack"] == "alie"]
     assert len(recs) == 2 and attacked[0]["key"]["tolerated_f"] == 3
