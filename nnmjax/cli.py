@@ -149,6 +149,11 @@ def _add_run(subparsers) -> None:
                    help="list the compiled groups a run would run, in order (and where a "
                         "checkpoint resumes one), then exit without running anything")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--jobs", type=int, default=1, metavar="K",
+                   help="run the grid in K worker processes on this machine (each its "
+                        "interleaved slice of the groups, logs under DIR/logs), so that one "
+                        "compiles while the others run: for a many-core host with an "
+                        "accelerator (default: %(default)s)")
     p.add_argument("--coordinator", metavar="HOST:PORT", default=None,
                    help="join a multi-process run through jax.distributed (with "
                         "--num-processes and --process-id); each process then runs its own "
@@ -268,6 +273,8 @@ def _run_run(args) -> int:
         raise SystemExit(f"nnmjax run: error: {e}")
     if args.plan:
         return _print_plan(config, args.out, shard)
+    if args.jobs != 1:
+        return _run_jobs(args, config, shard, count)
     try:
         every = args.checkpoint_every
         records = run_grid(config, args.out, progress=not args.quiet, shard=shard,
@@ -276,6 +283,32 @@ def _run_run(args) -> int:
         raise SystemExit(f"nnmjax run: error: {e}")
     if reporter:
         _report(args.out, records)
+    return 0
+
+
+def _run_jobs(args, config, shard, processes) -> int:
+    from nnmjax import results
+    from nnmjax.grid import grid_runs, pending_runs, shard_slice
+    from nnmjax.jobs import run_jobs
+
+    if args.jobs < 1:
+        raise SystemExit(f"nnmjax run: error: --jobs must be >= 1; got {args.jobs}")
+    if processes > 1:
+        raise SystemExit("nnmjax run: error: --jobs runs processes on one machine; with "
+                         "--coordinator start one process per host instead")
+    try:
+        _, todo = pending_runs(config, args.out)
+    except results.CorruptRecordError as e:
+        raise SystemExit(f"nnmjax run: error: {e}")
+    todo = [s.hash() for s in shard_slice(grid_runs(config), todo, shard)]
+    worker = ([args.config] if args.config else []) + [
+        a for o in args.overrides for a in ("--set", o)] + [
+        "--out", args.out, "--checkpoint-every", str(args.checkpoint_every)]
+    if run_jobs(worker, args.out, todo, shard=shard, jobs=args.jobs, progress=not args.quiet):
+        return 1
+    results.write_summary(args.out)
+    grid = {s.hash() for s in grid_runs(config)}
+    _report(args.out, [r for r in results.load_records(args.out) if r["hash"] in grid])
     return 0
 
 

@@ -30,7 +30,8 @@ from nnmjax.provenance import code_info, source_digest
 from nnmjax.simulate import build_experiment, program_key, spans_processes, worker_data_bytes
 
 __all__ = ["run_grid", "pending_runs", "grid_runs", "program_groups", "memory_budget",
-           "eval_points", "load_datasets", "build_group", "chunks", "plan_grid", "PlannedGroup", "GridPlan"]
+           "eval_points", "load_datasets", "build_group", "chunks", "plan_grid", "PlannedGroup", "GridPlan",
+           "shard_slice"]
 
 #: Share of the device memory (host RAM on CPU) one compiled group's worker data may take;
 #: larger groups are split into several programs.
@@ -144,8 +145,9 @@ def _check_shard(shard) -> None:
         raise ValueError(f"shard must be (i, k) with 0 <= i < k; got {shard!r}")
 
 
-def _my_slice(runs: Sequence[RunSpec], todo: Sequence[RunSpec], shard) -> list[RunSpec]:
-    """The runs of ``todo`` in shard ``(i, k)``'s interleaved slice of the grid's groups."""
+def shard_slice(runs: Sequence[RunSpec], todo: Sequence[RunSpec], shard) -> list[RunSpec]:
+    """The runs of ``todo`` in shard ``(i, k)``'s interleaved slice of the groups of the grid
+    ``runs`` (:func:`grid_runs`)."""
     i, k = shard
     every = list(dict.fromkeys((program_key(s.config), s.attack, s.rule) for s in runs))
     mine = set(every[i::k])
@@ -184,7 +186,7 @@ def plan_grid(config: Config | Sequence[Config], out_dir: Path | str, *,
     nothing, and needs no data (without it, groups are not split by memory)."""
     _check_shard(shard)
     done, todo = pending_runs(config, out_dir)
-    todo = _my_slice(grid_runs(config), todo, shard)
+    todo = shard_slice(grid_runs(config), todo, shard)
     try:
         datasets, missing = load_datasets(todo), None
     except DatasetNotFoundError as e:
@@ -231,7 +233,7 @@ def run_grid(config: Config | Sequence[Config], out_dir: Path | str, *, progress
         todo = [s for s, flag in zip(runs, flags) if not flag]
     writer = not collective or jax.process_index() == 0
     keep = checkpoint_s is not None and not collective
-    todo = _my_slice(runs, todo, shard)
+    todo = shard_slice(runs, todo, shard)
     datasets = load_datasets(todo)
     groups = program_groups(todo, datasets=datasets)
     code = code_info() if groups else None

@@ -279,6 +279,31 @@ def test_cli_plan_without_data(tmp_path, capsys):
     assert "needs data not found here" in out and "could not find" in out and str(tmp_path) in out
 
 
+@pytest.mark.slow
+def test_cli_jobs_split_a_grid_over_worker_processes(tmp_path, capsys):
+    """--jobs 2: two worker processes fill one directory with the records a single process
+    writes (bit for bit), each with its log; a failing worker fails the run, its log shown."""
+    from nnmjax.cli import main
+    sets = [a for s in TINY + ["attacks=['sign_flipping', 'alie']", "rules=['cwtm']"]
+            for a in ("--set", s)]
+    assert main(["run", "--out", str(tmp_path / "jobs"), "--quiet", "--jobs", "2"] + sets) == 0
+    assert "worst case" in capsys.readouterr().out
+    assert sorted(p.name for p in (tmp_path / "jobs" / "logs").iterdir()) == [
+        "run-shard-0-of-2.log", "run-shard-1-of-2.log"]
+    assert main(["run", "--out", str(tmp_path / "one"), "--quiet"] + sets) == 0
+    jobs, one = results.load_records(tmp_path / "jobs"), results.load_records(tmp_path / "one")
+    assert len(jobs) == len(one) == 3
+    for a, b in zip(jobs, one):
+        assert a["hash"] == b["hash"] and a["curves"] == b["curves"]
+    assert len((tmp_path / "jobs" / "summary.csv").read_text().splitlines()) == 1 + 3
+    bad = sets + ["--set", "dataset='mnist'", "--set", f"data_dir='{tmp_path}'"]
+    assert main(["run", "--out", str(tmp_path / "bad"), "--quiet", "--jobs", "2"] + bad) == 1
+    err = capsys.readouterr().err
+    assert "worker run-shard-1-of-2.log exited with 1" in err and "could not find" in err
+    with pytest.raises(SystemExit, match="--jobs must be >= 1"):
+        main(["run", "--out", str(tmp_path / "bad"), "--jobs", "0"] + sets)
+
+
 def test_cli_run_table_plot(tmp_path, capsys):
     from nnmjax.cli import main
     args = ["run", "--out", str(tmp_path)] + [a for s in TINY for a in ("--set", s)] + [

@@ -1,0 +1,78 @@
+"""``nnmjax run --jobs K``: one grid run by ``K`` worker processes on one machine.
+
+Each worker is ``nnmjax run ... --shard I/K`` on its interleaved slice of the
+(setting, attack, rule) groups, all writing into one output directory (records are keyed by
+their own hash, so they never collide). While one worker compiles a group (CPU-bound, one
+core) the others run theirs, so on a many-core host with an accelerator the device is kept
+busy; on a host whose cores are all busy already it gains nothing. Each worker gets
+``1/K`` of an accelerator's memory (``XLA_PYTHON_CLIENT_MEM_FRACTION``, unless set) and
+writes its log to ``DIR/logs/``; this process shows one progress bar over the grid's runs,
+and stops the workers on Ctrl-C (each resumes from its last checkpoint next time).
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Sequence
+
+__all__ = ["run_jobs", "worker_shards"]
+
+
+def worker_shards(shard: tuple[int, int], jobs: int) -> list[tuple[int, int]]:
+    """The ``jobs`` shards that together make ``shard`` (``(i, k)`` -> ``(i + k j, k jobs)``,
+    interleaved like :func:`nnmjax.grid.run_grid`'s own slices)."""
+    i, k = shard
+    return [(i + k * j, k * jobs) for j in range(jobs)]
+
+
+def _env(jobs: int) -> dict[str, str]:
+    env = dict(os.environ)
+    if "XLA_PYTHON_CLIENT_MEM_FRACTION" not in env and env.get(
+            "XLA_PYTHON_CLIENT_PREALLOCATE", "").lower() not in ("false", "0"):
+        env["XLA_PYTHON_CLIENT_MEM_FRACTION"] = f"{0.9 / jobs:.3f}"
+    return env
+
+
+def run_jobs(worker_args: Sequence[str], out_dir: Path | str, todo: Sequence[str], *,
+             shard: tuple[int, int], jobs: int, progress: bool = True,
+             poll_s: float = 1.0) -> int:
+    """Run ``nnmjax run *worker_args --shard S --quiet`` for each of the ``jobs`` shards of
+    ``shard`` and wait for all; ``todo``: the hashes of the runs left, for the progress bar.
+    Returns 0, or 1 naming the workers that failed and the tail of their logs."""
+    from tqdm.auto import tqdm
+
+    out_dir = Path(out_dir)
+    logs = out_dir / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    env, procs = _env(jobs), []
+    for i, k in worker_shards(shard, jobs):
+        log = logs / f"run-shard-{i}-of-{k}.log"
+        cmd = [sys.executable, "-m", "nnmjax.cli", "run", *worker_args, "--shard", f"{i}/{k}",
+               "--quiet"]
+        with open(log, "w") as fh:
+            procs.append((log, subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT,
+                                                env=env)))
+    runs = out_dir / "runs"
+    bar = tqdm(total=len(todo), unit="run", disable=not progress,
+               desc=f"{len(todo)} runs, {jobs} processes")
+    try:
+        while any(p.poll() is None for _, p in procs):
+            time.sleep(poll_s)
+            bar.update(sum((runs / f"{h}.json").exists() for h in todo) - bar.n)
+    except KeyboardInterrupt:
+        for _, p in procs:
+            p.terminate()
+        for _, p in procs:
+            p.wait()
+        raise
+    finally:
+        bar.close()
+    failed = [(log, p.returncode) for log, p in procs if p.returncode != 0]
+    for log, rc in failed:
+        tail = log.read_text().splitlines()[-15:]
+        print(f"nnmjax run: worker {log.name} exited with {rc}; its log ends:\n  "
+              + "\n  ".join(tail), file=sys.stderr)
+    return 1 if failed else 0
