@@ -304,8 +304,13 @@ def _run_jobs(args, config, shard, processes) -> int:
     worker = ([args.config] if args.config else []) + [
         a for o in args.overrides for a in ("--set", o)] + [
         "--out", args.out, "--checkpoint-every", str(args.checkpoint_every)]
-    if run_jobs(worker, args.out, todo, shard=shard, jobs=args.jobs, progress=not args.quiet):
-        return 1
+    try:
+        if run_jobs(worker, args.out, todo, shard=shard, jobs=args.jobs, progress=not args.quiet):
+            return 1
+    except KeyboardInterrupt:
+        print("nnmjax run: interrupted; finished runs are kept and a re-run resumes the others",
+              file=sys.stderr)
+        return 130
     results.write_summary(args.out)
     grid = {s.hash() for s in grid_runs(config)}
     _report(args.out, [r for r in results.load_records(args.out) if r["hash"] in grid])

@@ -12,6 +12,7 @@ and stops the workers on Ctrl-C (each resumes from its last checkpoint next time
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -62,11 +63,14 @@ def run_jobs(worker_args: Sequence[str], out_dir: Path | str, todo: Sequence[str
         while any(p.poll() is None for _, p in procs):
             time.sleep(poll_s)
             bar.update(sum((runs / f"{h}.json").exists() for h in todo) - bar.n)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt:  # stop the workers as Ctrl-C stops one: finished records stay
         for _, p in procs:
-            p.terminate()
+            p.send_signal(signal.SIGINT)
         for _, p in procs:
-            p.wait()
+            try:
+                p.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                p.kill()
         raise
     finally:
         bar.close()
