@@ -210,6 +210,11 @@ def test_claims_script_verdicts():
             "`bucketing+krum` 41.50 ± 0.50%: 40.00 points ahead; paper: `nnm+krum`.") in text
     assert "- **gm**: best worst case here `gm` (not NNM); paper: `nnm+gm`." in text
     assert "Bucketing's worst case across rules (complete rows only): 41.50-51.50%" in text
+    # attack by attack, against the paper's full Table 2 (a one-rule block has no winner)
+    assert "| krum | NNM 81.50 / NNM 78.30 | NNM 91.50 / NNM 82.44 | NNM 101.50 / NNM 97.69 |" in text
+    assert "| gm | — | — | — |" in text
+    assert "krum: NNM best under 3 of 3; cwtm: NNM best under 3 of 3 (paper:" in text
+    assert claims.PAPER_WORST["nnm+gm"] == 75.27 and claims.PAPER_WORST["cwtm"] == 27.45
     partial = [r for r in _records() if not (r["key"]["rule"] == "cwtm" and r["key"]["seed"] == 2)]
     assert "- **cwtm**: incomplete" in claims.claims(partial)
     # one bad seed of NNM + Krum: still ahead on average, but not by a standard deviation
