@@ -72,7 +72,9 @@ def per_attack(t) -> list[str]:
             tally.append(f"{base}: NNM best under {nnm} of {full}")
     out += ["", "NNM the best variant, attacks with all three variants here: "
             + ("; ".join(tally) if tally else "none yet")
-            + " (paper: under all five for Krum, CWMed and CWTM; for GM under FOE only)."]
+            + " (paper: under all five for Krum, CWMed and CWTM; for GM under FOE only).",
+            "", "The paper prints the same numbers for Bucketing + CWTM as for Bucketing + CWMed "
+            "in every column; they are compared as printed."]
     return out
 
 
