@@ -115,9 +115,10 @@ def tune(records: Sequence[dict], keys: Sequence[str]) -> Tuned:
         if not complete:
             untuned.append((s, rule))
             continue
-        best = max(complete, key=lambda v: (_worst(candidates[v]), -complete.index(v)))
-        choices.append(Choice(s, rule, dict(zip(keys, best)), _worst(candidates[best]),
-                              len(complete), incomplete))
+        score = {v: _worst(candidates[v]) for v in complete}
+        best = max(complete, key=lambda v: (score[v], -complete.index(v)))  # ties: the first
+        choices.append(Choice(s, rule, dict(zip(keys, best)), score[best], len(complete),
+                              incomplete))
         out += [{**r, "key": {k: v for k, v in r["key"].items() if k not in keys}}
                 for r in candidates[best]]
     return Tuned(out, sorted(choices, key=lambda c: _rank(c.setting, c.rule)),
