@@ -19,13 +19,14 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
+from nnmjax.models import MODELS
+
 __all__ = ["Config", "RunSpec", "load_config", "load_grid", "expand_sweep", "parse_set", "QUICKSTART",
            "ATTACK_NAMES"]
 
 ATTACK_NAMES = ("none", "sign_flipping", "foe", "alie", "optimal_foe", "optimal_alie", "mimic",
                 "inf", "gaussian", "label_flipping")
 DATASETS = ("digits", "mnist", "fashion_mnist", "cifar10")
-MODELS = ("paper_cnn", "cifar_cnn", "logreg", "mlp")
 PARTITIONS = ("iid", "dirichlet", "dirichlet_per_class", "gamma_similarity", "extreme")
 SCHEDULES = ("constant", "paper_mnist", "paper_cifar")
 

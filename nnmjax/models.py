@@ -27,6 +27,10 @@ them). ``train=False`` uses the running averages and disables dropout.
 BatchNorm uses PyTorch's defaults (momentum 0.1, i.e. flax ``momentum=0.9``,
 ``epsilon=1e-5``).
 
+ByzFL's models are here too (see :func:`make_model`): ``byzfl_fc_mnist``,
+``byzfl_cnn_mnist``, ``byzfl_cnn_cifar`` (:class:`ByzflCifarCNN`) and the ResNets of
+:mod:`nnmjax.resnet`.
+
 Initialization follows PyTorch's defaults (weights and biases
 ``U(-1/sqrt(fan_in), 1/sqrt(fan_in))``), as the paper's experiments were run in
 PyTorch and its learning rates (e.g. ``0.75``) are tuned for that scale.
@@ -73,7 +77,7 @@ not reproduced: we see ~2x, not ~4x.)
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, Sequence, Tuple
+from typing import Any, Callable, Tuple
 
 import flax.linen as nn
 import jax
@@ -86,6 +90,8 @@ __all__ = [
     "max_pool2",
     "PaperCNN",
     "CifarCNN",
+    "ByzflCifarCNN",
+    "dense_torch_init",
     "LogisticRegression",
     "MLP",
     "make_model",
@@ -96,7 +102,8 @@ __all__ = [
     "param_count",
 ]
 
-MODELS = ("paper_cnn", "cifar_cnn", "logreg", "mlp")
+MODELS = ("paper_cnn", "cifar_cnn", "logreg", "mlp", "byzfl_fc_mnist", "byzfl_cnn_mnist",
+          "byzfl_cnn_cifar", "resnet18", "resnet34", "resnet50", "resnet101", "resnet152")
 CONV_IMPLS = ("auto", "shift", "im2col", "xla", "flax")
 POOL_IMPLS = ("reshape", "flax")
 
@@ -125,7 +132,8 @@ def _torch_bias_init(fan_in: int) -> Callable:
     return init
 
 
-def _dense(features: int, fan_in: int, name: str | None = None) -> nn.Dense:
+def dense_torch_init(features: int, fan_in: int, name: str | None = None) -> nn.Dense:
+    """``nn.Dense`` with PyTorch's ``Linear`` initialization for ``fan_in`` inputs."""
     return nn.Dense(features, kernel_init=torch_kernel_init,
                     bias_init=_torch_bias_init(fan_in), name=name)
 
@@ -142,46 +150,58 @@ def _resolve_impl(impl: str) -> str:
 
 
 class Conv5(nn.Module):
-    """VALID, stride-1 2-D convolution, ``y[h, w] = b + sum_{i,j} x[h+i, w+j] @ K[i, j]``.
+    """2-D convolution ``y[h, w] = b + sum_{i,j} xp[s*h+i, s*w+j] @ K[i, j]``.
 
-    Parameters ``kernel [k, k, cin, cout]`` and ``bias [cout]`` match
-    ``flax.linen.Conv(features, (k, k), padding="VALID")``; ``impl`` picks the
-    formulation (see the module docstring for timings). Input ``[..., H, W, cin]``.
+    ``xp`` is ``x`` zero-padded by ``padding`` on each side (PyTorch's symmetric padding),
+    ``s`` the ``stride``; the defaults (``5x5``, stride 1, no padding, with bias) are the
+    paper CNNs' convolutions. Parameters ``kernel [k, k, cin, cout]`` and ``bias [cout]``
+    (absent when ``use_bias=False``) match ``flax.linen.Conv(features, (k, k),
+    strides=s, padding=((p, p), (p, p)))``; ``impl`` picks the formulation (see the module
+    docstring for timings). Input ``[..., H, W, cin]``.
     """
 
     features: int
     kernel_size: int = 5
     impl: str = "auto"
+    stride: int = 1
+    padding: int = 0
+    use_bias: bool = True
 
     @nn.compact
     def __call__(self, x: Array) -> Array:
-        k = self.kernel_size
+        k, s, p = self.kernel_size, self.stride, self.padding
         cin = x.shape[-1]
         kernel = self.param("kernel", torch_kernel_init, (k, k, cin, self.features))
-        bias = self.param("bias", _torch_bias_init(k * k * cin), (self.features,))
         kernel = kernel.astype(x.dtype)
+        if p:
+            x = jnp.pad(x, [(0, 0)] * (x.ndim - 3) + [(p, p), (p, p), (0, 0)])
         H, W = x.shape[-3], x.shape[-2]
-        Ho, Wo = H - k + 1, W - k + 1
-        if Ho < 1 or Wo < 1:
+        if H < k or W < k:
             raise ValueError(f"x: spatial size {(H, W)} is smaller than the {k}x{k} kernel")
+        Ho, Wo = (H - k) // s + 1, (W - k) // s + 1
+
+        def window(i, j):  # the input under kernel offset (i, j), [..., Ho, Wo, cin]
+            return x[..., i:i + s * (Ho - 1) + 1:s, j:j + s * (Wo - 1) + 1:s, :]
+
         impl = _resolve_impl(self.impl)
         if impl == "shift":
             y = None
             for i in range(k):
                 for j in range(k):
-                    t = jnp.einsum("...hwc,cd->...hwd", x[..., i:i + Ho, j:j + Wo, :], kernel[i, j])
+                    t = jnp.einsum("...hwc,cd->...hwd", window(i, j), kernel[i, j])
                     y = t if y is None else y + t
         elif impl == "im2col":
-            cols = jnp.concatenate(
-                [x[..., i:i + Ho, j:j + Wo, :] for i in range(k) for j in range(k)], axis=-1)
+            cols = jnp.concatenate([window(i, j) for i in range(k) for j in range(k)], axis=-1)
             y = cols @ kernel.reshape(k * k * cin, self.features)
         else:  # "xla" and "flax": lax.conv_general_dilated (what nn.Conv calls)
             batch = x.shape[:-3]
             xx = x.reshape((-1,) + x.shape[-3:])
             y = jax.lax.conv_general_dilated(
-                xx, kernel, (1, 1), "VALID", dimension_numbers=("NHWC", "HWIO", "NHWC"))
+                xx, kernel, (s, s), "VALID", dimension_numbers=("NHWC", "HWIO", "NHWC"))
             y = y.reshape(batch + y.shape[1:])
-        return y + bias
+        if not self.use_bias:
+            return y
+        return y + self.param("bias", _torch_bias_init(k * k * cin), (self.features,))
 
 
 def max_pool2(x: Array) -> Array:
@@ -210,17 +230,6 @@ def _conv(features: int, impl: str, name: str, cin: int):
 # ------------------------------------------------------------------------ models
 
 
-def _check_spatial(name: str, input_shape: Sequence[int], minimum: int) -> None:
-    if len(input_shape) != 3:
-        raise ValueError(f"input_shape: expected (H, W, C), got {tuple(input_shape)}")
-    if min(input_shape[0], input_shape[1]) < minimum:
-        raise ValueError(
-            f"input_shape: {name} needs images of at least {minimum}x{minimum} "
-            f"(two 5x5 VALID convs and pools); got {tuple(input_shape)}. "
-            "For 8x8 digits use 'logreg' or 'mlp'."
-        )
-
-
 class PaperCNN(nn.Module):
     """The paper's MNIST/Fashion-MNIST CNN (Table 3): ``C(20)-R-M-C(20)-R-M-L(500)-R-L(10)-S``.
 
@@ -231,15 +240,18 @@ class PaperCNN(nn.Module):
     num_classes: int = 10
     impl: str = "auto"
     pool: str = "reshape"
+    #: output channels of the two convolutions; ``(20, 50)`` is ByzFL's ``cnn_mnist``
+    channels: Tuple[int, int] = (20, 20)
 
     @nn.compact
     def __call__(self, x: Array, train: bool = False) -> Array:
         del train  # no dropout / batch norm
-        x = _pool(nn.relu(_conv(20, self.impl, "Conv_0", x.shape[-1])(x)), self.pool)
-        x = _pool(nn.relu(_conv(20, self.impl, "Conv_1", 20)(x)), self.pool)
+        c0, c1 = self.channels
+        x = _pool(nn.relu(_conv(c0, self.impl, "Conv_0", x.shape[-1])(x)), self.pool)
+        x = _pool(nn.relu(_conv(c1, self.impl, "Conv_1", c0)(x)), self.pool)
         x = x.reshape(x.shape[:-3] + (-1,))
-        x = nn.relu(_dense(500, x.shape[-1], "Dense_0")(x))
-        x = _dense(self.num_classes, 500, "Dense_1")(x)
+        x = nn.relu(dense_torch_init(500, x.shape[-1], "Dense_0")(x))
+        x = dense_torch_init(self.num_classes, 500, "Dense_1")(x)
         return nn.log_softmax(x)
 
 
@@ -269,10 +281,37 @@ class CifarCNN(nn.Module):
         x = bn("BatchNorm_3")(nn.relu(_conv(128, self.impl, "Conv_3", 128)(x)))
         x = nn.Dropout(self.dropout_rate, deterministic=not train)(_pool(x, self.pool))
         x = x.reshape(x.shape[:-3] + (-1,))
-        x = nn.relu(_dense(128, x.shape[-1], "Dense_0")(x))
+        x = nn.relu(dense_torch_init(128, x.shape[-1], "Dense_0")(x))
         x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
-        x = _dense(self.num_classes, 128, "Dense_1")(x)
+        x = dense_torch_init(self.num_classes, 128, "Dense_1")(x)
         return nn.log_softmax(x)
+
+
+class ByzflCifarCNN(nn.Module):
+    """ByzFL's ``cnn_cifar``: three padded 5x5 convolutions, then three linear layers.
+
+    ``C(20)-R-M-C(100)-R-M-C(200)-R-M-L(512)-R-L(256)-R-L(10)-S``, each convolution 5x5
+    with padding 2 (the side is kept), so ``32 -> 16 -> 8 -> 4`` and the flatten is
+    ``4*4*200 = 3200`` (in HWC order; ByzFL flattens CHW, a fixed permutation of the first
+    linear layer's rows). 2,324,630 parameters on 32x32 RGB images; no BatchNorm or
+    dropout. ByzFL returns logits; we return their ``log_softmax``.
+    """
+
+    num_classes: int = 10
+    impl: str = "auto"
+    pool: str = "reshape"
+
+    @nn.compact
+    def __call__(self, x: Array, train: bool = False) -> Array:
+        del train  # no dropout / batch norm
+        pad = [(0, 0)] * (x.ndim - 3) + [(2, 2), (2, 2), (0, 0)]
+        for i, (cin, cout) in enumerate([(x.shape[-1], 20), (20, 100), (100, 200)]):
+            x = _pool(nn.relu(_conv(cout, self.impl, f"conv{i + 1}", cin)(jnp.pad(x, pad))),
+                      self.pool)
+        x = x.reshape(x.shape[:-3] + (-1,))
+        x = nn.relu(dense_torch_init(512, x.shape[-1], "fc1")(x))
+        x = nn.relu(dense_torch_init(256, 512, "fc2")(x))
+        return nn.log_softmax(dense_torch_init(self.num_classes, 256, "fc3")(x))
 
 
 class LogisticRegression(nn.Module):
@@ -284,7 +323,7 @@ class LogisticRegression(nn.Module):
     def __call__(self, x: Array, train: bool = False) -> Array:
         del train
         x = x.reshape(x.shape[:-3] + (-1,))
-        return nn.log_softmax(_dense(self.num_classes, x.shape[-1])(x))
+        return nn.log_softmax(dense_torch_init(self.num_classes, x.shape[-1])(x))
 
 
 class MLP(nn.Module):
@@ -297,17 +336,43 @@ class MLP(nn.Module):
     def __call__(self, x: Array, train: bool = False) -> Array:
         del train
         x = x.reshape(x.shape[:-3] + (-1,))
-        x = nn.relu(_dense(self.hidden, x.shape[-1])(x))
-        return nn.log_softmax(_dense(self.num_classes, self.hidden)(x))
+        x = nn.relu(dense_torch_init(self.hidden, x.shape[-1])(x))
+        return nn.log_softmax(dense_torch_init(self.num_classes, self.hidden)(x))
+
+
+def _builder(name: str) -> Tuple[Callable[..., nn.Module], int]:
+    """``(module constructor taking num_classes and options, smallest image side)``."""
+    if name.startswith("resnet"):
+        from nnmjax import resnet  # resnet builds on this module
+
+        block, stages = resnet.RESNETS[name]
+        return (lambda **kw: resnet.ResNet(block=block, stage_sizes=stages, **kw),
+                resnet.MIN_SIZE)
+    return {
+        "paper_cnn": (PaperCNN, 16),
+        "cifar_cnn": (CifarCNN, 28),
+        "logreg": (LogisticRegression, 1),
+        "mlp": (MLP, 1),
+        "byzfl_fc_mnist": (lambda **kw: MLP(hidden=100, **kw), 1),
+        "byzfl_cnn_mnist": (lambda **kw: PaperCNN(channels=(20, 50), **kw), 16),
+        "byzfl_cnn_cifar": (ByzflCifarCNN, 8),
+    }[name]
 
 
 def make_model(name: str, num_classes: int = 10,
                input_shape: Tuple[int, int, int] = (28, 28, 1), **options: Any) -> nn.Module:
-    """Builds a model by name: ``"paper_cnn"``, ``"cifar_cnn"``, ``"logreg"``, ``"mlp"``.
+    """Builds a model by name (one of :data:`MODELS`).
+
+    The paper's ``"paper_cnn"`` and ``"cifar_cnn"`` (Table 3); ``"logreg"`` and ``"mlp"``
+    (``hidden=64``) for small data; ByzFL's models: ``"byzfl_fc_mnist"`` (its
+    ``fc_mnist``, an MLP with 100 hidden units), ``"byzfl_cnn_mnist"`` (``cnn_mnist``, the
+    paper CNN with 50 channels in its second convolution), ``"byzfl_cnn_cifar"``
+    (``cnn_cifar``, :class:`ByzflCifarCNN`) and ``"resnet18"`` ... ``"resnet152"``
+    (:mod:`nnmjax.resnet`). ByzFL's ``logreg_mnist`` returns sigmoids, not probabilities;
+    ``"logreg"`` is the multinomial logistic regression instead.
 
     ``input_shape`` is ``(H, W, C)`` of one image and is checked against the
-    architecture; ``options`` go to the module (e.g. ``impl="xla"``,
-    ``hidden=128``).
+    architecture; ``options`` go to the module (e.g. ``impl="xla"``, ``hidden=128``).
     """
     if name not in MODELS:
         raise ValueError(f"name: unknown model {name!r}; valid models are {MODELS}")
@@ -316,15 +381,12 @@ def make_model(name: str, num_classes: int = 10,
     input_shape = tuple(int(s) for s in input_shape)
     if len(input_shape) != 3:
         raise ValueError(f"input_shape: expected (H, W, C), got {input_shape}")
-    if name == "paper_cnn":
-        _check_spatial(name, input_shape, 16)
-        return PaperCNN(num_classes=num_classes, **options)
-    if name == "cifar_cnn":
-        _check_spatial(name, input_shape, 28)
-        return CifarCNN(num_classes=num_classes, **options)
-    if name == "logreg":
-        return LogisticRegression(num_classes=num_classes, **options)
-    return MLP(num_classes=num_classes, **options)
+    build, minimum = _builder(name)
+    if min(input_shape[:2]) < minimum:
+        raise ValueError(
+            f"input_shape: {name} needs images of at least {minimum}x{minimum}; got "
+            f"{input_shape}. For 8x8 digits use 'logreg', 'mlp' or 'byzfl_fc_mnist'.")
+    return build(num_classes=num_classes, **options)
 
 
 # ------------------------------------------------------------------ loss & utils

@@ -53,14 +53,19 @@ def _numpy_variables(model, x, **kw):
 
 
 @pytest.mark.parametrize("impl", ["shift", "im2col", "xla"])
-def test_conv5_matches_flax_conv(impl):
+@pytest.mark.parametrize("k, stride, pad, bias, out_hw", [(5, 1, 0, True, (7, 6)),
+                                                          (3, 2, 1, False, (6, 5)),
+                                                          (1, 2, 0, False, (6, 5))])
+def test_conv5_matches_flax_conv(impl, k, stride, pad, bias, out_hw):
+    """Also strided and padded (ResNet's 3x3 / 1x1 convolutions): PyTorch's symmetric
+    padding, which flax's ``"SAME"`` is not for stride 2."""
     x = RNG.normal(size=(2, 3, 11, 10, 3)).astype(np.float32)  # extra leading (worker) axis
-    ref = nn.Conv(4, (5, 5), padding="VALID")
-    mine = Conv5(4, 5, impl=impl)
+    ref = nn.Conv(4, (k, k), strides=stride, padding=((pad, pad), (pad, pad)), use_bias=bias)
+    mine = Conv5(4, k, impl=impl, stride=stride, padding=pad, use_bias=bias)
     params = _numpy_variables(ref, x)
     assert jax.tree_util.tree_structure(params) == jax.tree_util.tree_structure(
         jax.eval_shape(lambda: mine.init(jax.random.key(0), x)))
-    g = RNG.normal(size=(2, 3, 7, 6, 4)).astype(np.float32)
+    g = RNG.normal(size=(2, 3) + out_hw + (4,)).astype(np.float32)
 
     @jax.jit
     def both(p, xx):
@@ -71,7 +76,7 @@ def test_conv5_matches_flax_conv(impl):
         return outs
 
     (y, gy), (y_ref, gy_ref) = both(params, x)
-    assert y.shape == (2, 3, 7, 6, 4)
+    assert y.shape == (2, 3) + out_hw + (4,)
     _close(y, y_ref)
     _close(gy, gy_ref)
 
@@ -172,6 +177,36 @@ def test_small_models(name):
     np.testing.assert_allclose(np.exp(out).sum(-1), 1.0, rtol=1e-5)
 
 
+@pytest.mark.parametrize("name, shape, params, stats", [
+    ("byzfl_fc_mnist", (28, 28, 1), 79_510, 0),
+    ("byzfl_cnn_mnist", (28, 28, 1), 431_080, 0),
+    ("byzfl_cnn_cifar", (32, 32, 3), 2_324_630, 0),
+    ("resnet18", (32, 32, 3), 11_173_962, 9_600),
+    ("resnet34", (32, 32, 3), 21_282_122, 17_024),
+    ("resnet50", (32, 32, 3), 23_520_842, 53_120),
+    ("resnet101", (32, 32, 3), 42_512_970, 105_344),
+    ("resnet152", (32, 32, 3), 58_156_618, 151_424),
+])
+def test_byzfl_model_sizes(name, shape, params, stats):
+    """ByzFL's models: its PyTorch modules' parameter and running-statistic counts
+    (compared with ByzFL itself, and output for output, in test_byzfl_models.py)."""
+    m = make_model(name, 10, shape)
+    v = jax.eval_shape(lambda: m.init(jax.random.key(0), jnp.zeros((1,) + shape)))
+    assert param_count(v["params"]) == params
+    assert param_count(v.get("batch_stats", {})) == stats
+    assert jax.eval_shape(m.apply, v, jnp.zeros((2,) + shape)).shape == (2, 10)
+
+
+def test_resnet_takes_any_channels_and_checks_the_size():
+    m = make_model("resnet18", 10, (28, 28, 1))  # MNIST-sized: 28 -> 4 before the pool
+    v = jax.eval_shape(lambda: m.init(jax.random.key(0), jnp.zeros((1, 28, 28, 1))))
+    assert v["params"]["conv1"]["kernel"].shape == (3, 3, 1, 64)
+    with pytest.raises(ValueError, match="at least 25x25"):
+        make_model("resnet18", 10, (24, 24, 3))
+    with pytest.raises(ValueError, match="at least 8x8"):
+        make_model("byzfl_cnn_cifar", 10, (7, 7, 3))
+
+
 def test_make_model_errors():
     with pytest.raises(ValueError, match="valid models"):
         make_model("resnet", 10, (28, 28, 1))
@@ -184,7 +219,7 @@ def test_make_model_errors():
     with pytest.raises(ValueError, match="impl"):
         jax.eval_shape(lambda: PaperCNN(impl="fft").init(jax.random.key(0),
                                                          jnp.zeros((1, 28, 28, 1))))
-    assert set(MODELS) == {"paper_cnn", "cifar_cnn", "logreg", "mlp"}
+    assert {"paper_cnn", "cifar_cnn", "logreg", "mlp"} <= set(MODELS)
     assert {"shift", "xla", "auto"} <= set(CONV_IMPLS)
 
 

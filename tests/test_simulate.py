@@ -351,20 +351,22 @@ def test_shards_partition_the_grid(tmp_path, tiny_config):
         run_grid(cfg, tmp_path, progress=False, shard=(2, 2))
 
 
-def test_cifar_cnn_trains_with_batch_norm_and_dropout(tmp_path):
-    """cifar_cnn: each worker normalises with its own batch statistics; the running averages
-    move (the honest workers' mean) and evaluation uses them."""
+@pytest.mark.parametrize("model, stats", [("cifar_cnn", 8), ("resnet18", 40)])
+def test_cnn_trains_with_batch_norm(tmp_path, model, stats):
+    """cifar_cnn (with dropout) and ByzFL's ResNet-18: each worker normalises with its own
+    batch statistics; the running averages move (the honest workers' mean) and evaluation
+    uses them."""
     from fakedata import write_fake_cifar
 
     write_fake_cifar(tmp_path, per_batch=20, n_test=8)
-    cfg = load_config(None, ["dataset='cifar10'", f"data_dir='{tmp_path}'", "model='cifar_cnn'",
+    cfg = load_config(None, ["dataset='cifar10'", f"data_dir='{tmp_path}'", f"model='{model}'",
                              "n=5", "f=1", "batch_size=4", "steps=2", "eval_every=2",
                              "seeds=[1]", "attacks=['sign_flipping']", "rules=['nnm+cwtm']",
                              "lr_schedule='paper_cifar'", "lr=0.25", "clip=5.0"])
     exp = build_experiment(cfg, "sign_flipping", "nnm+cwtm", [1])
     state = exp.init()
     stats0 = jax.tree.leaves(state.model_state)
-    assert len(stats0) == 8  # mean and var of four BatchNorm layers
+    assert len(stats0) == stats  # mean and var of each BatchNorm layer
     state, (loss, kappa) = exp.run_chunk(state, 2)
     stats1 = jax.tree.leaves(state.model_state)
     assert all(np.all(np.isfinite(np.asarray(s))) for s in stats1)
