@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from nnmjax.models import make_model, param_count
-from nnmjax.torch_weights import TORCH_NAMES, _chw_to_hwc, from_torch
+from nnmjax.torch_weights import TORCH_NAMES, _flattened, from_torch, to_torch
 
 RNG = np.random.default_rng(0)
 
@@ -52,6 +52,10 @@ def test_forward_matches_byzfl(byzfl_models, name, shape):
     x = RNG.normal(size=(3,) + shape).astype(np.float32)
     variables = from_torch(name, ref.state_dict(), input_shape=shape)
     xt = torch.from_numpy(x.transpose(0, 3, 1, 2).copy())
+    back = to_torch(name, variables, input_shape=shape)  # ByzFL's names and layouts again
+    assert back.keys() == ref.state_dict().keys()
+    for k, v in ref.state_dict().items():
+        np.testing.assert_array_equal(back[k], v.numpy() * ("num_batches" not in k), err_msg=k)
 
     def logp():  # fc_mnist and cnn_mnist return log-probabilities, the others logits
         with torch.no_grad():
@@ -112,8 +116,26 @@ def test_from_torch_layouts_against_numpy():
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-3)
 
     w, img = RNG.normal(size=(5, 3 * 4 * 4)), RNG.normal(size=(3, 4, 4))  # (C, H, W)
-    np.testing.assert_allclose(_chw_to_hwc(w, 3) @ img.transpose(1, 2, 0).ravel(),
-                               w @ img.ravel(), rtol=1e-10)
+    hwc = _flattened(w, 3, to_hwc=True)
+    np.testing.assert_allclose(hwc @ img.transpose(1, 2, 0).ravel(), w @ img.ravel(),
+                               rtol=1e-10)
+    np.testing.assert_array_equal(_flattened(hwc, 3, to_hwc=False), w)
+
+
+@pytest.mark.parametrize("name, shape", [("byzfl_cnn_mnist", (28, 28, 1)),
+                                         ("resnet18", (32, 32, 3))])
+def test_to_torch_inverts_from_torch(name, shape):
+    """Random variables -> PyTorch names and layouts -> the same variables."""
+    model = make_model(name, 10, shape)
+    want = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1,) + shape)))
+    variables = jax.tree_util.tree_map(
+        lambda s: RNG.normal(size=s.shape).astype(np.float32), want)
+    sd = to_torch(name, variables, input_shape=shape)
+    key, torch_shape = {"resnet18": ("model.layer1.0.conv1.weight", (64, 64, 3, 3)),
+                        "byzfl_cnn_mnist": ("_f1.weight", (500, 800))}[name]
+    assert sd[key].shape == torch_shape
+    got = from_torch(name, sd, input_shape=shape)
+    jax.tree_util.tree_map(np.testing.assert_array_equal, got, variables)
 
 
 def test_from_torch_errors():
@@ -126,4 +148,8 @@ def test_from_torch_errors():
     with pytest.raises(ValueError, match="misshapen"):  # 10 classes into a 100-class model
         from_torch("byzfl_fc_mnist", sd, num_classes=100, input_shape=(28, 28, 1))
     with pytest.raises(ValueError, match="square"):
-        _chw_to_hwc(RNG.normal(size=(5, 3 * 4 * 5)), 3)
+        _flattened(RNG.normal(size=(5, 3 * 4 * 5)), 3, to_hwc=True)
+    with pytest.raises(ValueError, match="no PyTorch counterpart"):
+        to_torch("cifar_cnn", {}, input_shape=(32, 32, 3))
+    with pytest.raises(ValueError, match="missing"):
+        to_torch("byzfl_fc_mnist", {"params": {}}, input_shape=(28, 28, 1))
