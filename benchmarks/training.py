@@ -2,7 +2,9 @@
 
 ``python benchmarks/training.py [--steps 30] [--repeats 3] [--quick] [--no-byzfl] [--out F]``
 
-The setting is the paper's Fashion-MNIST one: the paper CNN (``model='paper_cnn'``),
+The setting is the paper's Fashion-MNIST one with ByzFL's ``cnn_mnist`` on both sides
+(``--model byzfl_cnn_mnist``, the default; ``--model paper_cnn`` times the paper's
+narrower CNN, which the runs before 2026-12-02 used against ByzFL's wider one),
 ``n = 17`` workers of which ``f = 4`` Byzantine, Dirichlet(``alpha = 0.1``) split of the
 training set over the 13 honest workers, batch 25, worker momentum 0.9, rule
 ``nnm+cwtm``; every other key is :class:`nnmjax.config.Config`'s default (so per-worker
@@ -68,7 +70,8 @@ BYZFL_ATTACKS = {"alie": ("ALittleIsEnough", {"tau": 1.5}),
 FASHION_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte",
                  "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
 DEFAULT_DATA_DIR = "/usr/share/datasets/fashion-mnist"
-SETTING = ["dataset='fashion_mnist'", "model='paper_cnn'", "n=17", "f=4",
+MODELS = ("byzfl_cnn_mnist", "paper_cnn")
+SETTING = ["dataset='fashion_mnist'", "n=17", "f=4",
            "partition='dirichlet'", "alpha=0.1", "batch_size=25", "algorithm='dshb'",
            f"rules=['{RULE}']"]
 
@@ -389,6 +392,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--quick", action="store_true",
                    help="smoke test: 3 steps, 1 repeat, 2 vmapped seeds, 2 ByzFL steps")
     p.add_argument("--attacks", default=",".join(ATTACKS), help="comma list (default both)")
+    p.add_argument("--model", default=MODELS[0], choices=MODELS,
+                   help="our model (default byzfl_cnn_mnist, the network ByzFL's side trains; "
+                        "paper_cnn: the paper's narrower CNN, 176,050 against 431,080 "
+                        "parameters)")
     p.add_argument("--data-dir", default=None,
                    help=f"Fashion-MNIST IDX files (default: nnmjax's search, {DEFAULT_DATA_DIR})")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
@@ -409,7 +416,7 @@ def _parser() -> argparse.ArgumentParser:
 def _config(args):
     from nnmjax.config import load_config
 
-    overrides = list(SETTING) + list(args.set)
+    overrides = list(SETTING) + [f"model='{args.model}'"] + list(args.set)
     if args.data_dir:
         overrides.append(f"data_dir='{args.data_dir}'")
     return load_config(None, overrides), overrides
