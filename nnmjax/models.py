@@ -25,7 +25,8 @@ reduces them with :func:`average_batch_stats` (mean over honest workers, an
 EMA of the honest workers' batch statistics; Byzantine workers never touch
 them). ``train=False`` uses the running averages and disables dropout.
 BatchNorm uses PyTorch's defaults (momentum 0.1, i.e. flax ``momentum=0.9``,
-``epsilon=1e-5``).
+``epsilon=1e-5``) and, like PyTorch, computes the batch variance as ``mean((x - mean)^2)``
+(flax's default ``mean(x^2) - mean^2`` loses digits when the mean is large).
 
 ByzFL's models are here too (see :func:`make_model`): ``byzfl_fc_mnist``,
 ``byzfl_cnn_mnist``, ``byzfl_cnn_cifar`` (:class:`ByzflCifarCNN`) and the ResNets of
@@ -272,7 +273,7 @@ class CifarCNN(nn.Module):
     def __call__(self, x: Array, train: bool = False) -> Array:
         def bn(name):
             return nn.BatchNorm(use_running_average=not train, momentum=0.9,
-                                epsilon=1e-5, name=name)
+                                epsilon=1e-5, use_fast_variance=False, name=name)
 
         x = bn("BatchNorm_0")(nn.relu(_conv(64, self.impl, "Conv_0", x.shape[-1])(x)))
         x = bn("BatchNorm_1")(nn.relu(_conv(64, self.impl, "Conv_1", 64)(x)))

@@ -28,7 +28,8 @@ Differences from ByzFL's PyTorch models, none of which changes a forward pass:
 * convolutions have PyTorch's padding (1 on each side for 3x3, 0 for 1x1), so stride-2
   outputs are aligned as in PyTorch, not as flax's ``"SAME"`` would align them;
 * BatchNorm keeps PyTorch's defaults (momentum 0.1, i.e. flax ``momentum=0.9``,
-  ``epsilon=1e-5``) and normalizes with the biased batch variance as PyTorch does, but
+  ``epsilon=1e-5``) and normalizes with the biased batch variance, computed in two passes
+  as PyTorch does (flax's ``use_fast_variance=False``), but
   updates its running variance with the biased variance too, where PyTorch uses the
   unbiased one (a factor ``m / (m - 1)`` for ``m`` values per channel, e.g. 1.0025 for
   25 images of 4x4 in the last stage); only evaluation in ``train=False`` mode sees it.
@@ -60,7 +61,8 @@ def _conv(features: int, kernel: int, stride: int, impl: str, name: str) -> Conv
 
 
 def _bn(train: bool, name: str) -> nn.BatchNorm:
-    return nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5, name=name)
+    return nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5,
+                        use_fast_variance=False, name=name)
 
 
 def _shortcut(x: Array, out: int, stride: int, train: bool, impl: str) -> Array:

@@ -142,7 +142,7 @@ def to_torch(name: str, variables: Mapping[str, Any], *, num_classes: int = 10,
     state = {}
     for path, value in jax.tree_util.tree_leaves_with_path(dict(variables)):
         coll, *mods, leaf = [k.key for k in path]
-        w = np.asarray(value, np.float32)
+        w = np.asarray(value)
         if coll == "batch_stats":
             leaf = f"running_{leaf}"
             counter = ".".join(prefix + [_torch_name(m, inverse) for m in mods]

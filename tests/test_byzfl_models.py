@@ -2,10 +2,12 @@
 
 With ByzFL installed, each check copies the weights of a freshly built ByzFL model into
 ours and compares the outputs on the same images in evaluation mode (running
-statistics) and in training mode (batch statistics), and the updated running
-statistics; parameter counts are compared for every depth of ResNet without compiling.
+statistics) and in training mode (batch statistics), the training loss's gradient, and the
+updated running statistics; parameter counts are compared for every depth of ResNet without compiling.
 Without it, the weight layouts are checked against a NumPy forward pass.
 """
+
+import copy
 
 import jax
 import jax.numpy as jnp
@@ -62,6 +64,7 @@ def test_forward_matches_byzfl(byzfl_models, name, shape):
             out = ref(xt)
         return (out if "mnist" in name else torch.log_softmax(out, 1)).numpy()
 
+    _gradients_match(name, shape, model, variables, copy.deepcopy(ref), xt, x)
     ref.eval()
     np.testing.assert_allclose(jax.jit(model.apply)(variables, x), logp(), rtol=2e-4, atol=2e-4)
     if "batch_stats" not in variables:
@@ -83,6 +86,35 @@ def test_forward_matches_byzfl(byzfl_models, name, shape):
     ours = new["batch_stats"]["bn1"]["var"] - 0.9 * old
     theirs = want["bn1"]["var"] - 0.9 * old
     np.testing.assert_allclose(theirs / ours, m / (m - 1), rtol=1e-4)
+
+
+def _gradients_match(name, shape, model, variables, ref, xt, x):
+    """The training loss's gradient (NLL, batch statistics in BatchNorm) is PyTorch's, both
+    in float64 (in float32 a ReLU input near 0 may fall on either side in either library,
+    which moved a ResNet-18 gradient by 3e-3 in norm)."""
+    import torch
+
+    y = np.arange(len(x)) % 10
+    ref = ref.double().train()
+    out = ref(xt.double())
+    logp = out if "mnist" in name else torch.log_softmax(out, 1)
+    torch.nn.functional.nll_loss(logp, torch.from_numpy(y)).backward()
+
+    with jax.enable_x64(True):
+        v64 = jax.tree_util.tree_map(lambda a: jnp.asarray(a, jnp.float64), variables)
+
+        def loss(params):
+            lp, _ = model.apply({**v64, "params": params}, x.astype(np.float64), train=True,
+                                mutable=["batch_stats"])
+            return -jnp.mean(jnp.take_along_axis(lp, jnp.asarray(y)[:, None], 1))
+
+        ours = to_torch(name, {**v64, "params": jax.grad(loss)(v64["params"])},
+                        input_shape=shape)
+    for k, p in ref.named_parameters():
+        want = p.grad.numpy()
+        assert ours[k].dtype == np.float64
+        err = np.linalg.norm(ours[k] - want) / np.linalg.norm(want)
+        assert err < 1e-9, (k, err)
 
 
 @pytest.mark.byzfl
