@@ -72,35 +72,43 @@ def _shortcut(x: Array, out: int, stride: int, train: bool, impl: str) -> Array:
     return _bn(train, "shortcut_1")(_conv(out, 1, stride, impl, "shortcut_0")(x))
 
 
-class BasicBlock(nn.Module):
+class _Block(nn.Module):
+    """``relu(F(x) + S(x))``; ``F`` is ``layers``' convolutions, each followed by BatchNorm
+    and (but the last) ReLU."""
+
+    planes: int
+    stride: int = 1
+    impl: str = "auto"
+    #: output channels over ``planes`` of the block
+    expansion = 1
+    #: ``(kernel size, output channels over planes, strided)`` of each convolution of ``F``
+    layers = ()
+
+    @nn.compact
+    def __call__(self, x: Array, train: bool = False) -> Array:
+        y = x
+        for i, (kernel, widen, strided) in enumerate(self.layers, start=1):
+            conv = _conv(widen * self.planes, kernel, self.stride if strided else 1, self.impl,
+                         f"conv{i}")
+            y = _bn(train, f"bn{i}")(conv(y))
+            if i < len(self.layers):
+                y = nn.relu(y)
+        return nn.relu(y + _shortcut(x, self.expansion * self.planes, self.stride, train,
+                                     self.impl))
+
+
+class BasicBlock(_Block):
     """``relu(BN(conv3(relu(BN(conv3_stride(x))))) + S(x))``, ``planes`` output channels."""
 
-    planes: int
-    stride: int = 1
-    impl: str = "auto"
     expansion = 1
-
-    @nn.compact
-    def __call__(self, x: Array, train: bool = False) -> Array:
-        y = nn.relu(_bn(train, "bn1")(_conv(self.planes, 3, self.stride, self.impl, "conv1")(x)))
-        y = _bn(train, "bn2")(_conv(self.planes, 3, 1, self.impl, "conv2")(y))
-        return nn.relu(y + _shortcut(x, self.planes, self.stride, train, self.impl))
+    layers = ((3, 1, True), (3, 1, False))
 
 
-class Bottleneck(nn.Module):
+class Bottleneck(_Block):
     """``relu(BN(conv1(relu(BN(conv3_stride(relu(BN(conv1(x)))))))) + S(x))``, ``4 planes`` out."""
 
-    planes: int
-    stride: int = 1
-    impl: str = "auto"
     expansion = 4
-
-    @nn.compact
-    def __call__(self, x: Array, train: bool = False) -> Array:
-        y = nn.relu(_bn(train, "bn1")(_conv(self.planes, 1, 1, self.impl, "conv1")(x)))
-        y = nn.relu(_bn(train, "bn2")(_conv(self.planes, 3, self.stride, self.impl, "conv2")(y)))
-        y = _bn(train, "bn3")(_conv(4 * self.planes, 1, 1, self.impl, "conv3")(y))
-        return nn.relu(y + _shortcut(x, 4 * self.planes, self.stride, train, self.impl))
+    layers = ((1, 1, False), (3, 1, True), (1, 4, False))
 
 
 class ResNet(nn.Module):
