@@ -22,7 +22,7 @@ else:  # pragma: no cover
 from nnmjax.models import MODELS
 
 __all__ = ["Config", "RunSpec", "load_config", "load_grid", "expand_sweep", "parse_set", "QUICKSTART",
-           "ATTACK_NAMES"]
+           "ATTACK_NAMES", "format_rule_options"]
 
 ATTACK_NAMES = ("none", "sign_flipping", "foe", "alie", "optimal_foe", "optimal_alie", "mimic",
                 "inf", "gaussian", "label_flipping")
@@ -54,6 +54,11 @@ class Config:
     gamma: float = 0.5
     attacks: tuple[str, ...] = ("optimal_alie",)
     rules: tuple[str, ...] = ("nnm+cwtm",)
+    #: Options of rule stages, applied in every rule that has the stage (TOML
+    #: ``rule_options = {gm = {nu = 0.1, max_iter = 3}, clipping = {c = 1.0}}``; ByzFL's
+    #: aggregator/pre-aggregator ``parameters``); stored as sorted ``(stage, ((option,
+    #: value), ...))`` pairs. Part of a run's identity only when set.
+    rule_options: tuple = ()
     seeds: tuple[int, ...] = (1,)
     #: The seed of the data partition (ByzFL's ``data_distribution_seed``); ``None``: each
     #: run's ``seed``, which otherwise draws the model's initialisation, the minibatches
@@ -90,11 +95,22 @@ class Config:
         """The ``f`` the robust rules are built with: :attr:`tolerated_f`, else :attr:`f`."""
         return self.f if self.tolerated_f is None else self.tolerated_f
 
+    def build_rule(self, name: str):
+        """The :class:`nnmjax.rules.Rule` ``name`` for :attr:`rule_f` inputs, with the
+        :attr:`rule_options` of its stages."""
+        from nnmjax.rules import rule as make_rule
+
+        options = {stage: dict(opts) for stage, opts in self.rule_options}
+        *pre, last = name.split("+")
+        return make_rule(name, self.rule_f, pre_options={p: options[p] for p in pre if p in options},
+                         **options.get(last, {}))
+
     def runs(self) -> list["RunSpec"]:
         """Every (attack, rule, seed) of the grid, plus the fault-free mean baseline."""
         specs = [RunSpec(self, a, r, s) for a in self.attacks for r in self.rules for s in self.seeds]
         if self.baseline:
-            base = dataclasses.replace(self, f=0, n=self.honest, tolerated_f=None)
+            base = dataclasses.replace(self, f=0, n=self.honest, tolerated_f=None,
+                                       rule_options=())
             specs += [RunSpec(base, "none", "mean", s)
                       for s in self.seeds]
         return specs
@@ -113,9 +129,11 @@ class RunSpec:
         base = dataclasses.asdict(self.config)
         for k in ("attacks", "rules", "seeds", "baseline", "mesh"):
             base.pop(k)
-        for k in ("tolerated_f", "data_seed"):  # unset, runs keep the hashes they had before
-            if base[k] is None:
+        for k in ("tolerated_f", "data_seed", "rule_options"):  # unset, runs keep the
+            if base[k] in (None, ()):                             # hashes they had before
                 base.pop(k)
+        if "rule_options" in base:  # one string, e.g. "gm(max_iter=3, nu=0.1)"
+            base["rule_options"] = format_rule_options(self.config.rule_options)
         return {**base, "attack": self.attack, "rule": self.rule, "seed": self.seed}
 
     def hash(self) -> str:
@@ -123,13 +141,17 @@ class RunSpec:
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
+def format_rule_options(rule_options) -> str:
+    """``(("gm", (("max_iter", 3), ("nu", 0.1))),)`` -> ``"gm(max_iter=3, nu=0.1)"``."""
+    return "; ".join(f"{stage}(" + ", ".join(f"{k}={v!r}" for k, v in opts) + ")"
+                     for stage, opts in rule_options)
+
+
 def _fail(key, msg):
     raise ValueError(f"config key {key!r}: {msg}")
 
 
 def _validate(c: Config):
-    from nnmjax.rules import rule as make_rule
-
     if c.dataset not in DATASETS:
         _fail("dataset", f"unknown {c.dataset!r}; choose from {list(DATASETS)}")
     if c.model not in MODELS:
@@ -160,8 +182,8 @@ def _validate(c: Config):
         _fail("lr", f"must be > 0; got {c.lr!r}")
     if not 0.0 <= c.momentum < 1.0:
         _fail("momentum", f"must be in [0, 1); got {c.momentum!r}")
-    if c.clip is not None and not c.clip > 0:
-        _fail("clip", f"must be > 0 or omitted; got {c.clip!r}")
+    if c.clip is not None and (isinstance(c.clip, bool) or not c.clip > 0):
+        _fail("clip", f"must be > 0, or false for no clipping; got {c.clip!r}")
     if not c.weight_decay >= 0:
         _fail("weight_decay", f"must be >= 0; got {c.weight_decay!r}")
     for key in ("attacks", "rules", "seeds"):
@@ -173,9 +195,12 @@ def _validate(c: Config):
             _fail("attacks", f"unknown attack {a!r}; choose from {list(ATTACK_NAMES)}")
     for r in c.rules:
         try:
-            make_rule(r, c.rule_f)
+            c.build_rule(r)
         except ValueError as e:
-            _fail("rules", str(e))
+            _fail("rule_options" if c.rule_options and "option" in str(e) else "rules", str(e))
+    for stage, _ in c.rule_options:
+        if not any(stage in r.split("+") for r in c.rules):
+            _fail("rule_options", f"{stage!r} is a stage of none of the rules {list(c.rules)}")
     for s in c.seeds:
         if isinstance(s, bool) or not isinstance(s, int):
             _fail("seeds", f"must be integers; got {s!r}")
@@ -195,6 +220,17 @@ def _coerce(key: str, value: Any):
     if key not in _FIELDS:
         raise ValueError(f"unknown config key {key!r}; valid keys: {sorted(_FIELDS)}")
     default = _FIELDS[key].default
+    if key == "rule_options":
+        if not isinstance(value, dict) or not all(isinstance(o, dict) for o in value.values()):
+            _fail(key, f"must be a table of tables such as {{gm = {{nu = 0.1}}}}; got {value!r}")
+        for stage, opts in value.items():
+            for k, v in opts.items():
+                if not isinstance(v, (bool, int, float, str)):
+                    _fail(key, f"{stage}.{k} must be a number, a boolean or a string; got {v!r}")
+        return tuple(sorted((stage, tuple(sorted(opts.items())))
+                            for stage, opts in value.items() if opts))
+    if key == "clip" and value is False:  # TOML has no null: ``clip = false`` turns it off
+        return None
     if key == "mesh":
         if not isinstance(value, dict):
             _fail("mesh", f"must be a table such as {{runs = 2, workers = 4}}; got {value!r}")

@@ -41,7 +41,6 @@ from nnmjax.config import Config
 from nnmjax.data import WorkerData, gather_workers, load_dataset, partition, sample_batches
 from nnmjax.data.partition import label_flip
 from nnmjax.models import make_model
-from nnmjax.rules import rule as make_rule
 from nnmjax.sharding import worker_mesh
 from nnmjax.tree import ravel_workers
 
@@ -158,7 +157,7 @@ class Experiment:
         self.x_test = self._put(np.asarray(ds.x_test), replicated=True)
         self.y_test = self._put(np.asarray(ds.y_test), replicated=True)
         self.model = make_model(config.model, ds.num_classes, ds.x_train.shape[1:])
-        self.rule = make_rule(rule_name, config.rule_f)
+        self.rule = config.build_rule(rule_name)
         self.lf = lf
         self.server, self.sgd = self._optimizers({})
         self.aggregate = transforms.robust_aggregate(self.rule, mesh=self.mesh if k > 1 else None)

@@ -28,7 +28,7 @@ BLOCK_ORDER = ("krum", "gm", "cwmed", "cwtm", "mda", "meamed", "multikrum")
 #: ``data_seed`` (the partition's seed, when set).
 _PER_RUN = ("attack", "rule", "seed", "data_seed")
 #: Fields in which an attacked setting differs from its fault-free baseline.
-_ATTACKED = ("n", "f", "tolerated_f")
+_ATTACKED = ("n", "f", "tolerated_f", "rule_options")
 #: Setting fields shown in a table's title.
 TITLE_FIELDS = ("dataset", "model", "algorithm", "n", "f", "tolerated_f", "partition", "alpha",
                 "momentum", "steps")

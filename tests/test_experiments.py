@@ -16,6 +16,8 @@ from nnmjax.plots import plot_all
 
 PAPER = Path(__file__).resolve().parents[1] / "experiments" / "paper"
 CONFIGS = sorted(PAPER.glob("*.toml"))
+BYZFL = PAPER.parent / "byzfl"
+SMOKE_CONFIGS = CONFIGS + sorted(BYZFL.glob("*.toml"))
 TINY = ["steps=4", "eval_every=2", "seeds=[1]", "n=7", "f=2", "batch_size=5",
         "model='logreg'", "dataset='digits'"]
 
@@ -90,18 +92,55 @@ def test_every_paper_config_matches_the_paper():
 
 def _smoke_overrides(path, data_dir):
     first = load_grid(path)[0]
-    rule = next(r for r in first.rules if r.startswith("nnm+"))
+    rule = next(r for r in first.rules if "nnm" in r.split("+"))
     sets = ["steps=2", "eval_every=1", "seeds=[1]", f"attacks=['{first.attacks[0]}']",
-            f"rules=['{rule}']", "baseline=false", f"f={first.f}", f"alpha={first.alpha}",
-            f"momentum={first.momentum}"]
+            f"rules=['{rule}']", "baseline=false", f"n={first.n}", f"f={first.f}",
+            f"alpha={first.alpha}", f"gamma={first.gamma}", f"momentum={first.momentum}"]
     return sets + [f"data_dir='{data_dir}'"]
 
 
+def test_byzfl_default_benchmark_config_is_byzfls():
+    """experiments/byzfl/default_benchmark.toml is ByzFL's default benchmark (checked against
+    ``byzfl.benchmark.benchmark.default_config`` when ByzFL is installed)."""
+    grid = load_grid(BYZFL / "default_benchmark.toml")
+    assert [(c.n - c.f, c.f, c.gamma) for c in grid] == [
+        (10, f, g) for f in (1, 2, 3, 4) for g in (1.0, 0.66, 0.33, 0.0)]
+    c = grid[0]
+    assert (c.dataset, c.model, c.algorithm, c.partition, c.data_seed, c.seeds) == (
+        "mnist", "byzfl_cnn_mnist", "dshb", "gamma_similarity", 0, (0, 1, 2))
+    assert (c.lr, c.lr_schedule, c.momentum, c.weight_decay, c.batch_size, c.steps,
+            c.eval_every, c.clip) == (0.1, "constant", 0.9, 1e-4, 25, 800, 50, None)
+    gm = c.build_rule("clipping+nnm+gm")
+    assert gm.options == {"nu": 0.1, "max_iter": 3, "tol": 0.0, "init": "zero"}
+    assert c.build_rule("clipping+nnm+cwtm").options == {}
+    assert c.attacks == ("sign_flipping", "optimal_foe", "optimal_alie")
+    try:
+        from byzfl.benchmark.benchmark import default_config as ref
+    except ImportError:
+        return
+    bc, model, honest = ref["benchmark_config"], ref["model"], ref["honest_clients"]
+    dist = bc["data_distribution"][0]
+    assert bc["nb_honest_clients"] == 10 and bc["f"] == [1, 2, 3, 4]
+    assert dist["name"] == "gamma_similarity_niid"
+    assert dist["distribution_parameter"] == [1.0, 0.66, 0.33, 0.0]
+    assert (bc["nb_steps"], bc["nb_training_seeds"], bc["data_distribution_seed"]) == (800, 3, 0)
+    assert (model["name"], model["dataset_name"], model["learning_rate"],
+            model["learning_rate_decay"]) == ("cnn_mnist", "mnist", 0.1, 1.0)
+    assert (honest["momentum"], honest["weight_decay"], honest["batch_size"]) == (0.9, 1e-4, 25)
+    assert ref["evaluation_and_results"]["evaluation_delta"] == 50
+    assert [a["name"] for a in ref["aggregator"]] == ["GeometricMedian", "TrMean"]
+    assert ref["aggregator"][0]["parameters"] == {"nu": 0.1, "T": 3}
+    assert [a["name"] for a in ref["pre_aggregators"]] == ["Clipping", "NNM"]
+    assert [a["name"] for a in ref["attack"]] == [
+        "SignFlipping", "Optimal_InnerProductManipulation", "Optimal_ALittleIsEnough"]
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("path", CONFIGS, ids=[p.stem for p in CONFIGS])
+@pytest.mark.parametrize("path", SMOKE_CONFIGS, ids=[p.stem for p in SMOKE_CONFIGS])
 def test_paper_config_smoke_run(path, tmp_path, capsys):
-    """Each committed config runs through ``nnmjax run`` (its model, algorithm, attack search
-    and data format) with --set steps=2 on one (setting, attack, rule, seed)."""
+    """Each committed config (the paper's and ByzFL's) runs through ``nnmjax run`` (its
+    model, algorithm, attack search and data format) with --set steps=2 on one (setting,
+    attack, rule, seed)."""
     cfg = load_grid(path)[0]
     data_dir = tmp_path / "data"  # small fake data in the dataset's real format
     if cfg.dataset == "cifar10":

@@ -200,10 +200,21 @@ def test_dgd_runs(tiny_config):
     ("tolerated_f=9", "2 tolerated_f < n"),
     ("tolerated_f=-1", "tolerated_f"),
     ("tolerated_f=true", "tolerated_f"),
+    ("clip=0", "clip.*false for no clipping"),
+    ("clip=true", "clip"),
+    ("rule_options={cwtm={bogus=1}}", "rule_options.*unknown option.*bogus"),
+    ("rule_options={gm={nu=0.1}}", "rule_options.*'gm' is a stage of none of the rules"),
+    ("rule_options={cwtm=3}", "rule_options.*table of tables"),
+    ("rule_options={cwtm={x=[1]}}", "rule_options.*cwtm.x must be"),
 ])
 def test_config_errors(item, match):
     with pytest.raises(ValueError, match=match):
         load_config(None, [item])
+
+
+def test_clip_false_turns_clipping_off():
+    assert load_config(None, ["clip=false"]).clip is None
+    assert load_config(None, ["clip=1"]).clip == 1.0
 
 
 def test_parse_set_and_missing_files(tmp_path):
@@ -245,6 +256,36 @@ def test_tolerated_f_builds_the_rules_with_it(tmp_path, tiny_config):
     from nnmjax import table
     md = table.format_markdown(recs)
     assert "f=2, tolerated_f=3" in md and "Fault-free baseline (mean, 5 honest workers)" in md
+
+
+def test_rule_options_reach_the_rules_records_and_tables(tmp_path, tiny_config):
+    """``rule_options`` (ByzFL's aggregator parameters) build every rule with the stage;
+    they are part of the attacked runs' identity, not of the shared baseline's, and a
+    table tells the settings apart."""
+    import dataclasses
+
+    from nnmjax import table
+    from nnmjax.config import from_mapping
+    byzfl_gm = {"gm": {"nu": 0.1, "max_iter": 3, "tol": 0.0, "init": "zero"}}
+    plain = dataclasses.replace(tiny_config, rules=("gm", "nnm+cwtm"), baseline=True, steps=2,
+                                eval_every=2)
+    cfg = from_mapping({**{k: v for k, v in dataclasses.asdict(plain).items()
+                           if k != "rule_options"}, "rule_options": byzfl_gm, "mesh": {}})
+    assert cfg.rule_options == (("gm", (("init", "zero"), ("max_iter", 3), ("nu", 0.1),
+                                        ("tol", 0.0))),)
+    exp = build_experiment(cfg, "alie", "gm", [1])
+    assert exp.rule.options == byzfl_gm["gm"] and cfg.build_rule("nnm+cwtm").options == {}
+    hashes = [s.hash() for s in cfg.runs()]
+    plain_hashes = [s.hash() for s in plain.runs()]
+    assert hashes[:2] != plain_hashes[:2] and hashes[-1] == plain_hashes[-1]  # the baseline
+    recs = run_grid(cfg, tmp_path, progress=False)
+    keys = {r["key"]["rule"]: r["key"] for r in recs}
+    assert keys["gm"]["rule_options"] == "gm(init='zero', max_iter=3, nu=0.1, tol=0.0)"
+    assert "rule_options" not in keys["mean"]
+    recs = run_grid(plain, tmp_path, progress=False)
+    assert len(list((tmp_path / "runs").glob("*.json"))) == 5
+    md = table.format_markdown(results.load_records(tmp_path))
+    assert md.count("rule_options=gm(init='zero'") == 1 and md.count("Fault-free") == 2
 
 
 def test_grid_records_resume_and_corruption(tmp_path, tiny_config):
