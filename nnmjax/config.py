@@ -102,8 +102,8 @@ class Config:
 
         options = {stage: dict(opts) for stage, opts in self.rule_options}
         *pre, last = name.split("+")
-        return make_rule(name, self.rule_f, pre_options={p: options[p] for p in pre if p in options},
-                         **options.get(last, {}))
+        pre_options = {p: options[p] for p in pre if p in options}
+        return make_rule(name, self.rule_f, pre_options=pre_options, **options.get(last, {}))
 
     def runs(self) -> list["RunSpec"]:
         """Every (attack, rule, seed) of the grid, plus the fault-free mean baseline."""
@@ -193,6 +193,11 @@ def _validate(c: Config):
     for a in c.attacks:
         if a not in ATTACK_NAMES:
             _fail("attacks", f"unknown attack {a!r}; choose from {list(ATTACK_NAMES)}")
+    if not (isinstance(c.rule_options, tuple) and all(
+            isinstance(p, tuple) and len(p) == 2 and isinstance(p[1], tuple)
+            for p in c.rule_options)):
+        _fail("rule_options", "must be (stage, ((option, value), ...)) pairs (TOML tables "
+                              f"become them in from_mapping); got {c.rule_options!r}")
     for r in c.rules:
         try:
             c.build_rule(r)

@@ -212,6 +212,12 @@ def test_config_errors(item, match):
         load_config(None, [item])
 
 
+def test_rule_options_built_by_hand_must_be_pairs(tiny_config):
+    import dataclasses
+    with pytest.raises(ValueError, match="rule_options.*pairs"):
+        dataclasses.replace(tiny_config, rule_options={"cwtm": {}})
+
+
 def test_clip_false_turns_clipping_off():
     assert load_config(None, ["clip=false"]).clip is None
     assert load_config(None, ["clip=1"]).clip == 1.0
