@@ -221,11 +221,12 @@ def _pool(x: Array, pool: str) -> Array:
     raise ValueError(f"pool: unknown pooling {pool!r}; valid are {POOL_IMPLS}")
 
 
-def _conv(features: int, impl: str, name: str, cin: int):
+def _conv(features: int, impl: str, name: str, cin: int, padding: int = 0):
     if impl == "flax":  # the reference formulation, same parameters and initializers
-        return nn.Conv(features, (5, 5), padding="VALID", name=name,
-                       kernel_init=torch_kernel_init, bias_init=_torch_bias_init(25 * cin))
-    return Conv5(features, 5, impl=impl, name=name)
+        return nn.Conv(features, (5, 5), padding=((padding, padding), (padding, padding)),
+                       name=name, kernel_init=torch_kernel_init,
+                       bias_init=_torch_bias_init(25 * cin))
+    return Conv5(features, 5, impl=impl, padding=padding, name=name)
 
 
 # ------------------------------------------------------------------------ models
@@ -305,9 +306,8 @@ class ByzflCifarCNN(nn.Module):
     @nn.compact
     def __call__(self, x: Array, train: bool = False) -> Array:
         del train  # no dropout / batch norm
-        pad = [(0, 0)] * (x.ndim - 3) + [(2, 2), (2, 2), (0, 0)]
         for i, (cin, cout) in enumerate([(x.shape[-1], 20), (20, 100), (100, 200)]):
-            x = _pool(nn.relu(_conv(cout, self.impl, f"conv{i + 1}", cin)(jnp.pad(x, pad))),
+            x = _pool(nn.relu(_conv(cout, self.impl, f"conv{i + 1}", cin, padding=2)(x)),
                       self.pool)
         x = x.reshape(x.shape[:-3] + (-1,))
         x = nn.relu(dense_torch_init(512, x.shape[-1], "fc1")(x))

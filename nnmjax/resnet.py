@@ -49,7 +49,7 @@ import jax
 
 from nnmjax.models import Conv5, dense_torch_init
 
-__all__ = ["BasicBlock", "Bottleneck", "ResNet", "RESNETS", "make_resnet", "MIN_SIZE"]
+__all__ = ["BasicBlock", "Bottleneck", "ResNet", "RESNETS", "MIN_SIZE"]
 
 Array = jax.Array
 
@@ -150,11 +150,3 @@ RESNETS = {
 #: smallest image side the final 4x4 average pool accepts: the three stride-2 stages map a
 #: side ``h`` to ``ceil(h / 8)``, which must be at least 4
 MIN_SIZE = 25
-
-
-def make_resnet(name: str, num_classes: int = 10) -> ResNet:
-    """``ResNet`` of depth ``name`` (a key of :data:`RESNETS`)."""
-    if name not in RESNETS:
-        raise ValueError(f"name: unknown ResNet {name!r}; valid are {tuple(RESNETS)}")
-    block, stages = RESNETS[name]
-    return ResNet(block=block, stage_sizes=stages, num_classes=num_classes)
