@@ -267,6 +267,16 @@ def test_claims_script_verdicts():
     noisy += [_record("nnm+krum", a, 2, 0.15, 4, 0.1) for a in ("optimal_alie", "mimic", "sign_flipping")]
     assert ("`nnm+krum` (NNM), 48.00 ± 33.00% against `bucketing+krum` 41.50 ± 0.50%: 6.50 points "
             "ahead, within one standard deviation (not a clear win)") in claims.claims(noisy)
+    # Bucketing + CWTM and Bucketing + CWMed runs of the same key: counted when bit-identical
+    assert "one function" not in text and claims.twins(_records()) == (0, 0)
+    twins = [_record("bucketing+cwmed", a, seed, 0.5 + shift + 0.01 * seed)
+             for a, shift in [("optimal_alie", 0.0), ("mimic", 0.2)] for seed in (1, 2)]
+    twins[-1]["curves"]["loss"] = [2.0, 1.0 + 1e-7]
+    assert claims.twins(_records() + twins) == (3, 4)
+    other = [_record(r, "mimic", 1, 0.7, f=6) for r in ("bucketing+cwtm", "bucketing+cwmed")]
+    assert claims.twins(other) == (0, 0)  # n = 17, f = 6: Bucketing leaves 17 rows
+    assert "their runs agree bit for bit in 3 of 4 (attack, seed) pairs" in claims.claims(
+        _records() + twins)
 
 
 def test_mesh_key_is_validated_and_not_part_of_a_runs_identity():

@@ -96,6 +96,27 @@ def test_bucketing_rule_is_the_aggregator_of_some_bucketing():
     assert len(outs) > 1  # the key matters
 
 
+@pytest.mark.parametrize("attack", ["optimal_alie", "optimal_foe"])
+def test_bucketing_cwtm_is_bucketing_cwmed_in_the_papers_setting(attack):
+    """n = 17, f = 4 (paper Table 2): Bucketing leaves ceil(17 / s) = 9 = 2f + 1 rows
+    (s = floor(n / 2f) = 2), and CWTM trimming f per side of 9 values keeps only the
+    middle one, the coordinate-wise median. So Bucketing + CWTM is Bucketing + CWMed bit for
+    bit, outputs and optimal attacks alike; this is why the paper prints identical rows
+    for the two in Table 2."""
+    from nnmjax import attacks
+
+    x = jnp.asarray(data(5, n=17, d=50))
+    key = jax.random.key(3)
+    cwtm, cwmed = nnmjax.rule("bucketing+cwtm", 4), nnmjax.rule("bucketing+cwmed", 4)
+    np.testing.assert_array_equal(cwtm(x, key=key), cwmed(x, key=key))
+    search = getattr(attacks, attack)
+    by_cwtm, eta_cwtm = search(x[:13], 4, rule=cwtm, key=key, return_eta=True)
+    by_cwmed, eta_cwmed = search(x[:13], 4, rule=cwmed, key=key, return_eta=True)
+    assert float(eta_cwtm) == float(eta_cwmed)
+    np.testing.assert_array_equal(by_cwtm, by_cwmed)
+    assert not np.array_equal(nnmjax.rule("cwtm", 4)(x), nnmjax.rule("cwmed", 4)(x))
+
+
 def test_options_go_to_the_aggregator():
     x = data(3)
     r = nnmjax.rule("gm", 2, max_iter=3)
