@@ -19,6 +19,7 @@ from __future__ import annotations
 import sys
 
 from nnmjax import results, table
+from nnmjax.preaggregators import output_size
 
 #: Paper Table 2 (MNIST, f = 4, alpha = 0.1): mean max test accuracy (%) per attack, in the
 #: paper's column order. The paper prints the same numbers for Bucketing + CWTM as for
@@ -88,9 +89,9 @@ def twins(records) -> tuple[int, int]:
     def rest(r):
         return tuple(sorted((k, str(v)) for k, v in r["key"].items() if k != "rule"))
 
-    def median_left(key):
-        n, f = key["n"], key["f"]
-        return f > 0 and -(-n // (n // (2 * f))) == 2 * f + 1
+    def median_left(key):  # default bucket size (no rule_options), 2f + 1 rows left
+        return ("rule_options" not in key and key["f"] > 0
+                and output_size("bucketing", key["n"], key["f"]) == 2 * key["f"] + 1)
 
     cwmed = {rest(r): r["curves"] for r in records if r["key"].get("rule") == "bucketing+cwmed"}
     pairs = [(r["curves"], cwmed[rest(r)]) for r in records
