@@ -5,6 +5,7 @@ All checks run on static shapes and Python ints, so they cost nothing under
 """
 from __future__ import annotations
 
+import functools
 import operator
 
 import jax.numpy as jnp
@@ -19,9 +20,35 @@ def as_matrix(x, *, name: str = "x"):
             f"rank {x.ndim} with shape {tuple(x.shape)}")
     if x.shape[0] == 0:
         raise ValueError(f"{name} must hold at least one worker row; got shape {tuple(x.shape)}")
+    if jnp.issubdtype(x.dtype, jnp.complexfloating):
+        raise ValueError(f"{name} must be real; got dtype {x.dtype} (rules order and compare "
+                         "values, which complex numbers do not support)")
     if not jnp.issubdtype(x.dtype, jnp.inexact):
         x = x.astype(jnp.float32)
     return x
+
+
+def work_dtype(dtype):
+    """The dtype a rule computes in: ``dtype``, or float32 for narrower floats (float16,
+    bfloat16), whose range overflows squared norms and whose 8 or 11 bits of precision
+    lose sums of a few rows."""
+    return jnp.promote_types(dtype, jnp.float32)
+
+
+def keeps_dtype(fn):
+    """Dtype policy of every rule: run ``fn(x, ...)`` on ``x`` cast to :func:`work_dtype`,
+    return the output in the input's floating dtype (integers: float32).
+
+    So float16 and bfloat16 inputs accumulate in float32 (the bad-input guarantees then hold
+    as in float32), float32 and float64 are computed as they are.
+    """
+    @functools.wraps(fn)
+    def wrapper(x, *args, **kwargs):
+        x = as_matrix(x)
+        out = fn(x.astype(work_dtype(x.dtype)), *args, **kwargs)
+        return out.astype(x.dtype)
+
+    return wrapper
 
 
 def check_f(f, n: int, *, rule: str, min_n=None) -> int:

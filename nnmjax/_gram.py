@@ -2,7 +2,7 @@
 
 Every distance-based rule (NNM, Krum, Multi-Krum, GM, MDA, MoNNA, CAF, SMEA,
 centered clipping) needs only the ``n x n`` Gram matrix ``G = x' x'^T`` of the rows
-centred on a coordinate-wise median (for float32 accuracy): squared distances are
+centred on the coordinate-wise median of all rows (for float32 accuracy): squared distances are
 ``G_ii + G_jj - 2 G_ij`` and an output that is a combination
 ``c^T x`` of the rows is formed with one final ``(n,) @ (n, d)`` product. So
 each rule reads ``x`` twice (Gram and combination), whatever its iterations.
@@ -20,8 +20,6 @@ from nnmjax._shard import dsum
 
 #: Up to this many rows, combinations are unrolled sums that fuse with their consumer.
 UNROLL_MAX_N = 32
-#: Rows used for the centring median (evenly spaced when ``n`` is larger).
-CENTRE_ROWS = 5
 #: Target size (elements) of one column block of the Gram pass: it stays in cache.
 BLOCK_ELEMENTS = 1 << 19
 
@@ -68,18 +66,19 @@ def gram(x, centre=None):
 
 
 def robust_centre(x):
-    """A coordinate-wise median of (at most ``CENTRE_ROWS`` evenly spaced) sanitised rows.
+    """The coordinate-wise median of all rows (sanitised: NaN and +-Inf sort to the extremes).
 
     Distances are translation invariant; centring first keeps ``G_ii + G_jj - 2 G_ij``
-    accurate in float32 when all rows share a large common component.
+    accurate in float32 when all rows share a large common component. Every row takes part,
+    so with fewer than ``n / 2`` bad rows, wherever they sit, each coordinate of the centre
+    lies within the range of the good rows' values (a centre read from a few fixed rows
+    could be moved anywhere by bad rows placed on exactly those rows).
     """
     from nnmjax import _order
 
     n = x.shape[0]
-    rows = x if n <= CENTRE_ROWS else x[:: -(-n // CENTRE_ROWS)]
-    s = _order.sorted_rows(rows)
-    m = rows.shape[0]
-    return s[m // 2] if m % 2 else 0.5 * s[m // 2 - 1] + 0.5 * s[m // 2]
+    s = _order.sorted_rows(x)
+    return s[n // 2] if n % 2 else 0.5 * s[n // 2 - 1] + 0.5 * s[n // 2]
 
 
 def _distances(g):
@@ -99,8 +98,8 @@ class Geometry:
 
     ``gram = x' x'^T`` with ``x' = x - centre`` (zeroed on far rows), ``sqnorm_i =
     ||x'_i||^2`` and ``sqdist_ij = ||x_i - x_j||^2`` (``inf`` to and from far rows), with
-    ``centre`` from :func:`robust_centre` (reads ``CENTRE_ROWS`` rows; the centring itself
-    happens chunk by chunk inside the Gram pass).
+    ``centre`` from :func:`robust_centre` (one pass over ``x``; the centring itself happens
+    chunk by chunk inside the Gram pass).
     """
 
     def __init__(self, x):

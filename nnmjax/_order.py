@@ -64,11 +64,19 @@ def sorted_rows(x):
 
     Returns a list of ``(d,)`` rows (network path, ``n <= NETWORK_MAX_N``; each row is
     sanitised as it enters the network, so that fuses too) or an ``(n, d)`` array (sort
-    path); both index the same way.
+    path); both index the same way. Differentiable: the network's derivative is the
+    sorting permutation, taken from one ``argsort`` (differentiating the network itself
+    compiles for seconds: its transposed min/max chains do not fuse).
     """
     n = x.shape[0]
     if n > NETWORK_MAX_N:
         return jnp.sort(sanitize(x), axis=0)
+    return list(_network(x))
+
+
+@jax.custom_jvp
+def _network(x):
+    n = x.shape[0]
     rows = [sanitize(x[i]) for i in range(n)]
     pairs = batcher_pairs(n)
     stage = max(1, len(pairs)) if n <= FUSED_MAX_N else STAGE
@@ -77,7 +85,15 @@ def sorted_rows(x):
             rows = list(jax.lax.optimization_barrier(tuple(rows)))
         for a, b in pairs[start:start + stage]:
             rows[a], rows[b] = jnp.minimum(rows[a], rows[b]), jnp.maximum(rows[a], rows[b])
-    return rows
+    return tuple(rows)
+
+
+@_network.defjvp
+def _network_jvp(primals, tangents):
+    (x,), (dx,) = primals, tangents
+    order = jnp.argsort(sanitize(x), axis=0, stable=True)
+    ds = jnp.take_along_axis(jnp.where(jnp.isfinite(x), dx, 0.0), order, axis=0)
+    return _network(x), tuple(ds[i] for i in range(x.shape[0]))
 
 
 def sum_rows(rows, start: int, stop: int):

@@ -46,7 +46,7 @@ import jax
 import jax.numpy as jnp
 
 from nnmjax import _gram, _order
-from nnmjax._checks import as_matrix, check_f, check_int, check_positive
+from nnmjax._checks import as_matrix, check_f, check_int, check_positive, keeps_dtype
 from nnmjax._shard import dsum
 
 __all__ = ["mean", "cwmed", "cwtm", "gm", "krum", "multikrum", "mda", "meamed",
@@ -59,6 +59,7 @@ def _prepare(x, f, rule, min_n=None):
     return x, f
 
 
+@keeps_dtype
 def mean(x, f: int = 0):
     """Average ``(1/n) sum_i x_i``. Not robust (kappa is unbounded for f >= 1)."""
     x = as_matrix(x)
@@ -71,6 +72,7 @@ def _rows(x):
     return [x[i] for i in range(n)] if n <= _order.NETWORK_MAX_N else x
 
 
+@keeps_dtype
 def cwmed(x, f: int = 0):
     """Coordinate-wise median (paper eq. 13); the two middle values are averaged for even ``n``.
 
@@ -84,6 +86,7 @@ def cwmed(x, f: int = 0):
     return 0.5 * s[n // 2 - 1] + 0.5 * s[n // 2]
 
 
+@keeps_dtype
 def cwtm(x, f: int):
     """Coordinate-wise trimmed mean (Appendix 8.1.1): per coordinate, drop the ``f`` smallest
     and ``f`` largest values and average the remaining ``n - 2f``.
@@ -98,46 +101,41 @@ def cwtm(x, f: int):
     return _order.sum_rows(s, f, n - f) / (n - 2 * f)
 
 
+@keeps_dtype
 def meamed(x, f: int):
-    """Mean around the median (Xie et al., 2018): per coordinate, the average of the ``n - f``
-    values closest to the coordinate-wise median.
+    """Mean around the median (Xie et al., 2018): per coordinate, the average of the ``m = n - f``
+    values closest to the coordinate-wise median ``med``.
 
-    The ``n - f`` closest values form a window ``s[k : k + n - f]`` of the sorted
-    values (``0 <= k <= f``); we pick the window whose farthest value from the
-    median is closest (ties: lowest ``k``).
+    Those values are a window ``s[k : k + m]`` of the sorted values ``s`` (``0 <= k <= f``),
+    and sliding the window from ``k`` to ``k + 1`` swaps ``s[k]`` for ``s[k + m]``, closer to
+    the median exactly when ``s[k] + s[k + m] < 2 med``. That sum grows with ``k``
+    (``s[k] <= med <= s[k + m]``), so the optimal window starts at
+    ``k* = #{j < f : s[j] + s[j + m] < 2 med}`` and the output is
+    ``(1/m) (sum_{f <= i < m} s[i] + sum_{j < f} (s[j + m] if j < k* else s[j]))``.
+    Equidistant values on both sides of the median (``s[j] + s[j + m] = 2 med``) go to the
+    lower one. The choice depends on the values only, never on which workers sent them:
+    ``f`` identical Byzantine copies at the boundary distance give up their place to
+    every strictly closer value (as ByzFL's MeaMed).
+
+    Example: ``meamed([[0.], [1.], [2.], [9.], [9.]], 2)`` averages 1, 2 and 0 (the
+    median 2 is closer to 0 than to 9): ``[1.]``.
     """
     x, f = _prepare(x, f, "meamed")
     n = x.shape[0]
     if f == 0:
         return mean(x)
+    m = n - f
     s = _order.sorted_rows(x)
     med = s[n // 2] if n % 2 else 0.5 * s[n // 2 - 1] + 0.5 * s[n // 2]
-    core = _order.sum_rows(s, f, n - f)
-    best_cost, best_sum = None, None
-    low = None  # sum of s[k:f], grown as k decreases
-    extras = [None] * (f + 1)
-    for k in range(f, -1, -1):
-        if k < f:
-            low = s[k] if low is None else low + s[k]
-        extras[k] = low
-    high = None  # sum of s[n-f : n-f+k]
-    for k in range(f + 1):
-        if k > 0:
-            high = s[n - f + k - 1] if high is None else high + s[n - f + k - 1]
-        total = core
-        for part in (extras[k], high):
-            if part is not None:
-                total = total + part
-        cost = jnp.maximum(med - s[k], s[k + n - f - 1] - med)
-        if best_cost is None:
-            best_cost, best_sum = cost, total
-        else:
-            better = cost < best_cost
-            best_cost = jnp.where(better, cost, best_cost)
-            best_sum = jnp.where(better, total, best_sum)
-    return best_sum / (n - f)
+    total = _order.sum_rows(s, f, m)
+    for j in range(f):
+        # halves: sanitised extremes (+-max of the dtype) must not overflow the comparison
+        shift = 0.5 * s[j] + 0.5 * s[j + m] < med
+        total = total + jnp.where(shift, s[j + m], s[j])
+    return total / m
 
 
+@keeps_dtype
 def krum(x, f: int):
     """Krum in the paper's variant (Appendix 8.1.2): output ``x_k`` minimising the sum of squared
     distances to its ``n - f`` nearest neighbours (itself included); ties to the lower index.
@@ -154,6 +152,7 @@ def _krum_scores(sqdist, f):
     return jnp.sum(jnp.sort(sqdist, axis=1)[:, : n - f], axis=1)
 
 
+@keeps_dtype
 def multikrum(x, f: int, *, m: int | None = None):
     """Multi-Krum (Blanchard et al., 2017): average of the ``m`` rows with the lowest Krum
     scores (default ``m = n - f``, as ByzFL); ties to the lower index."""
@@ -166,6 +165,7 @@ def multikrum(x, f: int, *, m: int | None = None):
     return _gram.combine(c, x, far=geo.far)
 
 
+@keeps_dtype
 def gm(x, f: int = 0, *, nu: float = 1e-6, max_iter: int = 200, tol: float = 1e-6,
        init: str = "medoid"):
     """Geometric median ``argmin_z sum_i ||z - x_i||`` (Appendix 8.1.3) by smoothed Weiszfeld
@@ -227,6 +227,7 @@ def _sqdist_to(x, v):
     return jnp.where(jnp.isfinite(d2), d2, jnp.inf)
 
 
+@keeps_dtype
 def monna(x, f: int, *, idx: int = 0):
     """MoNNA (Farhadkhani et al., 2023): the average of the ``n - f`` nearest neighbours of the
     trusted row ``x[idx]`` (itself included; ties to the lower index). Distances to one row
@@ -240,6 +241,7 @@ def monna(x, f: int, *, idx: int = 0):
     return _gram.combine(c, x, far=jnp.isinf(d2))
 
 
+@keeps_dtype
 def cclip(x, f: int = 0, *, tau: float = 100.0, n_iter: int = 1, init=None):
     """Centered clipping (Karimireddy et al., 2021), ``n_iter`` iterations from ``init``
     (default the origin; in training, the previous aggregate):
@@ -262,10 +264,14 @@ def cclip(x, f: int = 0, *, tau: float = 100.0, n_iter: int = 1, init=None):
     return v
 
 
+@keeps_dtype
 def mda(x, f: int, *, max_subsets: int = 200_000):
     """Minimum-diameter averaging (El Mhamdi et al., 2018; Rousseeuw's MVE idea): the average
     of the ``n - f`` rows whose largest pairwise distance is smallest (first such subset in
-    lexicographic order, as ByzFL). Enumerates ``C(n, f)`` subsets (static; refused past
+    lexicographic order, as ByzFL). Such ties are common, since one pair sets a subset's
+    diameter, so which of the tied subsets is averaged depends on the workers' order: every
+    one of them keeps MDA's guarantee, but a Byzantine worker can choose among them by
+    choosing its position. Enumerates ``C(n, f)`` subsets (static; refused past
     ``max_subsets``)."""
     x, f = _prepare(x, f, "mda")
     n = x.shape[0]
@@ -276,6 +282,7 @@ def mda(x, f: int, *, max_subsets: int = 200_000):
     return _gram.combine(jnp.zeros((n,), x.dtype).at[best].set(1.0 / (n - f)), x, far=geo.far)
 
 
+@keeps_dtype
 def smea(x, f: int, *, max_subsets: int = 200_000):
     """Smallest maximum eigenvalue averaging (Allouah et al., 2024): the average of the ``n - f``
     rows whose empirical covariance has the smallest top eigenvalue. Eigenvalues are exact
@@ -294,6 +301,7 @@ def smea(x, f: int, *, max_subsets: int = 200_000):
     return _gram.combine(jnp.zeros((n,), x.dtype).at[best].set(1.0 / k), x, far=geo.far)
 
 
+@keeps_dtype
 def caf(x, f: int):
     """Covariance-bound agnostic filter (Allouah et al., 2024). With weights ``c`` (all 1), while
     ``sum(c) > n - 2f``: ``mu = sum c_i x_i / sum c``; ``(lam, v)`` = top eigenpair of

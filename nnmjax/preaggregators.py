@@ -9,13 +9,15 @@ import jax
 import jax.numpy as jnp
 
 from nnmjax import _gram
-from nnmjax._checks import as_matrix, check_f, check_int, check_positive
+from nnmjax._checks import (as_matrix, check_f, check_int, check_positive, keeps_dtype,
+                             work_dtype)
 from nnmjax._shard import dsum
 
 __all__ = ["nnm", "mixing_matrix", "bucketing", "bucketing_matrix", "clipping", "arc",
            "PREAGGREGATORS", "bucket_size", "output_size"]
 
 
+@keeps_dtype
 def nnm(x, f: int):
     """Nearest Neighbor Mixing (paper Algorithm 2, eq. 1): each ``x_i`` becomes the average of
     its ``n - f`` nearest rows in Euclidean distance, itself included (ties to the lower
@@ -24,20 +26,23 @@ def nnm(x, f: int):
     If ``F`` is (f, kappa)-robust, ``F o NNM`` is (f, kappa')-robust with
     ``kappa' <= 8f/(n-f) (kappa + 1)`` (Lemma 1). Computed from the ``n x n`` Gram matrix
     and one ``(n, n) @ (n, d)`` mixing product: ``O(n^2 d)`` time, ``O(n d + n^2)`` memory
-    (never an ``(n, n-f, d)`` gather). Rows at infinite distance (non-finite) are nobody's
-    neighbour but their own.
+    (never an ``(n, n-f, d)`` gather). Rows at infinite distance (non-finite entries, or a
+    squared norm that overflows) are nobody's neighbour and pass through unmixed, so the
+    aggregator that follows sees them as the bad rows they are, wherever they sit.
     """
     x = as_matrix(x)
     n = x.shape[0]
     f = check_f(f, n, rule="nnm")
     geo = _gram.Geometry(x)
-    return _gram.combine(_mixing(geo.sqdist, f), x, far=geo.far)
+    mixed = _gram.combine(_mixing(geo.sqdist, f), x, far=geo.far)
+    return jnp.where(geo.far[:, None], x, mixed)
 
 
 def mixing_matrix(x, f: int):
     """The ``(n, n)`` NNM weights ``W`` with ``nnm(x, f) = W @ x``: ``W_ij = 1/(n-f)`` if ``x_j``
     is among the ``n - f`` nearest rows of ``x_i``."""
-    return _mixing(_gram.Geometry(x).sqdist, f).astype(x.dtype)
+    x = as_matrix(x)
+    return _mixing(_gram.Geometry(x.astype(work_dtype(x.dtype))).sqdist, f).astype(x.dtype)
 
 
 def _mixing(sqdist, f: int):
@@ -52,6 +57,7 @@ def bucket_size(n: int, f: int) -> int:
     return max(1, n // (2 * f)) if f > 0 else 1
 
 
+@keeps_dtype
 def bucketing(x, f: int, *, key=None, s: int | None = None):
     """Bucketing (Karimireddy et al., 2022; paper Appendix 10): shuffle the rows with a random
     permutation drawn from ``key``, then average consecutive groups of ``s`` rows
@@ -77,6 +83,7 @@ def bucketing_matrix(n: int, f: int, *, key=None, s: int | None = None, dtype=jn
     return weights[:, jnp.argsort(perm)]
 
 
+@keeps_dtype
 def clipping(x, f: int = 0, *, c: float = 2.0):
     """Static clipping: ``x_i <- x_i * min(1, c / ||x_i||)``. Rows with non-finite norm become 0."""
     x = as_matrix(x)
@@ -98,6 +105,7 @@ def _scale_rows(x, threshold):
     return jnp.where(bad[:, None], 0.0, x * jnp.where(bad, 0.0, scale)[:, None])
 
 
+@keeps_dtype
 def arc(x, f: int):
     """Adaptive robust clipping (Allouah et al., 2024): clip the ``k = floor(2 f (n - f) / n)``
     largest-norm rows to the norm of the largest unclipped row (ByzFL's ARC). Rows with

@@ -14,6 +14,7 @@ import jax
 
 from nnmjax import aggregators as _agg
 from nnmjax import preaggregators as _pre
+from nnmjax._checks import as_matrix, work_dtype
 
 __all__ = ["rule", "Rule", "RANDOMIZED", "known_names"]
 
@@ -75,6 +76,9 @@ class Rule:
         if self.randomized and key is None:
             raise ValueError(f"rule {self.name!r} is randomized: call it with key=jax.random.key(...)")
         *pres, last = self.stages
+        x = as_matrix(x)
+        out_dtype = x.dtype
+        x = x.astype(work_dtype(out_dtype))  # one upcast for all stages (the dtype policy)
         for s in pres:
             opts = self.pre_options.get(s, {})
             if s in RANDOMIZED:
@@ -82,7 +86,7 @@ class Rule:
                 x = _pre.PREAGGREGATORS[s](x, self.f, key=sub, **opts)
             else:
                 x = _pre.PREAGGREGATORS[s](x, self.f, **opts)
-        return _agg.AGGREGATORS[last](x, self.f, **self.options)
+        return _agg.AGGREGATORS[last](x, self.f, **self.options).astype(out_dtype)
 
     def __repr__(self):
         opts = "".join(f", {k}={v!r}" for k, v in self.options.items())

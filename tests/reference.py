@@ -51,14 +51,16 @@ def cwtm(x, f):
 
 
 def meamed(x, f):
-    """Per coordinate: the mean of the ``n - f`` values closest to the median."""
+    """Per coordinate: the mean of the ``n - f`` values closest to the median (equidistant
+    values: the lower first)."""
     x = _f64(x)
     n, d = x.shape
     med = cwmed(x)
     out = np.empty(d)
     for k in range(d):
         col = x[:, k]
-        order = np.argsort(np.abs(col - med[k]), kind="stable")[: n - f]
+        # ties in distance to the lower value (never to a worker's index)
+        order = np.lexsort((col, np.abs(col - med[k])))[: n - f]
         out[k] = col[order].mean()
     return out
 
