@@ -21,12 +21,14 @@ from typing import Callable, NamedTuple
 import jax
 import jax.numpy as jnp
 
+import optax
+
 from nnmjax import _subspace
 from nnmjax._checks import as_matrix, check_int
 
-__all__ = ["sign_flipping", "foe", "alie", "optimal_foe", "optimal_alie", "mimic", "inf",
+__all__ = ["sign_flipping", "foe", "alie", "optimal_foe", "optimal_alie", "adaptive", "mimic", "inf",
            "gaussian", "MimicState", "mimic_init", "mimic_update", "alie_z_max", "ATTACKS",
-           "DEFAULT_ETAS"]
+           "DEFAULT_ETAS", "BYZFL_LINE_SEARCH", "SEARCHES"]
 
 #: The default search grid of the optimal attacks: 0 and 48 geometric steps from 1e-2 to 1e6
 #: (the float32 values of ``jnp.geomspace(1e-2, 1e6, 48)``, written out so that importing
@@ -107,13 +109,38 @@ def gaussian(honest, f: int, *, key=None, mu: float = 0.0, sigma: float = 200.0)
     return mu + sigma * jax.random.normal(key, (f, honest.shape[1]), honest.dtype)
 
 
-def _search(honest, f, rule, etas, direction, refine, zooms, brackets, key):
-    """Evaluate ``s + eta * direction`` for every ``eta`` in one vmap, then around each of the
-    ``brackets`` best grid points ``zooms`` times evaluate ``refine`` points between the
-    neighbours of that bracket's best point (one vmap per zoom); return the most damaging
-    rows and their ``eta``. Each evaluation takes the fastest exact path for ``rule``
-    (:func:`nnmjax._subspace.residual_fn`)."""
-    s = jnp.mean(honest, axis=0)
+#: ByzFL's line search (``Optimal_ALittleIsEnough`` / ``Optimal_InnerProductManipulation``,
+#: byzfl 0.0.11): ``evals`` evaluations from ``start``, step ``delta`` doubled while the
+#: damage grows (expansion), then shrunk by ``ratio`` at every evaluation (contraction).
+BYZFL_LINE_SEARCH = {"evals": 20, "start": 0.0, "delta": 10.0, "ratio": 0.8}
+SEARCHES = ("grid", "byzfl")
+
+
+def _line_search(damage, start, *, evals, delta, ratio):
+    """ByzFL's sequential line search over ``eta`` (one evaluation per iteration, a
+    ``lax.fori_loop``): propose ``best + delta``; while expanding, a better proposal is
+    taken and doubles ``delta``, a worse one multiplies it by ``ratio`` and ends the
+    expansion; afterwards a better proposal is taken and ``delta`` shrinks by ``ratio``
+    every time. Returns the best ``eta``."""
+    best_x = jnp.asarray(start, jnp.float32)
+
+    def body(_, carry):
+        best_x, best_y, delta, expanding = carry
+        prop = best_x + delta
+        y = damage(prop)
+        better = y > best_y
+        delta = jnp.where(expanding & better, 2.0 * delta, ratio * delta)
+        return (jnp.where(better, prop, best_x), jnp.where(better, y, best_y), delta,
+                expanding & better)
+
+    init = (best_x, damage(best_x), jnp.asarray(delta, jnp.float32), jnp.array(True))
+    return jax.lax.fori_loop(0, evals - 1, body, init)[0]
+
+
+def _damage_fn(honest, direction, f, rule, key):
+    """``eta -> ||rule(honest ++ f x (s + eta direction)) - s||^2`` (``-1`` when not finite)
+    on the fastest exact path (:func:`nnmjax._subspace.residual_fn`), and whether it takes
+    a vector of ``eta`` at once (``vmap``) or one at a time."""
     residual, small = _subspace.residual_fn(honest, direction, f, rule, key=key)
 
     def damage(etas):
@@ -123,6 +150,33 @@ def _search(honest, f, rule, etas, direction, refine, zooms, brackets, key):
         err = jnp.sum(jnp.square(r), axis=1)
         return jnp.where(jnp.isfinite(err), err, -1.0)
 
+    return damage
+
+
+def _optimal(honest, f, rule, direction, key, search, offset, grid_options):
+    """The most damaging ``s + eta direction`` by ``search``: ``"grid"`` (:func:`_search`) or
+    ``"byzfl"`` (:func:`_line_search` over ByzFL's factor ``tau = eta - offset``)."""
+    if search not in SEARCHES:
+        raise ValueError(f"search must be one of {SEARCHES}; got {search!r}")
+    if search == "grid":
+        return _search(honest, f, rule, direction=direction, key=key, **grid_options)
+    s = jnp.mean(honest, axis=0)
+    damage = _damage_fn(honest, direction, f, rule, key)
+    opts = dict(BYZFL_LINE_SEARCH)
+    tau = _line_search(lambda t: damage(jnp.reshape(t + offset, (1,)).astype(honest.dtype))[0],
+                       opts.pop("start"), **{k: opts[k] for k in ("evals", "delta", "ratio")})
+    eta = (tau + offset).astype(honest.dtype)
+    return _repeat(s + eta * direction, f), eta
+
+
+def _search(honest, f, rule, etas, direction, refine, zooms, brackets, key):
+    """Evaluate ``s + eta * direction`` for every ``eta`` in one vmap, then around each of the
+    ``brackets`` best grid points ``zooms`` times evaluate ``refine`` points between the
+    neighbours of that bracket's best point (one vmap per zoom); return the most damaging
+    rows and their ``eta``. Each evaluation takes the fastest exact path for ``rule``
+    (:func:`nnmjax._subspace.residual_fn`)."""
+    s = jnp.mean(honest, axis=0)
+    damage = _damage_fn(honest, direction, f, rule, key)
     grid = jnp.asarray(etas, honest.dtype)
     scores = damage(grid)
     k = min(brackets, grid.shape[0])
@@ -151,28 +205,133 @@ _SEARCH_DOC = """``rule`` maps the ``(h + f, d)`` inputs to ``(d,)`` (e.g.
     ``(h + 1)``-dimensional coordinates, not over ``d`` (:mod:`nnmjax._subspace`)."""
 
 
-def optimal_alie(honest, f: int, *, rule: Callable, key=None, etas=DEFAULT_ETAS, refine: int = 8,
-                 zooms: int = 8, brackets: int = 3, return_eta: bool = False):
-    """ALIE with ``eta`` chosen to maximise ``||rule(honest ++ byz) - s||``: the whole grid
-    ``etas`` in one vmapped call, then, around each of the ``brackets`` best grid points,
-    ``zooms`` rounds of ``refine`` points between the neighbours of that bracket's best
-    point (about 1e-4 relative resolution in ``eta`` by default: 241 rule evaluations in 9
-    vmapped calls). Damage that peaks just before the Byzantine rows leave a selection, as
-    with Krum or NNM, is located to that resolution. """ + _SEARCH_DOC
+def optimal_alie(honest, f: int, *, rule: Callable, key=None, search: str = "grid",
+                 etas=DEFAULT_ETAS, refine: int = 8, zooms: int = 8, brackets: int = 3,
+                 return_eta: bool = False):
+    """ALIE with ``eta`` chosen to maximise ``||rule(honest ++ byz) - s||``.
+
+    ``search="grid"``: the whole grid ``etas`` in one vmapped call, then, around each of
+    the ``brackets`` best grid points, ``zooms`` rounds of ``refine`` points between the
+    neighbours of that bracket's best point (about 1e-4 relative resolution in ``eta`` by
+    default: 241 rule evaluations in 9 vmapped calls). Damage that peaks just before the
+    Byzantine rows leave a selection, as with Krum or NNM, is located to that resolution.
+    ``search="byzfl"``: ByzFL's line search (:data:`BYZFL_LINE_SEARCH`: 20 sequential
+    evaluations from ``eta = 0``, step 10). """ + _SEARCH_DOC
     honest, f = _prepare(honest, f, "optimal_alie")
     _check_key(rule, key)
-    byz, eta = _search(honest, f, rule, etas, _std(honest), refine, zooms, brackets, key)
+    byz, eta = _optimal(honest, f, rule, _std(honest), key, search, 0.0,
+                        dict(etas=etas, refine=refine, zooms=zooms, brackets=brackets))
     return (byz, eta) if return_eta else byz
 
 
-def optimal_foe(honest, f: int, *, rule: Callable, key=None, etas=DEFAULT_ETAS, refine: int = 8,
-                zooms: int = 8, brackets: int = 3, return_eta: bool = False):
-    """FOE, ``(1 - eta) s``, with ``eta`` chosen like :func:`optimal_alie`. """ + _SEARCH_DOC
+def optimal_foe(honest, f: int, *, rule: Callable, key=None, search: str = "grid",
+                etas=DEFAULT_ETAS, refine: int = 8, zooms: int = 8, brackets: int = 3,
+                return_eta: bool = False):
+    """FOE, ``(1 - eta) s``, with ``eta`` chosen like :func:`optimal_alie`; ByzFL's line
+    search runs over its factor ``tau = eta - 1`` (``InnerProductManipulation`` sends
+    ``-tau s``) from ``tau = 0``. """ + _SEARCH_DOC
     honest, f = _prepare(honest, f, "optimal_foe")
     _check_key(rule, key)
-    byz, eta = _search(honest, f, rule, etas, -jnp.mean(honest, axis=0), refine, zooms,
-                       brackets, key)
+    byz, eta = _optimal(honest, f, rule, -jnp.mean(honest, axis=0), key, search, 1.0,
+                        dict(etas=etas, refine=refine, zooms=zooms, brackets=brackets))
     return (byz, eta) if return_eta else byz
+
+
+def adaptive(honest, f: int, *, rule: Callable, key=None, steps: int = 8, lr: float = 0.25,
+             constraint: str | None = None, radius: float | None = None,
+             search: str = "grid"):
+    """Byzantine rows that differentiate through the defence: projected gradient ascent of
+    ``||rule(honest ++ B) - s||^2`` over the ``f`` rows ``B`` (each free, not copies),
+    started from the more damaging of :func:`optimal_alie` and :func:`optimal_foe` (both
+    with ``search``).
+
+    The rows are ``B = s + sigma * Z`` (``sigma`` the honest coordinate-wise standard
+    deviation, ``s`` their mean) and Adam (step ``lr``, in units of ``sigma``) ascends on
+    ``Z`` for ``steps`` steps, through ``jax.grad`` of the rule actually in use (the
+    sorting networks, selections and mixings are differentiated where they are locally
+    linear). Every iterate is scored with the true rule and the best rows are returned, so
+    the result is at least as damaging as both optimal attacks. ``constraint``: ``None``;
+    ``"range"`` keeps every coordinate inside the honest rows' range; ``"ball"`` keeps each
+    row within ``radius`` (default: the largest honest distance to ``s``) of ``s`` (the
+    start is projected too, so then the bound above holds for the projected start).
+
+    A randomized rule is called with ``key`` (the attacker's own draw). A rule that cannot
+    be differentiated (e.g. CAF's ``while_loop``) gets the starting rows, with a warning.
+
+    Example::
+
+        >>> import jax, nnmjax
+        >>> h = jax.random.normal(jax.random.key(0), (13, 50))
+        >>> byz = attacks.adaptive(h, 4, rule=nnmjax.rule("nnm+cwtm", 4))
+        >>> byz.shape
+        (4, 50)
+    """
+    honest, f = _prepare(honest, f, "adaptive")
+    _check_key(rule, key)
+    if constraint not in (None, "range", "ball"):
+        raise ValueError(f"constraint must be None, 'range' or 'ball'; got {constraint!r}")
+    check_int(steps, name="steps", rule="adaptive", low=0)
+    s = jnp.mean(honest, axis=0)
+    grid = dict(etas=DEFAULT_ETAS, refine=8, zooms=8, brackets=3)
+    starts = [_optimal(honest, f, rule, direction, key, search, offset, grid)[0]
+              for direction, offset in ((_std(honest), 0.0), (-s, 1.0))]
+    sigma = _std(honest)
+    sigma = jnp.where(sigma > 0, sigma, jnp.maximum(jnp.mean(sigma), jnp.finfo(honest.dtype).tiny))
+    lo, hi = jnp.min(honest, axis=0), jnp.max(honest, axis=0)
+    if radius is None:
+        radius = jnp.sqrt(jnp.max(jnp.sum(jnp.square(honest - s), axis=1)))
+
+    def project(z):
+        if constraint == "range":
+            return jnp.clip(z, (lo - s) / sigma, (hi - s) / sigma)
+        if constraint == "ball":
+            norm = jnp.sqrt(jnp.sum(jnp.square(z * sigma), axis=1, keepdims=True))
+            return z * jnp.minimum(1.0, radius / jnp.maximum(norm, jnp.finfo(z.dtype).tiny))
+        return z
+
+    def damage_rows(rows):
+        out = _call_rule(rule, jnp.concatenate([honest, rows], axis=0), key)
+        err = jnp.sum(jnp.square(out - s))
+        return jnp.where(jnp.isfinite(err), err, -1.0)
+
+    def damage(z):
+        return damage_rows(s + sigma * z)
+
+    if constraint is not None:
+        starts = [s + sigma * project((b - s) / sigma) for b in starts]
+    scores = [damage_rows(b) for b in starts]
+    first = scores[0] >= scores[1]
+    rows0 = jnp.where(first, starts[0], starts[1])  # scored exactly as they are
+    best0 = jnp.maximum(scores[0], scores[1])
+    z0 = (rows0 - s) / sigma
+    try:
+        jax.eval_shape(jax.grad(damage), z0)
+    except Exception as e:  # noqa: BLE001 - any tracing failure: not differentiable
+        import warnings
+
+        warnings.warn(f"adaptive: {rule!r} cannot be differentiated ({type(e).__name__}); "
+                      "using the better of optimal ALIE and optimal FOE", stacklevel=2)
+        return rows0
+    opt = optax.adam(lr)
+
+    def step(carry, _):
+        z, state, best_rows, best = carry
+        val, g = jax.value_and_grad(damage)(z)
+        take = val > best
+        best_rows = jnp.where(take, s + sigma * z, best_rows)
+        best = jnp.where(take, val, best)
+        g = jnp.where(jnp.isfinite(g), g, 0.0)
+        updates, state = opt.update(-g, state, z)
+        return (project(optax.apply_updates(z, updates)), state, best_rows, best), None
+
+    (z, _, best_rows, best), _ = jax.lax.scan(step, (z0, opt.init(z0), rows0, best0), None,
+                                              length=steps)
+    last = s + sigma * z
+    return jnp.where(damage_rows(last) > best, last, best_rows).astype(honest.dtype)
+
+
+def _call_rule(rule, x, key):
+    return rule(x, key=key) if getattr(rule, "randomized", False) else rule(x)
 
 
 def _check_key(rule, key):
@@ -233,4 +392,5 @@ def mimic(honest, f: int, *, state: MimicState, warmup: int = 1):
 ATTACKS = {
     "sign_flipping": sign_flipping, "foe": foe, "alie": alie, "optimal_foe": optimal_foe,
     "optimal_alie": optimal_alie, "mimic": mimic, "inf": inf, "gaussian": gaussian,
+    "adaptive": adaptive,
 }

@@ -40,6 +40,7 @@ Example::
 """
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 import time
@@ -53,7 +54,8 @@ import optax
 from nnmjax import metrics
 from nnmjax.rules import Rule, rule as make_rule
 
-__all__ = ["AuditResult", "audit", "ratio", "lower_bound", "proven_bound", "audit_table"]
+__all__ = ["AuditResult", "audit", "audit_many", "ratio", "lower_bound", "proven_bound",
+           "audit_table"]
 
 #: Float32 rounding allowance (relative) on ``||F(x) - xbar_S||``.
 ROUNDING = 1e-5
@@ -123,7 +125,7 @@ def ratio(output, x, f: int, *, honest=None, max_subsets: int = 50_000):
                              f"{max_subsets:,}: pass the honest mask")
         subsets = np.flatnonzero(honest)[None]
     else:
-        subsets = np.array(list(itertools.combinations(range(n), k)))
+        subsets = _subsets(n, k)
     if not np.all(np.isfinite(out)):
         mask = np.zeros(n, bool)
         mask[subsets[0]] = True
@@ -131,9 +133,8 @@ def ratio(output, x, f: int, *, honest=None, max_subsets: int = 50_000):
     finite = np.all(np.isfinite(x), axis=1)
     y = np.where(finite[:, None], x - out, 0.0)
     g = y @ y.T
-    member = np.zeros((len(subsets), n))
-    np.put_along_axis(member, subsets, 1.0 / k, axis=1)
-    m2 = np.einsum("cn,nm,cm->c", member, g, member)
+    member = _members(n, k) if honest is None else np.bincount(subsets[0], minlength=n)[None] / k
+    m2 = np.sum((member @ g) * member, axis=1)
     q = member @ np.diag(g)
     den = np.maximum(q - m2, 0.0)
     slack = (ROUNDING * max(1.0, float(np.max(np.abs(out))))) ** 2
@@ -145,6 +146,20 @@ def ratio(output, x, f: int, *, honest=None, max_subsets: int = 50_000):
     mask = np.zeros(n, bool)
     mask[subsets[best]] = True
     return float(r[best]), mask
+
+
+@functools.lru_cache(maxsize=32)
+def _subsets(n: int, k: int) -> np.ndarray:
+    return np.array(list(itertools.combinations(range(n), k)))
+
+
+@functools.lru_cache(maxsize=32)
+def _members(n: int, k: int) -> np.ndarray:
+    """``(C(n, k), n)``: row ``c`` is ``1/k`` on the members of the ``c``-th subset."""
+    subsets = _subsets(n, k)
+    member = np.zeros((len(subsets), n))
+    np.put_along_axis(member, subsets, 1.0 / k, axis=1)
+    return member
 
 
 def _resolve(rule, f: int):
@@ -258,16 +273,16 @@ def _make_search(call, n: int, f: int, d: int, steps: int, lr: float, sigma: flo
         grads = [jnp.tensordot(diff, u, axes=1) / samples for u in us]
         return vals[0], tree.unflatten(grads)
 
-    def run_one(hraw, braw, perm, tied, key, noise, smooth):
+    def run_one(hraw, braw, perm, tied, key, noise, smooth, auto):
         params = _normalise(hraw, braw)
         state = opt.init(params)
 
         def step(carry, k):
             params, state, best = carry
-            if smooth:
-                val, g = value_and_smoothed_grad(params, perm, tied, key, k)
-            else:
-                val, g = jax.value_and_grad(score)(params, perm, tied, key)
+            val, g = value_and_smoothed_grad(params, perm, tied, key, k)
+            if auto:  # restarts that follow jax.grad; the smoothed value is the same score
+                g_auto = jax.grad(score)(params, perm, tied, key)
+                g = jax.tree_util.tree_map(lambda a, b: jnp.where(smooth, a, b), g, g_auto)
             better = val > best[0]  # the true rule's score of the current point
             best = (jnp.where(better, val, best[0]),
                     jax.tree_util.tree_map(lambda a, b: jnp.where(better, a, b), params, best[1]))
@@ -280,42 +295,31 @@ def _make_search(call, n: int, f: int, d: int, steps: int, lr: float, sigma: flo
         (params, _, best), _ = jax.lax.scan(step, (params, state, best), noise)
         return best[0], best[1][0], best[1][1]
 
-    def differentiable():
-        """Whether reverse-mode differentiation through the rule traces (it does not through
-        a ``lax.while_loop``, e.g. CAF's)."""
-        shapes = (jax.ShapeDtypeStruct((n - f, d), jnp.float32),
-                  jax.ShapeDtypeStruct((f, d), jnp.float32))
+    def build(auto):
+        """One vmap over all restarts: odd ones follow the smoothed surrogate, even ones
+        ``jax.grad`` (all smoothed when ``auto`` is false)."""
+        def search(hraw, braw, perm, tied, keys, noise):
+            smooth = (jnp.arange(hraw.shape[0]) % 2 == 1) | (not auto)
+            return jax.vmap(lambda *a: run_one(*a, auto=auto))(
+                hraw, braw, perm, tied, keys, noise, smooth)
+
+        return jax.jit(search)
+
+    searches = {True: build(True), False: build(False)}
+
+    def search(*args):
+        """The search with ``jax.grad`` where the rule can be differentiated in reverse mode
+        (not through a ``lax.while_loop``, e.g. CAF's), else smoothed only."""
         try:
-            jax.eval_shape(jax.grad(score), shapes, jnp.arange(n), jnp.array(False),
-                           jax.random.key(0))
-            return True
-        except Exception:  # noqa: BLE001 - any tracing failure means: no autodiff
-            return False
+            return searches[True](*args), True
+        except (ValueError, TypeError, NotImplementedError):
+            return searches[False](*args), False
 
-    auto_ok = differentiable()
-
-    @jax.jit
-    def search(hraw, braw, perm, tied, keys, noise):
-        """Even restarts follow ``jax.grad`` (when the rule allows it), odd ones the smoothed
-        surrogate; each group is one vmap. ``noise``: ``(R, steps + 1, samples, ...)`` pairs
-        of directions for the smoothed restarts."""
-        out = []
-        groups = (slice(0, None, 2), slice(1, None, 2)) if auto_ok else (slice(None),)
-        for i, sl in enumerate(groups):
-            smooth = not auto_ok or i == 1
-            out.append(jax.vmap(lambda *a: run_one(*a, smooth))(
-                hraw[sl], braw[sl], perm[sl], tied[sl], keys[sl], (noise[0][sl], noise[1][sl])))
-        if len(out) == 1:
-            return out[0]
-        r = hraw.shape[0]
-        idx = np.argsort(np.r_[np.arange(r)[0::2], np.arange(r)[1::2]])
-        return tuple(jnp.concatenate([a, b])[idx] for a, b in zip(*out))
-
-    return search, auto_ok
+    return search
 
 
-def audit(rule, n: int, f: int, d: int = 8, *, restarts: int = 64, steps: int = 100,
-          lr: float = 0.05, sigma: float = 0.05, samples: int = 4, placements: int = 8,
+def audit(rule, n: int, f: int, d: int = 8, *, restarts: int = 32, steps: int = 50,
+          lr: float = 0.05, sigma: float = 0.05, samples: int = 4, placements: int = 4,
           seed: int = 0, max_subsets: int = 50_000) -> AuditResult:
     """Search for the input maximising Definition 2's ratio of ``rule`` (see the module
     docstring).
@@ -348,16 +352,19 @@ def audit(rule, n: int, f: int, d: int = 8, *, restarts: int = 64, steps: int = 
                          f"restarts={restarts}, steps={steps}")
     t0 = time.perf_counter()
     name, call = _resolve(rule, f)
+    restarts, steps = _within_budget(rule if isinstance(rule, (str, Rule)) else None, n, f,
+                                     restarts, steps)
     rng = np.random.default_rng(seed)
     st = _starts(n, f, d, restarts, rng)
     r = len(st.source)
     h = n - f
-    search, _ = _make_search(call, n, f, d, steps, lr, sigma, samples)
+    search = _make_search(call, n, f, d, steps, lr, sigma, samples)
     keys = jax.random.split(jax.random.key(seed), r)
     noise = tuple(jnp.asarray(rng.standard_normal((r, steps + 1, samples, rows, d)), jnp.float32)
                   for rows in (h, f))
-    scores, hh, bb = search(jnp.asarray(st.honest, jnp.float32), jnp.asarray(st.byz, jnp.float32),
-                            jnp.asarray(st.perm), jnp.asarray(st.tied), keys, noise)
+    (scores, hh, bb), _ = search(jnp.asarray(st.honest, jnp.float32),
+                                 jnp.asarray(st.byz, jnp.float32), jnp.asarray(st.perm),
+                                 jnp.asarray(st.tied), keys, noise)
     scores, hh, bb = np.asarray(scores), np.asarray(hh, np.float64), np.asarray(bb, np.float64)
     bb = np.where(st.tied[:, None, None], bb[:, :1], bb)
 
@@ -387,6 +394,51 @@ def audit(rule, n: int, f: int, d: int = 8, *, restarts: int = 64, steps: int = 
     return AuditResult(name, n, f, d, float(val), proven_bound(name, n, f), lower_bound(n, f),
                        np.asarray(x, np.float64), np.asarray(mask), src, r, steps,
                        time.perf_counter() - t0)
+
+
+#: Work of one evaluation of a subset rule (MDA: ``C(n, f) (n - f)^2``, SMEA's eigenvalues:
+#: ``C(n, f) (n - f)^3``) past which the audit scales its restarts and steps down by the
+#: square root of the excess, each to at least 8.
+SUBSET_BUDGET = 100_000
+
+
+def _within_budget(rule, n, f, restarts, steps):
+    """``(restarts, steps)`` for rules that enumerate subsets (see :data:`SUBSET_BUDGET`)."""
+    stages = set((make_rule(rule, f) if isinstance(rule, str) else rule).stages) if rule else set()
+    k = n - f
+    work = math.comb(n, f) * (k ** 3 if "smea" in stages else k ** 2 if "mda" in stages else 0)
+    if work <= SUBSET_BUDGET:
+        return restarts, steps
+    shrink = math.sqrt(SUBSET_BUDGET / work)
+    return max(8, round(restarts * shrink)), max(8, round(steps * shrink))
+
+
+def _one(args):
+    rule, n, f, options = args
+    return audit(rule, n, f, **options)
+
+
+def audit_many(rules, n: int, fs, *, jobs: int = 1, progress=None, **options):
+    """:func:`audit` for every rule and ``f`` (a list of results in that order), in ``jobs``
+    processes; ``progress(result)`` is called as each one finishes."""
+    tasks = [(r, n, f, options) for r in rules for f in fs]
+    if jobs <= 1:
+        out = []
+        for t in tasks:
+            out.append(_one(t))
+            if progress:
+                progress(out[-1])
+        return out
+    import concurrent.futures
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("spawn")
+    with concurrent.futures.ProcessPoolExecutor(jobs, mp_context=ctx) as pool:
+        futures = [pool.submit(_one, t) for t in tasks]
+        for fut in concurrent.futures.as_completed(futures):
+            if progress:
+                progress(fut.result())
+        return [fut.result() for fut in futures]
 
 
 def audit_table(results) -> str:

@@ -24,8 +24,13 @@ from nnmjax.models import MODELS
 __all__ = ["Config", "RunSpec", "load_config", "load_grid", "expand_sweep", "parse_set", "QUICKSTART",
            "ATTACK_NAMES", "format_rule_options"]
 
-ATTACK_NAMES = ("none", "sign_flipping", "foe", "alie", "optimal_foe", "optimal_alie", "mimic",
-                "inf", "gaussian", "label_flipping")
+ATTACK_NAMES = ("none", "sign_flipping", "foe", "alie", "optimal_foe", "optimal_alie", "adaptive",
+                "mimic", "inf", "gaussian", "label_flipping")
+#: How the optimal attacks (and the adaptive attack's start) pick ``eta``:
+#: :data:`nnmjax.attacks.SEARCHES`.
+ATTACK_SEARCHES = ("grid", "byzfl")
+#: The attacks that search against the rule in use (``attack_search`` applies to them).
+SEARCHING_ATTACKS = ("optimal_alie", "optimal_foe", "adaptive")
 DATASETS = ("digits", "mnist", "fashion_mnist", "cifar10")
 PARTITIONS = ("iid", "dirichlet", "dirichlet_per_class", "gamma_similarity", "extreme")
 SCHEDULES = ("constant", "paper_mnist", "paper_cifar")
@@ -53,6 +58,10 @@ class Config:
     alpha: float = 0.1
     gamma: float = 0.5
     attacks: tuple[str, ...] = ("optimal_alie",)
+    #: The optimal attacks' search for ``eta``: ``"grid"`` (241 candidates, refined) or
+    #: ``"byzfl"`` (ByzFL's 20-evaluation line search); part of a run's identity only when
+    #: not the default.
+    attack_search: str = "grid"
     rules: tuple[str, ...] = ("nnm+cwtm",)
     #: Options of rule stages, applied in every rule that has the stage (TOML
     #: ``rule_options = {gm = {nu = 0.1, max_iter = 3}, clipping = {c = 1.0}}``; ByzFL's
@@ -132,6 +141,8 @@ class RunSpec:
         for k in ("tolerated_f", "data_seed", "rule_options"):  # unset, runs keep the
             if base[k] in (None, ()):                             # hashes they had before
                 base.pop(k)
+        if base["attack_search"] == "grid" or self.attack not in SEARCHING_ATTACKS:
+            base.pop("attack_search")
         if "rule_options" in base:  # one string, e.g. "gm(max_iter=3, nu=0.1)"
             base["rule_options"] = format_rule_options(self.config.rule_options)
         return {**base, "attack": self.attack, "rule": self.rule, "seed": self.seed}
@@ -190,6 +201,8 @@ def _validate(c: Config):
         v = getattr(c, key)
         if not isinstance(v, tuple) or not v:
             _fail(key, "must be a non-empty list")
+    if c.attack_search not in ATTACK_SEARCHES:
+        _fail("attack_search", f"must be one of {list(ATTACK_SEARCHES)}; got {c.attack_search!r}")
     for a in c.attacks:
         if a not in ATTACK_NAMES:
             _fail("attacks", f"unknown attack {a!r}; choose from {list(ATTACK_NAMES)}")

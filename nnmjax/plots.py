@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["plot_accuracy", "plot_kappa", "plot_worst_case", "plot_all"]
+__all__ = ["plot_accuracy", "plot_kappa", "plot_worst_case", "plot_all", "plot_audit"]
 
 
 def _grouped(records):
@@ -112,15 +112,16 @@ def plot_worst_case(records, path: Path | str, *, row: str = "f", col: str = "al
     return _save(fig, path, tight=False)
 
 
-def _save(fig, path, tight=True):
+def _save(fig, path, tight=True, close=True):
     import matplotlib.pyplot as plt
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     if tight:
         fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    fig.savefig(path, dpi=120 if path.suffix == ".png" else None)
+    if close:
+        plt.close(fig)
     return path
 
 
@@ -155,3 +156,50 @@ def plot_all(records, out_dir: Path | str) -> list[Path]:
     if varying and set(varying) <= {"f", "alpha"}:
         paths.append(plot_worst_case(records, out_dir / "worst_case.png"))
     return paths
+
+
+def plot_audit(results, path: Path | str) -> list[Path]:
+    """The audit's figure: per aggregator, the worst ratio found against ``f / n`` for the
+    rule and its ``nnm+`` variant (solid, markers), their proven bounds (dashed, Appendix 8
+    and Lemma 1) and Proposition 6's lower bound ``f / (n - 2f)`` (black), log scale.
+    ``results``: :class:`nnmjax.audit.AuditResult` or their dicts. Written as PDF (vector)
+    and PNG beside it; returns both paths."""
+    rows = [r if isinstance(r, dict) else r._asdict() for r in results]
+    blocks = defaultdict(list)
+    for r in rows:
+        blocks[r["rule"].split("+")[-1]].append(r)
+    fig, axes = _figure(len(blocks))
+    colours = {"vanilla": "tab:red", "nnm": "tab:blue"}
+    for ax, block in zip(axes, sorted(blocks)):
+        lower = {}
+        for variant in ("vanilla", "nnm"):
+            rs = sorted((r for r in blocks[block]
+                         if (r["rule"] == block) == (variant == "vanilla")
+                         and (variant == "vanilla" or r["rule"] == "nnm+" + block)),
+                        key=lambda r: r["f"] / r["n"])
+            if not rs:
+                continue
+            x = [r["f"] / r["n"] for r in rs]
+            y = [float(r["worst_ratio"]) for r in rs]
+            label = block if variant == "vanilla" else f"NNM + {block}"
+            ax.plot(x, y, "o-" if variant == "vanilla" else "s-", color=colours[variant],
+                    label=f"{label}: worst found", ms=6 if variant == "vanilla" else 3.5)
+            bounds = [(xx, r["bound"]) for xx, r in zip(x, rs) if r["bound"] is not None]
+            if bounds:
+                ax.plot(*zip(*bounds), "--", color=colours[variant], label=f"{label}: proven")
+            lower.update({xx: r["lower_bound"] for xx, r in zip(x, rs)})
+        if lower:
+            xs = sorted(lower)
+            ax.plot(xs, [lower[v] for v in xs], "k-", lw=1, label="f/(n-2f) (Prop. 6)")
+        ax.set_yscale("log")
+        ax.set_xlabel("f / n")
+        ax.set_ylabel("Definition 2 ratio")
+        ax.set_title(block.upper() if len(block) <= 5 else block)
+        ax.grid(alpha=0.3, which="both")
+        ax.legend(fontsize=6)
+    n_values = sorted({r["n"] for r in rows})
+    fig.suptitle(f"Adversarial audit, n = {', '.join(map(str, n_values))}", fontsize=10)
+    path = Path(path).with_suffix(".pdf")
+    _save(fig, path, close=False)
+    png = _save(fig, path.with_suffix(".png"))
+    return [path, png]

@@ -184,9 +184,17 @@ class Experiment:
             transforms.clip_by_worker_norm(self._hyper(hyper, "clip")) if c.clip else optax.identity(),
             transforms.worker_momentum(beta, c.n if self.lf else c.honest),
             transforms.inject_attack(injected, f if injected != "none" else 0, rule=self.rule,
-                                     key=jax.random.key(0)),
+                                     key=jax.random.key(0), **self._attack_options()),
         )
         return server, optax.sgd(learning_rate(c, lr=self._hyper(hyper, "lr")))
+
+    def _attack_options(self):
+        """``search=`` for the attacks that search (config ``attack_search``), else nothing."""
+        from nnmjax.config import SEARCHING_ATTACKS
+
+        if self.attack in SEARCHING_ATTACKS and self.config.attack_search != "grid":
+            return {"search": self.config.attack_search}
+        return {}
 
     def _loss(self, params, model_state, key, x, y, mask=None, *, weight_decay):
         """Training loss of one worker's batch (BatchNorm on the batch's statistics, dropout

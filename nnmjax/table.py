@@ -20,8 +20,8 @@ __all__ = ["Table", "accuracy_tables", "format_markdown", "write_csv", "worst_ca
            "setting_groups", "title", "title_fields", "block_rank", "ATTACK_ORDER", "BLOCK_ORDER"]
 
 #: Column order: the paper's (ALIE, FOE, LF, SF, Mimic); other attacks follow alphabetically.
-ATTACK_ORDER = ("optimal_alie", "alie", "optimal_foe", "foe", "label_flipping", "sign_flipping",
-                "mimic")
+ATTACK_ORDER = ("optimal_alie", "alie", "optimal_foe", "foe", "adaptive", "label_flipping",
+                "sign_flipping", "mimic")
 #: Block order: the paper's Table 2 (Krum, GM, CWMed, CWTM), then its extra rules.
 BLOCK_ORDER = ("krum", "gm", "cwmed", "cwtm", "mda", "meamed", "multikrum")
 #: Fields that tell runs of one cell or table apart; a cell pools every ``seed`` and

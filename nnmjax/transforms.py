@@ -94,7 +94,7 @@ class InjectAttackState(NamedTuple):
 
 _STATEFUL = {"mimic"}
 _KEYED = {"gaussian"}
-_SEARCHING = {"optimal_alie", "optimal_foe"}
+_SEARCHING = {"optimal_alie", "optimal_foe", "adaptive"}
 
 
 def inject_attack(attack: str | Callable, f: int, *, key=None, rule: Rule | Callable | None = None,

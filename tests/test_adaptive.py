@@ -1,0 +1,147 @@
+"""The adaptive attack (gradient ascent through the defence) and ByzFL's line search as the
+optimal attacks' ``search="byzfl"``."""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import nnmjax
+from nnmjax import attacks, config, transforms
+
+RULES = ["cwtm", "cwmed", "meamed", "krum", "multikrum", "gm", "mda", "monna", "cclip", "smea",
+         "nnm+cwtm", "nnm+krum", "nnm+gm", "bucketing+cwtm", "arc+nnm+cwmed"]
+H, F, D = 9, 3, 6
+
+
+def _honest(kind, seed):
+    rng = np.random.default_rng(seed)
+    if kind == "random":
+        x = rng.normal(size=(H, D)) * rng.uniform(0.5, 2, D) + rng.normal(size=D)
+    elif kind == "offset":  # a large common component
+        x = 100.0 + rng.normal(size=(H, D))
+    elif kind == "clustered":  # two clusters (heterogeneous workers)
+        x = np.r_[rng.normal(size=(5, D)) + 3, rng.normal(size=(4, D)) - 3]
+    else:
+        raise AssertionError(kind)
+    return jnp.asarray(x, jnp.float32)
+
+
+def _damage(rule, honest, byz, key):
+    x = jnp.concatenate([honest, byz])
+    out = rule(x, key=key) if rule.randomized else rule(x)
+    return float(jnp.sum(jnp.square(out - honest.mean(0))))
+
+
+@pytest.mark.parametrize("name", RULES)
+def test_adaptive_is_at_least_the_optimal_attacks(name):
+    rule = nnmjax.rule(name, F)
+    key = jax.random.key(3) if rule.randomized else None
+    fn = jax.jit(lambda h: attacks.adaptive(h, F, rule=rule, key=key, steps=6))
+    for kind in ("random", "offset", "clustered"):
+        honest = _honest(kind, seed=len(name))
+        adv = fn(honest)
+        assert adv.shape == (F, D) and bool(jnp.all(jnp.isfinite(adv)))
+        got = _damage(rule, honest, adv, key)
+        for attack in (attacks.optimal_alie, attacks.optimal_foe):
+            want = _damage(rule, honest, attack(honest, F, rule=rule, key=key), key)
+            assert got >= want * (1 - 1e-4) - 1e-6, f"{name}/{kind}: {got} < {attack.__name__} {want}"
+    assert fn._cache_size() == 1  # one compilation for the shape
+
+
+def test_adaptive_improves_where_the_rule_has_a_gradient():
+    """GM's output moves smoothly with the Byzantine rows: the ascent must gain on the start."""
+    rule = nnmjax.rule("gm", F)
+    honest = _honest("random", seed=1)
+    start = max(_damage(rule, honest, a(honest, F, rule=rule), None)
+                for a in (attacks.optimal_alie, attacks.optimal_foe))
+    got = _damage(rule, honest, attacks.adaptive(honest, F, rule=rule, steps=20, lr=0.05), None)
+    assert got > start * (1 + 1e-6)
+
+
+def test_adaptive_constraints():
+    honest = _honest("random", seed=2)
+    rule = nnmjax.rule("nnm+cwtm", F)
+    inside = attacks.adaptive(honest, F, rule=rule, constraint="range")
+    lo, hi = honest.min(0), honest.max(0)
+    assert bool(jnp.all((inside >= lo - 1e-5) & (inside <= hi + 1e-5)))
+    ball = attacks.adaptive(honest, F, rule=rule, constraint="ball", radius=0.5)
+    assert float(jnp.max(jnp.linalg.norm(ball - honest.mean(0), axis=1))) <= 0.5 * (1 + 1e-5)
+    with pytest.raises(ValueError, match="constraint"):
+        attacks.adaptive(honest, F, rule=rule, constraint="box")
+
+
+def test_adaptive_falls_back_for_caf_with_a_warning():
+    honest = _honest("random", seed=3)
+    rule = nnmjax.rule("caf", F)
+    with pytest.warns(UserWarning, match="cannot be differentiated"):
+        adv = attacks.adaptive(honest, F, rule=rule)
+    best = max(_damage(rule, honest, a(honest, F, rule=rule), None)
+               for a in (attacks.optimal_alie, attacks.optimal_foe))
+    assert _damage(rule, honest, adv, None) == pytest.approx(best, rel=1e-5)
+
+
+def test_adaptive_in_an_optax_chain_and_a_config():
+    rule = nnmjax.rule("nnm+cwtm", F)
+    chain = transforms.inject_attack("adaptive", F, rule=rule)
+    g = {"w": jnp.asarray(np.random.default_rng(0).normal(size=(H, 4, 2)), jnp.float32)}
+    out, _ = jax.jit(chain.update)(g, chain.init({"w": jnp.zeros((4, 2))}))
+    assert out["w"].shape == (H + F, 4, 2)
+    with pytest.raises(ValueError, match="rule"):
+        transforms.inject_attack("adaptive", F)
+    c = config.from_mapping({"attacks": ["adaptive"], "attack_search": "byzfl"})
+    assert c.runs()[0].record_key()["attack_search"] == "byzfl"
+    # the default search leaves a run's identity (and so its hash) as it was
+    plain = config.from_mapping({"attacks": ["optimal_alie"]})
+    assert "attack_search" not in plain.runs()[0].record_key()
+    with pytest.raises(ValueError, match="attack_search"):
+        config.from_mapping({"attack_search": "bisect"})
+
+
+# ------------------------------------------------------------- ByzFL's line search
+
+
+def _byzfl_line_search(damage, start=0.0, delta=10.0, ratio=0.8, evals=20):
+    """ByzFL 0.0.11's expansion / contraction phases, transcribed from its documentation."""
+    best_x, best_y = start, damage(start)
+    remaining = evals - 1
+    while remaining > 0:  # expansion
+        prop = best_x + delta
+        y = damage(prop)
+        remaining -= 1
+        if y > best_y:
+            best_x, best_y, delta = prop, y, delta * 2
+        else:
+            delta *= ratio
+            break
+    while remaining > 0:  # contraction
+        prop = best_x + delta
+        y = damage(prop)
+        remaining -= 1
+        if y > best_y:
+            best_x, best_y = prop, y
+        delta *= ratio
+    return best_x
+
+
+@pytest.mark.parametrize("name", ["cwtm", "krum", "nnm+cwtm"])
+def test_byzfl_search_follows_byzfl(name):
+    rule = nnmjax.rule(name, F)
+    honest = _honest("random", seed=5)
+    s = np.asarray(honest.mean(0))
+    sigma = np.asarray(jnp.std(honest, 0, ddof=1))
+    for attack, direction, offset in ((attacks.optimal_alie, sigma, 0.0),
+                                      (attacks.optimal_foe, -s, 1.0)):
+        def damage(tau):
+            byz = np.repeat((s + (tau + offset) * direction)[None], F, 0)
+            return _damage(rule, honest, jnp.asarray(byz, jnp.float32), None)
+
+        want = _byzfl_line_search(damage) + offset
+        _, eta = attack(honest, F, rule=rule, search="byzfl", return_eta=True)
+        assert float(eta) == pytest.approx(want, rel=1e-4, abs=1e-4), attack.__name__
+
+
+def test_unknown_search():
+    with pytest.raises(ValueError, match="search"):
+        attacks.optimal_alie(_honest("random", 0), F, rule=nnmjax.rule("cwtm", F), search="x")
