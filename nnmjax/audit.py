@@ -44,7 +44,7 @@ import functools
 import itertools
 import math
 import time
-from typing import Callable, NamedTuple
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp

@@ -445,7 +445,14 @@ def _run_audit(args) -> int:
         print(f"nnmjax audit: {e}", file=sys.stderr)
         return 2
 
+    from nnmjax.results import atomic_write
+
+    done = []  # every finished audit is on disk at once: an interrupted audit keeps them
+
     def progress(r):
+        done.append(r)
+        text = json.dumps([d.as_dict() for d in done])
+        atomic_write(out / "partial-audit.json", lambda fh: fh.write(text))
         print(f"  {r.rule} f={r.f}: worst ratio {r.worst_ratio:.4g} ({r.wall_s:.1f} s)",
               file=sys.stderr, flush=True)
 
@@ -453,7 +460,9 @@ def _run_audit(args) -> int:
     results = audit.audit_many(names, args.n, fs, jobs=args.jobs, progress=progress, d=args.d,
                                restarts=args.restarts, steps=args.steps, seed=args.seed)
     print(audit.audit_table(results))
-    (out / "audit.json").write_text(json.dumps([r.as_dict() for r in results], indent=1))
+    text = json.dumps([r.as_dict() for r in results], indent=1)
+    atomic_write(out / "audit.json", lambda fh: fh.write(text))
+    (out / "partial-audit.json").unlink(missing_ok=True)
     paths = plots.plot_audit(results, out / "audit.pdf")
     print(f"{len(results)} audits in {time.perf_counter() - t0:.0f} s; wrote "
           f"{out / 'audit.json'}, {', '.join(map(str, paths))}")

@@ -158,48 +158,65 @@ def plot_all(records, out_dir: Path | str) -> list[Path]:
     return paths
 
 
+#: Display names of the aggregators in figure titles.
+RULE_TITLES = {"cwtm": "CWTM", "cwmed": "CWMed", "gm": "GM", "krum": "Krum", "multikrum":
+               "Multi-Krum", "mda": "MDA", "meamed": "MeaMed", "cclip": "CClip", "monna": "MoNNA",
+               "caf": "CAF", "smea": "SMEA", "mean": "Mean"}
+
+
 def plot_audit(results, path: Path | str) -> list[Path]:
     """The audit's figure: per aggregator, the worst ratio found against ``f / n`` for the
-    rule and its ``nnm+`` variant (solid, markers), their proven bounds (dashed, Appendix 8
-    and Lemma 1) and Proposition 6's lower bound ``f / (n - 2f)`` (black), log scale.
-    ``results``: :class:`nnmjax.audit.AuditResult` or their dicts. Written as PDF (vector)
-    and PNG beside it; returns both paths."""
+    rule and its ``nnm+`` variant (solid, markers; an unbounded ratio as a triangle at the
+    top edge), their proven bounds (dashed, Appendix 8 and Lemma 1) and Proposition 6's
+    lower bound ``f / (n - 2f)`` (black), log scale. ``results``:
+    :class:`nnmjax.audit.AuditResult` or their dicts. Written as PDF (vector) and PNG
+    beside it; returns both paths."""
     rows = [r if isinstance(r, dict) else r._asdict() for r in results]
     blocks = defaultdict(list)
     for r in rows:
         blocks[r["rule"].split("+")[-1]].append(r)
     fig, axes = _figure(len(blocks))
     colours = {"vanilla": "tab:red", "nnm": "tab:blue"}
-    for ax, block in zip(axes, sorted(blocks)):
-        lower = {}
+    for ax, block in zip(axes, sorted(blocks, key=lambda b: RULE_TITLES.get(b, b).lower())):
+        lower, unbounded = {}, []
         for variant in ("vanilla", "nnm"):
             rs = sorted((r for r in blocks[block]
-                         if (r["rule"] == block) == (variant == "vanilla")
-                         and (variant == "vanilla" or r["rule"] == "nnm+" + block)),
+                         if r["rule"] == (block if variant == "vanilla" else "nnm+" + block)),
                         key=lambda r: r["f"] / r["n"])
             if not rs:
                 continue
-            x = [r["f"] / r["n"] for r in rs]
-            y = [float(r["worst_ratio"]) for r in rs]
-            label = block if variant == "vanilla" else f"NNM + {block}"
-            ax.plot(x, y, "o-" if variant == "vanilla" else "s-", color=colours[variant],
-                    label=f"{label}: worst found", ms=6 if variant == "vanilla" else 3.5)
+            name = RULE_TITLES.get(block, block)
+            label = name if variant == "vanilla" else f"NNM + {name}"
+            x = np.array([r["f"] / r["n"] for r in rs])
+            y = np.array([float(r["worst_ratio"]) for r in rs])
+            finite = np.isfinite(y)
+            ax.plot(x[finite], y[finite], "o-" if variant == "vanilla" else "s-",
+                    color=colours[variant], label=f"{label}: worst found",
+                    ms=6 if variant == "vanilla" else 3.5)
+            unbounded += [(xx, colours[variant]) for xx in x[~finite]]
             bounds = [(xx, r["bound"]) for xx, r in zip(x, rs) if r["bound"] is not None]
             if bounds:
                 ax.plot(*zip(*bounds), "--", color=colours[variant], label=f"{label}: proven")
             lower.update({xx: r["lower_bound"] for xx, r in zip(x, rs)})
-        if lower:
-            xs = sorted(lower)
-            ax.plot(xs, [lower[v] for v in xs], "k-", lw=1, label="f/(n-2f) (Prop. 6)")
+        xs = sorted(lower)
+        ax.plot(xs, [lower[v] for v in xs], "k-", lw=1, label="f/(n-2f) (Prop. 6)")
         ax.set_yscale("log")
+        if unbounded:
+            top = ax.get_ylim()[1]
+            for xx, c in unbounded:
+                ax.plot([xx], [top], "^", color=c, ms=7, clip_on=False)
+            ax.plot([], [], "^", color="gray", label="unbounded (inf)")
+            ax.set_ylim(top=top)
         ax.set_xlabel("f / n")
         ax.set_ylabel("Definition 2 ratio")
-        ax.set_title(block.upper() if len(block) <= 5 else block)
+        ax.set_title(RULE_TITLES.get(block, block))
         ax.grid(alpha=0.3, which="both")
         ax.legend(fontsize=6)
     n_values = sorted({r["n"] for r in rows})
-    fig.suptitle(f"Adversarial audit, n = {', '.join(map(str, n_values))}", fontsize=10)
+    fig.suptitle(f"Worst Definition 2 ratio found by nnmjax audit, n = "
+                 f"{', '.join(map(str, n_values))}", fontsize=11)
+    fig.tight_layout(rect=(0, 0, 1, 0.97))
     path = Path(path).with_suffix(".pdf")
-    _save(fig, path, close=False)
-    png = _save(fig, path.with_suffix(".png"))
+    _save(fig, path, tight=False, close=False)
+    png = _save(fig, path.with_suffix(".png"), tight=False)
     return [path, png]

@@ -36,10 +36,12 @@ def record_path(out_dir: Path | str, run_hash: str) -> Path:
 def atomic_write(path: Path, write, *, mode: str = "w") -> None:
     """Create or replace ``path`` atomically: ``write(fh)`` fills a temporary file beside it
     (opened with ``mode``), which is flushed, fsynced and renamed over ``path``; a failure
-    leaves ``path`` as it was."""
+    leaves ``path`` as it was. The file gets the permissions of an ordinary new file under
+    the process's umask (``mkstemp`` alone would make it 0600)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.chmod(tmp, 0o666 & ~_umask())
         with os.fdopen(fd, mode, **({} if "b" in mode else {"newline": ""})) as fh:
             write(fh)
             fh.flush()
@@ -49,6 +51,12 @@ def atomic_write(path: Path, write, *, mode: str = "w") -> None:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def plain(value: Any):

@@ -200,7 +200,6 @@ def test_every_dtype(name, dtype):
     n, d, f = 9, 3, 2
     with jax.enable_x64(dtype == "float64"):
         dt = jnp.dtype(dtype)
-        rng = np.random.default_rng(3)
         honest = _honest(n, d, seed=5)
         x = jnp.asarray(honest, dt)
         rounded = np.asarray(x.astype(jnp.float32), np.float64)

@@ -152,7 +152,7 @@ def test_bad_arguments(name):
 
 def test_attack_registry():
     assert set(atk.ATTACKS) == {"sign_flipping", "foe", "alie", "optimal_foe", "optimal_alie",
-                                "mimic", "inf", "gaussian"}
+                                "adaptive", "mimic", "inf", "gaussian"}
     for name, fn in atk.ATTACKS.items():
         assert fn is getattr(atk, name)
 
