@@ -21,7 +21,7 @@ RULES = sorted(AGGREGATORS) + [f"nnm+{a}" for a in sorted(AGGREGATORS)] + ["buck
 #: (and their nnm+ variants) at two f, the others at one
 N, D = 9, 3
 PROVEN = {"cwtm", "cwmed", "krum", "gm"}
-OPTIONS = dict(restarts=12, steps=25, placements=4)
+OPTIONS = dict(restarts=8, steps=15, placements=3)
 
 
 @pytest.mark.parametrize("name", RULES)
