@@ -86,17 +86,18 @@ def residual_fn(honest, direction, f: int, rule: Callable, *, key=None):
         *pres, last = rule.stages
         if all(st in EQUIVARIANT for st in rule.stages) and rule.options.get("init") != "zero":
             hc, ac = coordinates(honest - s, direction)
-            return (lambda eta: _call(rule, _stack(hc, eta * ac, f), key)), True
+            return (lambda eta: call(rule, _stack(hc, eta * ac, f), key)), True
         if last in COORDINATEWISE and all(st in ("nnm", "bucketing") for st in pres):
             return _mixed_coordinatewise(honest, direction, f, rule, key), False
 
     def direct(eta):
-        return _call(rule, _stack(honest, (s + eta * direction).astype(honest.dtype), f), key) - s
+        return call(rule, _stack(honest, (s + eta * direction).astype(honest.dtype), f), key) - s
 
     return direct, False
 
 
-def _call(rule, x, key):
+def call(rule, x, key):
+    """``rule(x)``, with ``key`` when the rule is randomized."""
     return rule(x, key=key) if getattr(rule, "randomized", False) else rule(x)
 
 

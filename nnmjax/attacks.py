@@ -20,7 +20,6 @@ from typing import Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
-
 import optax
 
 from nnmjax import _subspace
@@ -116,7 +115,7 @@ BYZFL_LINE_SEARCH = {"evals": 20, "start": 0.0, "delta": 10.0, "ratio": 0.8}
 SEARCHES = ("grid", "byzfl")
 
 
-def _line_search(damage, start, *, evals, delta, ratio):
+def _line_search(damage, *, start, evals, delta, ratio):
     """ByzFL's sequential line search over ``eta`` (one evaluation per iteration, a
     ``lax.fori_loop``): propose ``best + delta``; while expanding, a better proposal is
     taken and doubles ``delta``, a worse one multiplies it by ``ratio`` and ends the
@@ -138,9 +137,9 @@ def _line_search(damage, start, *, evals, delta, ratio):
 
 
 def _damage_fn(honest, direction, f, rule, key):
-    """``eta -> ||rule(honest ++ f x (s + eta direction)) - s||^2`` (``-1`` when not finite)
-    on the fastest exact path (:func:`nnmjax._subspace.residual_fn`), and whether it takes
-    a vector of ``eta`` at once (``vmap``) or one at a time."""
+    """``etas (k,) -> ||rule(honest ++ f x (s + eta direction)) - s||^2`` for each ``eta``
+    (``-1`` when not finite), on the fastest exact path
+    (:func:`nnmjax._subspace.residual_fn`)."""
     residual, small = _subspace.residual_fn(honest, direction, f, rule, key=key)
 
     def damage(etas):
@@ -162,9 +161,8 @@ def _optimal(honest, f, rule, direction, key, search, offset, grid_options):
         return _search(honest, f, rule, direction=direction, key=key, **grid_options)
     s = jnp.mean(honest, axis=0)
     damage = _damage_fn(honest, direction, f, rule, key)
-    opts = dict(BYZFL_LINE_SEARCH)
     tau = _line_search(lambda t: damage(jnp.reshape(t + offset, (1,)).astype(honest.dtype))[0],
-                       opts.pop("start"), **{k: opts[k] for k in ("evals", "delta", "ratio")})
+                       **BYZFL_LINE_SEARCH)
     eta = (tau + offset).astype(honest.dtype)
     return _repeat(s + eta * direction, f), eta
 
@@ -272,9 +270,8 @@ def adaptive(honest, f: int, *, rule: Callable, key=None, steps: int = 8, lr: fl
         raise ValueError(f"constraint must be None, 'range' or 'ball'; got {constraint!r}")
     check_int(steps, name="steps", rule="adaptive", low=0)
     s = jnp.mean(honest, axis=0)
-    grid = dict(etas=DEFAULT_ETAS, refine=8, zooms=8, brackets=3)
-    starts = [_optimal(honest, f, rule, direction, key, search, offset, grid)[0]
-              for direction, offset in ((_std(honest), 0.0), (-s, 1.0))]
+    starts = [attack(honest, f, rule=rule, key=key, search=search)
+              for attack in (optimal_alie, optimal_foe)]
     sigma = _std(honest)
     sigma = jnp.where(sigma > 0, sigma, jnp.maximum(jnp.mean(sigma), jnp.finfo(honest.dtype).tiny))
     lo, hi = jnp.min(honest, axis=0), jnp.max(honest, axis=0)
@@ -290,7 +287,7 @@ def adaptive(honest, f: int, *, rule: Callable, key=None, steps: int = 8, lr: fl
         return z
 
     def damage_rows(rows):
-        out = _call_rule(rule, jnp.concatenate([honest, rows], axis=0), key)
+        out = _subspace.call(rule, jnp.concatenate([honest, rows], axis=0), key)
         err = jnp.sum(jnp.square(out - s))
         return jnp.where(jnp.isfinite(err), err, -1.0)
 
@@ -329,9 +326,6 @@ def adaptive(honest, f: int, *, rule: Callable, key=None, steps: int = 8, lr: fl
     last = s + sigma * z
     return jnp.where(damage_rows(last) > best, last, best_rows).astype(honest.dtype)
 
-
-def _call_rule(rule, x, key):
-    return rule(x, key=key) if getattr(rule, "randomized", False) else rule(x)
 
 
 def _check_key(rule, key):
