@@ -436,9 +436,14 @@ def _run_audit(args) -> int:
     try:
         for name in names:  # every name and f checked before any search
             rule(name, 1)
+        if not fs:
+            raise ValueError(f"--n {args.n}: the audit needs n >= 3 (some f with 1 <= f, 2f < n)")
         for f in fs:
             if not 1 <= f or 2 * f >= args.n:
                 raise ValueError(f"--f {f}: the audit needs 1 <= f and 2f < n = {args.n}")
+        for key, low in (("d", 1), ("restarts", 3), ("steps", 0), ("jobs", 1)):
+            if getattr(args, key) < low:
+                raise ValueError(f"--{key} must be >= {low}; got {getattr(args, key)}")
         out = pathlib.Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
     except (ValueError, OSError) as e:
@@ -457,8 +462,19 @@ def _run_audit(args) -> int:
               file=sys.stderr, flush=True)
 
     t0 = time.perf_counter()
-    results = audit.audit_many(names, args.n, fs, jobs=args.jobs, progress=progress, d=args.d,
-                               restarts=args.restarts, steps=args.steps, seed=args.seed)
+    try:
+        results = audit.audit_many(names, args.n, fs, jobs=args.jobs, progress=progress,
+                                   d=args.d, restarts=args.restarts, steps=args.steps,
+                                   seed=args.seed)
+    except KeyboardInterrupt:
+        kept = (f"{len(done)} finished audits kept in {out / 'partial-audit.json'}" if done
+                else "no audit had finished")
+        print(f"nnmjax audit: interrupted; {kept}", file=sys.stderr)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        # leave without the interpreter's teardown: an interrupt inside an XLA call can
+        # leave threads whose teardown segfaults (exit -11 instead of 130)
+        os._exit(130)
     print(audit.audit_table(results))
     text = json.dumps([r.as_dict() for r in results], indent=1)
     atomic_write(out / "audit.json", lambda fh: fh.write(text))

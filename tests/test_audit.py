@@ -120,7 +120,9 @@ def test_audit_command(tmp_path):
 
 
 @pytest.mark.parametrize("argv,word", [(["--f", "4", "--n", "8"], "2f < n"),
-                                       (["--rules", "nosuch"], "unknown aggregator")])
+                                       (["--rules", "nosuch"], "unknown aggregator"),
+                                       (["--n", "2"], "n >= 3"),
+                                       (["--restarts", "1"], "--restarts")])
 def test_audit_command_errors(argv, word, tmp_path):
     p = subprocess.run([sys.executable, "-m", "nnmjax.cli", "audit", *argv, "--out",
                         str(tmp_path)], capture_output=True, text=True, timeout=120)
@@ -140,3 +142,21 @@ def test_written_files_honour_the_umask(tmp_path):
     finally:
         os.umask(old)
     assert (tmp_path / "a.json").stat().st_mode & 0o777 == 0o644
+
+
+def test_audit_command_interrupted_keeps_the_finished_audits(tmp_path):
+    """Ctrl-C after the first audit: one line, exit 130, the finished audit on disk."""
+    import signal
+
+    p = subprocess.Popen([sys.executable, "-m", "nnmjax.cli", "audit", "--rules", "cwtm", "--n",
+                          "7", "--f", "1", "2", "--d", "2", "--restarts", "4", "--steps", "200",
+                          "--out", str(tmp_path)], stderr=subprocess.PIPE, text=True,
+                         stdout=subprocess.DEVNULL,
+                         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    first = p.stderr.readline()
+    assert "worst ratio" in first, first
+    p.send_signal(signal.SIGINT)
+    rest = p.stderr.read()
+    assert p.wait(timeout=120) == 130
+    assert "Traceback" not in rest and "interrupted" in rest
+    assert len(json.loads((tmp_path / "partial-audit.json").read_text())) == 1
