@@ -433,10 +433,7 @@ def run_case(args, case: dict) -> dict:
     config, _ = _config(args)
     if case["impl"] == "nnmjax":
         if "ds" not in _DATASET:
-            from nnmjax.data import load_dataset
-
-            _DATASET["ds"] = load_dataset(config.dataset, data_dir=config.data_dir,
-                                          augment_flip=config.augment_flip)
+            _DATASET["ds"] = config.load_data()
         r = time_nnmjax(config, case["attack"], case["seeds"], args.steps, args.repeats,
                         _DATASET["ds"], args.budget_s)
     else:

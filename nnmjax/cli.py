@@ -11,6 +11,7 @@ import argparse
 import os
 import sys
 import time
+from pathlib import Path
 from typing import Sequence
 
 __all__ = ["main", "entry", "build_parser"]
@@ -31,7 +32,12 @@ def _add_bench(subparsers) -> None:
             "Time every aggregation rule (and nnm+<rule>) jitted, compared with one "
             "streaming pass over x (jnp.sum, x.sum), a straightforward NumPy version and "
             "ByzFL's faster backend (NumPy or torch inputs) when byzfl is importable. "
-            "Prints a table and writes every raw timing and the machine to JSON."))
+            "Prints a table and writes every raw timing and the machine to JSON."),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="examples:\n"
+               "  nnmjax bench --quick                     # writes out/bench/aggregators-cpu.json\n"
+               "  nnmjax bench --cases 17:1e6:4 --rules cwtm nnm+cwtm --repeats 9\n"
+               "  nnmjax bench --out benchmarks/results/aggregators-cpu.json   # the reference")
     p.add_argument("--quick", action="store_true",
                    help="only the cases 17:1e5:4 and 17:1e6:4 and a few rules")
     p.add_argument("--cases", nargs="+", metavar="N:D:F", default=None,
@@ -45,7 +51,8 @@ def _add_bench(subparsers) -> None:
                         "(default: %(default)s)")
     p.add_argument("--seed", type=int, default=0, help="seed of the random normal data (default: %(default)s)")
     p.add_argument("--out", default=None, metavar="PATH.json",
-                   help="JSON output (default: benchmarks/results/aggregators-<platform>.json)")
+                   help="JSON output (default: out/bench/aggregators-<platform>.json; the "
+                        "repository's reference figures are benchmarks/results/*.json)")
     p.add_argument("--no-byzfl", dest="byzfl", action="store_false",
                    help="do not time ByzFL even if it is installed")
     p.add_argument("--no-numpy", dest="numpy", action="store_false",
@@ -90,17 +97,22 @@ def _run_bench(args) -> int:
             byzfl=args.byzfl, numpy=args.numpy, isolate=args.isolate,
             budget_s=args.budget, single_call_s=args.single_call,
             call_timeout_s=args.call_timeout, compile_timeout_s=args.compile_timeout)
+        if args.out is not None:
+            from pathlib import Path
+
+            from nnmjax.results import check_writable
+
+            check_writable(Path(args.out).parent)
     except ValueError as e:
         print(f"nnmjax bench: error: {e}", file=sys.stderr)
         return 2
 
-    out = args.out
-    state = {"out": out}
+    state = {"out": args.out}
 
     def save(result):
         if state["out"] is None:  # the platform is known once the worker has reported
             backend = (result.get("machine") or {}).get("jax_backend", "unknown")
-            state["out"] = f"benchmarks/results/aggregators-{backend}.json"
+            state["out"] = f"out/bench/aggregators-{backend}.json"
         bench.write_json(result, state["out"])
 
     try:
@@ -128,8 +140,50 @@ def _add_grid_arguments(p) -> None:
     p.add_argument("config", nargs="?", default=None, help="TOML config file")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config key with a TOML literal, e.g. --set steps=200")
-    p.add_argument("--out", default="out/quickstart", metavar="DIR",
-                   help="the run directory (default: %(default)s)")
+    p.add_argument("--out", default=None, metavar="DIR",
+                   help="the run directory (default: out/<config file's stem>, "
+                        "out/quickstart without a config)")
+
+
+def default_out(config: str | None) -> str:
+    """``out/<stem of the config file>``, ``out/quickstart`` for the built-in quickstart."""
+    from pathlib import Path
+
+    return f"out/{Path(config).stem}" if config else "out/quickstart"
+
+
+def _config_help() -> str:
+    """The epilog of ``run`` and ``check``: examples, every config key with its default,
+    and the names rules and attacks take."""
+    import dataclasses
+    import textwrap
+
+    from nnmjax import aggregators, preaggregators
+    from nnmjax.config import ATTACK_NAMES, Config
+
+    keys = ", ".join(f"{f.name}={f.default!r}" if not isinstance(f.default, tuple) or f.default
+                     else f.name for f in dataclasses.fields(Config))
+    wrap = lambda text: textwrap.fill(text, 88, initial_indent="  ", subsequent_indent="  ",
+                                      break_on_hyphens=False)
+    return "\n".join([
+        "examples:",
+        "  nnmjax run                                   # the quickstart, into out/quickstart",
+        "  nnmjax run experiments/paper/fashion_mnist.toml --plan   # what it would run, how long",
+        "  nnmjax run my.toml --set steps=200 --set 'rules=[\"nnm+cwtm\", \"krum\"]'",
+        "  nnmjax run my.toml --shard 0/2 & nnmjax run my.toml --shard 1/2   # one directory",
+        "",
+        "Ctrl-C (or SIGTERM) stops at the end of the running chunk, saves the running group's",
+        "checkpoint and says how to resume; the same command resumes. A second Ctrl-C quits",
+        "at once (finished runs are kept).",
+        "",
+        "config keys (TOML file or --set KEY=VALUE; defaults shown):",
+        wrap(keys),
+        "attacks:",
+        wrap(", ".join(ATTACK_NAMES)),
+        "rules: pre+...+aggregator, e.g. cwtm, nnm+cwtm, bucketing+krum; aggregators:",
+        wrap(", ".join(sorted(aggregators.AGGREGATORS)) + "; pre-aggregators: "
+             + ", ".join(sorted(preaggregators.PREAGGREGATORS))),
+    ])
 
 
 def _add_run(subparsers) -> None:
@@ -137,7 +191,8 @@ def _add_run(subparsers) -> None:
         "run", help="run every (attack, rule, seed) of a config (default: the digits quickstart)",
         description="Run a config's grid: each (attack, rule) is compiled once and vmapped over "
                     "its seeds; finished runs are skipped. Without CONFIG, the quickstart on the "
-                    "embedded digits data.")
+                    "embedded digits data.",
+        formatter_class=argparse.RawDescriptionHelpFormatter, epilog=_config_help())
     _add_grid_arguments(p)
     p.add_argument("--shard", default="0/1", metavar="I/K",
                    help="run only the I-th of K interleaved slices of the grid (0-based), so K "
@@ -160,8 +215,11 @@ def _add_run(subparsers) -> None:
                         "--num-processes and --process-id); each process then runs its own "
                         "slice of the grid into the shared --out directory, or, when the "
                         "config's mesh needs every process's devices, its share of each run")
-    p.add_argument("--num-processes", type=int, default=None, metavar="N")
-    p.add_argument("--process-id", type=int, default=None, metavar="I")
+    p.add_argument("--num-processes", type=int, default=None, metavar="N",
+                   help="with --coordinator: how many processes join the run")
+    p.add_argument("--process-id", type=int, default=None, metavar="I",
+                   help="with --coordinator: this process's index, 0 ... N-1 (0 writes the "
+                        "table and plots)")
     p.set_defaults(func=_run_run)
 
 
@@ -171,7 +229,13 @@ def _add_check(subparsers) -> None:
         description="Rebuild finished groups of a config's grid exactly as `nnmjax run` compiled "
                     "them (same runs vmapped together, same chunks), run their first STEPS "
                     "steps and compare every run's loss, kappa-hat and test accuracy with its "
-                    "record, bit for bit. Exit status 1 when any run differs.")
+                    "record, bit for bit. Exit status 1 when any run differs.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="examples:\n"
+               "  nnmjax check                          # the quickstart's records in out/quickstart\n"
+               "  nnmjax check experiments/paper/fashion_mnist.toml --out "
+               "experiments/results/fashion_mnist_table2 \\\n"
+               "      --attack sign_flipping --rule nnm+cwtm --steps 50")
     _add_grid_arguments(p)
     p.add_argument("--attack", default=None, help="only the groups of this attack")
     p.add_argument("--rule", default=None, help="only the groups of this rule")
@@ -182,16 +246,11 @@ def _add_check(subparsers) -> None:
 
 def _run_check(args) -> int:
     from nnmjax.config import load_grid
-    from nnmjax.data import DatasetNotFoundError
     from nnmjax.reproduce import check_grid
-    from nnmjax.results import CorruptRecordError
 
-    try:
-        config = load_grid(args.config, args.overrides)
-        checks = check_grid(config, args.out, attack=args.attack, rule=args.rule,
-                            steps=args.steps)
-    except (DatasetNotFoundError, CorruptRecordError, ValueError, FileNotFoundError) as e:
-        raise SystemExit(f"nnmjax check: error: {e}")
+    args.out = args.out or default_out(args.config)
+    config = load_grid(args.config, args.overrides)
+    checks = check_grid(config, args.out, attack=args.attack, rule=args.rule, steps=args.steps)
     print("| attack / rule | seed | steps | result | loss (rel) | kappa-hat | test acc | "
           "record's commit | same code |")
     print("|---|---|---|---|---|---|---|---|---|")
@@ -209,15 +268,13 @@ def _run_check(args) -> int:
 
 
 def _print_plan(config, out_dir, shard) -> int:
+    from nnmjax import estimate, results
     from nnmjax.grid import plan_grid
-    from nnmjax.results import CorruptRecordError
 
-    try:
-        done, groups, missing_data = plan_grid(config, out_dir, shard=shard)
-    except (CorruptRecordError, ValueError) as e:
-        raise SystemExit(f"nnmjax run: error: {e}")
+    done, groups, missing_data = plan_grid(config, out_dir, shard=shard)
     runs = sum(len(g.runs) for g in groups)
     left = sum(len(g.runs) * (g.steps - g.resume_step) for g in groups)
+    seconds, how = estimate.plan_seconds(groups, results.load_records(out_dir))
     print(f"{runs} runs in {len(groups)} compiled groups to run ({len(done)} already done), "
           f"{left:,} run-steps left:")
     for g in groups:
@@ -226,6 +283,9 @@ def _print_plan(config, out_dir, shard) -> int:
             resume = (f", resumes at step {g.resume_step}" if g.resume_step else
                       f", restarts (its checkpoint at step {g.checkpoint[0]} is from other code)")
         print(f"  {g.attack} / {g.rule}: {len(g.runs)} runs x {g.steps} steps{resume}")
+    if groups:
+        print(f"\nEstimated wall time: {estimate.format_seconds(seconds)} ({how})"
+              if seconds is not None else f"\nEstimated wall time: {how}")
     if missing_data:
         print(f"\nThe run needs data not found here, so these groups are not split by memory "
               f"(a run splits a group whose worker data exceed its budget):\n{missing_data}")
@@ -242,79 +302,119 @@ def _report(out_dir, records) -> None:
     (out_dir / "table.md").write_text(md + "\n")
     table.write_csv(records, out_dir / "table.csv")
     plots.plot_all(records, out_dir / "plots")
-    print("Max test accuracy (%), mean ± std over seeds:")
-    print(md)
+    print(table.format_text(records))  # each table's title line says what its cells are
     print(f"\nrecords: {out_dir / 'runs'}  summary: {out_dir / 'summary.csv'}  plots: {out_dir / 'plots'}")
 
 
 def _run_run(args) -> int:
-    from nnmjax.config import load_grid
-    from nnmjax.data import DatasetNotFoundError
-    from nnmjax.grid import run_grid
-    from nnmjax.results import CorruptRecordError
+    from nnmjax.interrupt import Stopped, stop_on_signals
 
-    try:
-        i, _, k = args.shard.partition("/")
-        shard = (int(i), int(k))
-        count = 1
-        if args.coordinator or args.num_processes is not None or args.process_id is not None:
-            from nnmjax.distributed import initialize  # before anything touches a device
+    i, sep, k = args.shard.partition("/")
+    if not (sep and i.isdigit() and k.isdigit() and int(i) < int(k)):
+        raise ValueError(f"--shard must be I/K with 0 <= I < K, e.g. 0/2; got {args.shard!r}")
+    if args.jobs < 1:
+        raise ValueError(f"--jobs must be >= 1; got {args.jobs}")
+    args.out = args.out or default_out(args.config)
+    config = None
+    with stop_on_signals("nnmjax run") as stop:  # from the start: no signal ends in a traceback
+        try:
+            config, shard, reporter = _run_setup(args, (int(i), int(k)))
+            if args.plan:
+                return _print_plan(config, args.out, shard)
+            stop.check()
+            if args.jobs != 1:
+                status = _run_jobs(args, config, shard, stop)
+                if not stop:
+                    return status
+                e = Stopped(stop.signal)
+                saved = len(list(Path(args.out, "partial").glob("*.npz")))
+                e.kept = f"{saved} running groups' checkpoints in {args.out}/partial" if saved else None
+                raise e
+            from nnmjax.grid import run_grid
 
-            pid, count = initialize(args.coordinator, args.num_processes, args.process_id)
-        config = load_grid(args.config, args.overrides)
-        reporter = True
-        if count > 1:
-            from nnmjax.simulate import spans_processes
-
-            if any(spans_processes(c) for c in config):  # all processes run every group
-                reporter = pid == 0
-            else:  # each process runs its own slice of the grid
-                shard = (shard[0] * count + pid, shard[1] * count)
-    except (ValueError, FileNotFoundError) as e:
-        raise SystemExit(f"nnmjax run: error: {e}")
-    if args.plan:
-        return _print_plan(config, args.out, shard)
-    if args.jobs != 1:
-        return _run_jobs(args, config, shard, count)
-    try:
-        every = args.checkpoint_every
-        records = run_grid(config, args.out, progress=not args.quiet, shard=shard,
-                           checkpoint_s=every if every >= 0 else None)
-    except (DatasetNotFoundError, CorruptRecordError, ValueError) as e:
-        raise SystemExit(f"nnmjax run: error: {e}")
+            every = args.checkpoint_every
+            run_grid(config, args.out, progress=not args.quiet, shard=shard,
+                     checkpoint_s=every if every >= 0 else None, stop=stop)
+        except Stopped as e:
+            return _stopped(args, config, e)
     if reporter:
-        _report(args.out, records)
+        from nnmjax import results
+
+        _report(args.out, results.load_records(args.out))
     return 0
 
 
-def _run_jobs(args, config, shard, processes) -> int:
+def _run_setup(args, shard):
+    """``(config, shard, reporter)`` of ``nnmjax run``: the grid loaded and validated, this
+    process's shard, whether it writes the report; the output directory checked."""
     from nnmjax import results
+    from nnmjax.config import load_grid
+    from nnmjax.grid import grid_runs
+
+    count = 1
+    if args.coordinator or args.num_processes is not None or args.process_id is not None:
+        from nnmjax.distributed import initialize  # before anything touches a device
+
+        pid, count = initialize(args.coordinator, args.num_processes, args.process_id)
+    config = load_grid(args.config, args.overrides)
+    reporter = True
+    if count > 1:
+        from nnmjax.simulate import spans_processes
+
+        if any(spans_processes(c) for c in config):  # all processes run every group
+            reporter = pid == 0
+        else:  # each process runs its own slice of the grid
+            shard = (shard[0] * count + pid, shard[1] * count)
+        if args.jobs != 1:
+            raise ValueError("--jobs runs processes on one machine; with --coordinator start "
+                             "one process per host instead")
+    if args.plan:
+        return config, shard, reporter
+    results.check_out_dir(args.out)
+    grid = {s.hash() for s in grid_runs(config)}
+    others = sum(r["hash"] not in grid for r in results.load_records(args.out))
+    if reporter and not args.quiet:
+        held = (f"; it already holds {others} runs of other settings, which its table, summary "
+                f"and plots show too" if others else "")
+        print(f"nnmjax run: output directory {args.out}{held}", file=sys.stderr)
+    return config, shard, reporter
+
+
+def _stopped(args, config, e) -> int:
+    """The one line an interrupted run prints; returns the exit status ``128 + signal``."""
+    import shlex
+
+    from nnmjax.grid import grid_runs, pending_runs
+    from nnmjax.interrupt import exit_status
+
+    if config is None:  # stopped while the config was being read
+        print(f"nnmjax run: stopped by {e} before any run started", file=sys.stderr)
+        return exit_status(e.signum)
+    done, _ = pending_runs(config, args.out)
+    kept = f"{len(done)} of {len(grid_runs(config))} runs finished in {args.out}/runs"
+    if getattr(e, "kept", None):
+        kept += f", and {e.kept}"
+    print(f"nnmjax run: stopped by {e}; kept {kept}; resume with: nnmjax "
+          f"{shlex.join(args.argv)}", file=sys.stderr)
+    return exit_status(e.signum)
+
+
+def _run_jobs(args, config, shard, stop) -> int:
     from nnmjax.grid import grid_runs, pending_runs, shard_slice
     from nnmjax.jobs import run_jobs
 
-    if args.jobs < 1:
-        raise SystemExit(f"nnmjax run: error: --jobs must be >= 1; got {args.jobs}")
-    if processes > 1:
-        raise SystemExit("nnmjax run: error: --jobs runs processes on one machine; with "
-                         "--coordinator start one process per host instead")
-    try:
-        _, todo = pending_runs(config, args.out)
-    except results.CorruptRecordError as e:
-        raise SystemExit(f"nnmjax run: error: {e}")
+    _, todo = pending_runs(config, args.out)
     todo = [s.hash() for s in shard_slice(grid_runs(config), todo, shard)]
     worker = ([args.config] if args.config else []) + [
         a for o in args.overrides for a in ("--set", o)] + [
         "--out", args.out, "--checkpoint-every", str(args.checkpoint_every)]
-    try:
-        if run_jobs(worker, args.out, todo, shard=shard, jobs=args.jobs, progress=not args.quiet):
-            return 1
-    except KeyboardInterrupt:
-        print("nnmjax run: interrupted; finished runs are kept and a re-run resumes the others",
-              file=sys.stderr)
-        return 130
+    if run_jobs(worker, args.out, todo, shard=shard, jobs=args.jobs, progress=not args.quiet,
+                stop=stop) or stop:
+        return 1
+    from nnmjax import results
+
     results.write_summary(args.out)
-    grid = {s.hash() for s in grid_runs(config)}
-    _report(args.out, [r for r in results.load_records(args.out) if r["hash"] in grid])
+    _report(args.out, results.load_records(args.out))
     return 0
 
 
@@ -324,7 +424,15 @@ _TUNE_HELP = ("choose per setting and rule the values of these keys (lr, lr_sche
 
 
 def _add_table(subparsers) -> None:
-    p = subparsers.add_parser("table", help="print and write the results table of a run directory")
+    p = subparsers.add_parser(
+        "table", help="print and write the results table of a run directory",
+        description="Print the max-test-accuracy table (paper Table 2 layout) of every record "
+                    "in DIR and write DIR/table.md, DIR/table.csv and DIR/summary.csv.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="examples:\n"
+               "  nnmjax table out/quickstart\n"
+               "  nnmjax table experiments/results/fashion_mnist_table2\n"
+               "  nnmjax table out/lr_sweep --tune lr momentum")
     p.add_argument("dir", help="output directory of nnmjax run")
     p.add_argument("--tune", nargs="+", metavar="KEY", help=_TUNE_HELP)
     p.set_defaults(func=_run_table)
@@ -335,7 +443,7 @@ def _load(dir_):
 
     records = results.load_records(dir_)
     if not records:
-        raise SystemExit(f"nnmjax: no run records under {dir_}/runs")
+        raise ValueError(f"no run records under {dir_}/runs")
     return records
 
 
@@ -347,10 +455,7 @@ def _tuned(args, records):
 
     if not args.tune:
         return records, Path(args.dir), None
-    try:
-        tuned = tuning.tune(records, args.tune)
-    except ValueError as e:
-        raise SystemExit(f"nnmjax {args.command}: error: {e}")
+    tuned = tuning.tune(records, args.tune)
     out = Path(args.dir, "tuned-" + "-".join(args.tune))
     out.mkdir(exist_ok=True)
     return tuned.records, out, tuned
@@ -363,18 +468,27 @@ def _run_table(args) -> int:
     if not args.tune:
         results.write_summary(args.dir, records)
     records, out, tuned = _tuned(args, records)
-    md = table.format_markdown(records)
+    md, text = table.format_markdown(records), table.format_text(records)
     if tuned is not None:
-        md += "\n\nChosen hyperparameters (best worst case over attacks):\n\n" + tuning.format_choices(tuned)
+        choices = tuning.format_choices(tuned)
+        head = "\n\nChosen hyperparameters (best worst case over attacks):\n\n"
+        md += head + choices
+        text += head + table.markdown_as_text(choices)
         tuning.write_choices_csv(tuned, out / "hyperparameters.csv")
     (out / "table.md").write_text(md + "\n")
     table.write_csv(records, out / "table.csv")
-    print(md)
+    print(text)
     return 0
 
 
 def _add_plot(subparsers) -> None:
-    p = subparsers.add_parser("plot", help="draw accuracy and kappa-hat curves of a run directory")
+    p = subparsers.add_parser(
+        "plot", help="draw accuracy and kappa-hat curves of a run directory",
+        description="Draw the accuracy and kappa-hat curves (paper Figures 4 and 2) of every "
+                    "record in DIR into DIR/plots (PDF, and PNG beside it).",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="examples:\n  nnmjax plot out/quickstart\n"
+               "  nnmjax plot experiments/results/fashion_mnist_table2")
     p.add_argument("dir", help="output directory of nnmjax run")
     p.add_argument("--tune", nargs="+", metavar="KEY", help=_TUNE_HELP)
     p.set_defaults(func=_run_plot)
@@ -505,17 +619,55 @@ def build_parser() -> argparse.ArgumentParser:
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     for add in SUBCOMMANDS:
         add(subparsers)
+    for sub in subparsers.choices.values():
+        sub.add_argument("--debug", action="store_true",
+                         help="show the full traceback of an error instead of one line")
     return parser
 
 
+def _expected_errors() -> tuple[type, ...]:
+    """The failures a user can cause (a bad value, missing data, a corrupt record, an
+    unwritable directory, a missing optional dependency): one line, exit status 2."""
+    from nnmjax.results import CorruptRecordError
+
+    return (ValueError, OSError, CorruptRecordError, ImportError)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``nnmjax`` console script; returns the exit status."""
+    """Entry point of the ``nnmjax`` console script; returns the exit status.
+
+    A failure prints one line on stderr, ``nnmjax <command>: error: <what>`` (exit status 2
+    for the user's mistakes, 1 for anything else, which names its exception), never a
+    traceback unless ``--debug`` is given."""
     parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)
     if getattr(args, "func", None) is None:
         parser.print_help()
         return 2
-    return args.func(args)
+    args.argv = argv
+    import warnings
+
+    warnings.formatwarning = lambda message, category, *_: (
+        f"nnmjax {args.command}: warning: {message}\n")
+    try:
+        return args.func(args)
+    except KeyboardInterrupt:  # run and audit stop gracefully; the others stop here
+        if args.debug:
+            raise
+        print(f"\nnnmjax {args.command}: interrupted; files it finished writing are kept",
+              file=sys.stderr)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(130)  # no teardown: an interrupt inside an XLA call can leave threads
+    except Exception as e:                      # whose teardown segfaults
+        if args.debug:
+            raise
+        expected = isinstance(e, _expected_errors())
+        what = str(e) if expected else f"{type(e).__name__}: {e} (a bug: please report it " \
+                                         f"with the output of --debug)"
+        print(f"nnmjax {args.command}: error: {what}", file=sys.stderr)
+        return 2 if expected else 1
 
 
 def entry() -> None:

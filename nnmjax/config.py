@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +20,7 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
+from nnmjax._suggest import did_you_mean
 from nnmjax.models import MODELS
 
 __all__ = ["Config", "RunSpec", "load_config", "load_grid", "expand_sweep", "parse_set", "QUICKSTART",
@@ -32,6 +34,7 @@ ATTACK_SEARCHES = ("grid", "byzfl")
 #: The attacks that search against the rule in use (``attack_search`` applies to them).
 SEARCHING_ATTACKS = ("optimal_alie", "optimal_foe", "adaptive")
 DATASETS = ("digits", "mnist", "fashion_mnist", "cifar10")
+SOURCES = ("local", "tfds")
 PARTITIONS = ("iid", "dirichlet", "dirichlet_per_class", "gamma_similarity", "extreme")
 SCHEDULES = ("constant", "paper_mnist", "paper_cifar")
 
@@ -46,6 +49,10 @@ class Config:
 
     dataset: str = "digits"
     data_dir: str | None = None
+    #: Where the dataset's files come from: ``"local"`` (files on disk, see
+    #: :func:`nnmjax.data.load_dataset`) or ``"tfds"`` (tensorflow-datasets, the ``tfds``
+    #: extra); part of a run's identity only when not the default.
+    source: str = "local"
     model: str = "mlp"
     algorithm: str = "dshb"
     n: int = 17
@@ -96,6 +103,19 @@ class Config:
             object.__setattr__(self, "tolerated_f", None)
 
     @property
+    def data_source(self) -> tuple:
+        """``(dataset, data_dir, augment_flip, source)``: what :meth:`load_data` reads; runs
+        with the same one share the loaded data."""
+        return (self.dataset, self.data_dir, self.augment_flip, self.source)
+
+    def load_data(self):
+        """The config's :class:`nnmjax.data.Dataset` (:func:`nnmjax.data.load_dataset`)."""
+        from nnmjax.data import load_dataset
+
+        return load_dataset(self.dataset, data_dir=self.data_dir, source=self.source,
+                            augment_flip=self.augment_flip)
+
+    @property
     def honest(self) -> int:
         return self.n - self.f
 
@@ -141,6 +161,8 @@ class RunSpec:
         for k in ("tolerated_f", "data_seed", "rule_options"):  # unset, runs keep the
             if base[k] in (None, ()):                             # hashes they had before
                 base.pop(k)
+        if base["source"] == "local":
+            base.pop("source")
         if base["attack_search"] == "grid" or self.attack not in SEARCHING_ATTACKS:
             base.pop("attack_search")
         if "rule_options" in base:  # one string, e.g. "gm(max_iter=3, nu=0.1)"
@@ -162,17 +184,56 @@ def _fail(key, msg):
     raise ValueError(f"config key {key!r}: {msg}")
 
 
+def _type_name(hint: str) -> str:
+    return {"str": "a string", "int": "an integer", "float": "a number", "bool": "true or false",
+            "tuple[str, ...]": "a list of strings", "tuple[int, ...]": "a list of integers"}[hint]
+
+
+def _has_type(value, hint: str) -> bool:
+    if hint == "int":
+        return isinstance(value, int) and not isinstance(value, bool)
+    if hint == "float":
+        return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if hint == "str":
+        return isinstance(value, str)
+    if hint == "bool":
+        return isinstance(value, bool)
+    item = hint[len("tuple["):-len(", ...]")]
+    return isinstance(value, tuple) and all(_has_type(v, item) for v in value)
+
+
+def _check_types(c: Config):
+    """Every key against its annotation (``X | None`` also takes ``None``; a float takes an
+    integer, never ``nan`` or ``inf``), before any range check compares values."""
+    for field in dataclasses.fields(Config):
+        if field.name in ("rule_options", "mesh"):  # checked in full by _validate
+            continue
+        hint, value = str(field.type), getattr(c, field.name)
+        optional = hint.endswith(" | None")
+        hint = hint.removesuffix(" | None")
+        if optional and value is None or _has_type(value, hint):
+            continue
+        kind = _type_name(hint) + (" (or omitted)" if optional else "")
+        finite = " finite" if hint == "float" and isinstance(value, float) else ""
+        _fail(field.name, f"must be {kind}{finite}; got {value!r} ({type(value).__name__})")
+
+
+def _choice(key, value, choices):
+    if value not in choices:
+        _fail(key, f"unknown {value!r}{did_you_mean(value, choices)}; choose from {list(choices)}")
+
+
 def _validate(c: Config):
-    if c.dataset not in DATASETS:
-        _fail("dataset", f"unknown {c.dataset!r}; choose from {list(DATASETS)}")
-    if c.model not in MODELS:
-        _fail("model", f"unknown {c.model!r}; choose from {list(MODELS)}")
-    if c.algorithm not in ("dshb", "dgd"):
-        _fail("algorithm", f"must be 'dshb' or 'dgd'; got {c.algorithm!r}")
-    if c.partition not in PARTITIONS:
-        _fail("partition", f"unknown {c.partition!r}; choose from {list(PARTITIONS)}")
-    if c.lr_schedule not in SCHEDULES:
-        _fail("lr_schedule", f"unknown {c.lr_schedule!r}; choose from {list(SCHEDULES)}")
+    _check_types(c)
+    _choice("dataset", c.dataset, DATASETS)
+    _choice("model", c.model, MODELS)
+    _choice("source", c.source, SOURCES)
+    if c.source == "tfds" and c.dataset == "digits":
+        _fail("source", "'digits' is bundled with scikit-learn; 'tfds' serves mnist, "
+                        "fashion_mnist and cifar10")
+    _choice("algorithm", c.algorithm, ("dshb", "dgd"))
+    _choice("partition", c.partition, PARTITIONS)
+    _choice("lr_schedule", c.lr_schedule, SCHEDULES)
     for key in ("n", "steps", "batch_size", "eval_every"):
         v = getattr(c, key)
         if isinstance(v, bool) or not isinstance(v, int) or v < 1:
@@ -201,11 +262,9 @@ def _validate(c: Config):
         v = getattr(c, key)
         if not isinstance(v, tuple) or not v:
             _fail(key, "must be a non-empty list")
-    if c.attack_search not in ATTACK_SEARCHES:
-        _fail("attack_search", f"must be one of {list(ATTACK_SEARCHES)}; got {c.attack_search!r}")
+    _choice("attack_search", c.attack_search, ATTACK_SEARCHES)
     for a in c.attacks:
-        if a not in ATTACK_NAMES:
-            _fail("attacks", f"unknown attack {a!r}; choose from {list(ATTACK_NAMES)}")
+        _choice("attacks", a, ATTACK_NAMES)
     if not (isinstance(c.rule_options, tuple) and all(
             isinstance(p, tuple) and len(p) == 2 and isinstance(p[1], tuple)
             for p in c.rule_options)):
@@ -236,7 +295,8 @@ _FIELDS = {f.name: f for f in dataclasses.fields(Config)}
 
 def _coerce(key: str, value: Any):
     if key not in _FIELDS:
-        raise ValueError(f"unknown config key {key!r}; valid keys: {sorted(_FIELDS)}")
+        raise ValueError(f"unknown config key {key!r}{did_you_mean(key, _FIELDS)}; valid keys: "
+                         f"{sorted(_FIELDS)}")
     default = _FIELDS[key].default
     if key == "rule_options":
         if not isinstance(value, dict) or not all(isinstance(o, dict) for o in value.values()):
@@ -290,7 +350,10 @@ def _read(path: str | Path | None) -> dict[str, Any]:
     if not path.is_file():
         raise FileNotFoundError(f"config file {str(path)!r} does not exist")
     with open(path, "rb") as fh:
-        return tomllib.load(fh)
+        try:
+            return tomllib.load(fh)
+        except tomllib.TOMLDecodeError as e:
+            raise ValueError(f"config file {str(path)!r} is not valid TOML: {e}") from None
 
 
 def expand_sweep(base: dict[str, Any], sweep) -> list[dict[str, Any]]:
@@ -306,7 +369,8 @@ def expand_sweep(base: dict[str, Any], sweep) -> list[dict[str, Any]]:
             raise ValueError(f"config key 'sweep': expected a table of key = [values]; got {table!r}")
         for key in table:
             if key not in _FIELDS:
-                raise ValueError(f"config key 'sweep': unknown key {key!r}; valid keys: {sorted(_FIELDS)}")
+                raise ValueError(f"config key 'sweep': unknown key {key!r}"
+                                 f"{did_you_mean(key, _FIELDS)}; valid keys: {sorted(_FIELDS)}")
         keys = list(table)
         values = [v if isinstance(v, list) and not isinstance(_FIELDS[k].default, tuple)
                   else [v] for k, v in table.items()]

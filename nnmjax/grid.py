@@ -25,7 +25,9 @@ from tqdm.auto import tqdm
 
 from nnmjax import checkpoint, results
 from nnmjax.config import Config, RunSpec
-from nnmjax.data import DatasetNotFoundError, load_dataset
+from nnmjax.data import DatasetNotFoundError
+from nnmjax.estimate import StepClock, format_seconds
+from nnmjax.interrupt import StopRequest, Stopped
 from nnmjax.provenance import code_info, source_digest
 from nnmjax.simulate import build_experiment, program_key, spans_processes, worker_data_bytes
 
@@ -75,7 +77,7 @@ def program_groups(specs: Sequence[RunSpec], *, datasets=None, budget: int | Non
                    ) -> list[list[RunSpec]]:
     """``specs`` split into the groups that run as one vmapped program: same
     :func:`~nnmjax.simulate.program_key`, attack and rule, in grid order; with ``datasets``
-    (``{(dataset, data_dir, augment_flip): Dataset}``) a group whose worker data would exceed
+    (``{Config.data_source: Dataset}``) a group whose worker data would exceed
     ``budget`` bytes is cut into consecutive pieces that fit (at least one run each)."""
     groups: dict[tuple, list[RunSpec]] = defaultdict(list)
     for spec in specs:
@@ -86,7 +88,7 @@ def program_groups(specs: Sequence[RunSpec], *, datasets=None, budget: int | Non
     out = []
     for group in groups.values():
         c = group[0].config
-        ds = datasets[(c.dataset, c.data_dir, c.augment_flip)]
+        ds = datasets[c.data_source]
         # a program pads every run's workers to the largest part of any of its runs
         alone = [worker_data_bytes([(s.config, s.seed)], s.attack, ds) for s in group]
         piece, largest = [], 0
@@ -107,14 +109,12 @@ def eval_points(steps: int, every: int) -> list[int]:
 
 
 def load_datasets(specs: Sequence[RunSpec]) -> dict:
-    """Every dataset ``specs`` use, keyed by ``(dataset, data_dir, augment_flip)``; all are
-    loaded (or their absence reported) before anything compiles."""
+    """Every dataset ``specs`` use, keyed by :attr:`~nnmjax.config.Config.data_source`; all
+    are loaded (or their absence reported) before anything compiles."""
     datasets = {}
     for spec in specs:
-        source = (spec.config.dataset, spec.config.data_dir, spec.config.augment_flip)
-        if source not in datasets:
-            datasets[source] = load_dataset(source[0], data_dir=source[1],
-                                            augment_flip=source[2])
+        if spec.config.data_source not in datasets:
+            datasets[spec.config.data_source] = spec.config.load_data()
     return datasets
 
 
@@ -123,7 +123,7 @@ def build_group(specs: Sequence[RunSpec], datasets: dict):
     :func:`program_groups` (its runs vmapped in this order)."""
     cfg = specs[0].config
     return build_experiment(cfg, specs[0].attack, specs[0].rule, [s.seed for s in specs],
-                            dataset=datasets[(cfg.dataset, cfg.data_dir, cfg.augment_flip)],
+                            dataset=datasets[cfg.data_source],
                             settings=[s.config for s in specs])
 
 
@@ -199,8 +199,8 @@ def plan_grid(config: Config | Sequence[Config], out_dir: Path | str, *,
 
 
 def run_grid(config: Config | Sequence[Config], out_dir: Path | str, *, progress: bool = True,
-             shard: tuple[int, int] = (0, 1), checkpoint_s: float | None = 60.0
-             ) -> list[dict]:
+             shard: tuple[int, int] = (0, 1), checkpoint_s: float | None = 60.0,
+             stop: StopRequest | None = None) -> list[dict]:
     """Run every pending run of ``config`` (one config or a list) into ``out_dir``; return all
     records of the grid.
 
@@ -213,9 +213,15 @@ def run_grid(config: Config | Sequence[Config], out_dir: Path | str, *, progress
     left to run, all processes run it together, and process 0 alone writes the records.
 
     A group's state and curves are saved to ``out_dir/partial/`` at the first evaluation point
-    ``checkpoint_s`` seconds or more after the last save (``None``: never; not in the
-    all-processes case above), and a re-run resumes from there; a record's ``wall_s`` then
-    sums the time of every process that worked on its group.
+    ``checkpoint_s`` seconds or more after the last save (``None``: only when stopped; never
+    in the all-processes case above), and a re-run resumes from there; a record's ``wall_s``
+    then sums the time of every process that worked on its group.
+
+    ``stop`` (:func:`nnmjax.interrupt.stop_on_signals`) is checked before and after every
+    chunk: once it is set, the running group's state is saved to its checkpoint (whatever
+    ``checkpoint_s``, except in the all-processes case) and :class:`~nnmjax.interrupt.Stopped`
+    is raised, its ``kept`` attribute saying what the checkpoint holds (``None``: nothing of
+    the running group); every finished group's records are on disk already.
     """
     _check_shard(shard)
     if checkpoint_s is not None and not checkpoint_s >= 0:
@@ -232,17 +238,22 @@ def run_grid(config: Config | Sequence[Config], out_dir: Path | str, *, progress
         done = [s for s, flag in zip(runs, flags) if flag]
         todo = [s for s, flag in zip(runs, flags) if not flag]
     writer = not collective or jax.process_index() == 0
-    keep = checkpoint_s is not None and not collective
+    keep = not collective  # checkpoints: read always, written every checkpoint_s and on a stop
     todo = shard_slice(runs, todo, shard)
     datasets = load_datasets(todo)
     groups = program_groups(todo, datasets=datasets)
     code = code_info() if groups else None
     total = sum(len(g) * g[0].config.steps for g in groups)
+    left = total
+    clock = StepClock()
     bar = tqdm(total=total, unit="step", disable=not (progress and writer), dynamic_ncols=True,
-               desc=f"{len(todo)} runs ({len(done)} already done)")
-    for specs in groups:
+               bar_format="{desc}: {percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt} run-steps "
+                          "[{elapsed}{postfix}]")
+    stop = stop if stop is not None and not collective else StopRequest()
+    for k, specs in enumerate(groups, 1):
         cfg, attack, rule_name = specs[0].config, specs[0].attack, specs[0].rule
-        bar.set_postfix_str(f"{attack} / {rule_name}")
+        name = f"group {k} of {len(groups)} ({attack} / {rule_name}, {len(specs)} runs)"
+        bar.set_description_str(f"compiling {name}")
         t0 = time.perf_counter()
         exp = build_group(specs, datasets)
         state = exp.init()
@@ -251,6 +262,7 @@ def run_grid(config: Config | Sequence[Config], out_dir: Path | str, *, progress
         if resumed:
             state, before = resumed
             bar.update(len(specs) * before.steps)
+            left -= len(specs) * before.steps
             if progress and writer:
                 bar.write(f"{attack} / {rule_name}: resumed at step {before.steps} from {saved}")
         else:
@@ -259,19 +271,42 @@ def run_grid(config: Config | Sequence[Config], out_dir: Path | str, *, progress
                                          np.zeros((len(specs), 0), np.float32), [], 0.0)
         losses, kappas, accs = [before.loss], [before.kappa], list(before.acc.T)
         at, t_prev, last_save = list(before.at), before.steps, time.perf_counter()
+
+        def save_progress(t):
+            checkpoint.save(saved, state, checkpoint.Progress(
+                t, np.concatenate(losses, axis=1), np.concatenate(kappas, axis=1),
+                np.stack(accs, axis=1), at, before.wall_s + time.perf_counter() - t0),
+                source=code["source_sha256"])
+
+        def stopped(t):
+            e = Stopped(stop.signal)
+            e.kept = (f"{attack} / {rule_name} at step {t} of {cfg.steps} in {saved}"
+                      if saved and t else None)
+            return e
+
+        if stop:
+            raise stopped(before.steps if resumed else 0)
+        t_chunk = time.perf_counter()
         for t, state, loss, kappa, acc in chunks(exp, state, cfg, start=t_prev):
             losses.append(np.asarray(loss))
             kappas.append(np.asarray(kappa))
             accs.append(np.asarray(acc))
             at.append(t)
+            clock.chunk(len(specs) * (t - t_prev), time.perf_counter() - t_chunk,
+                        first=t_prev == before.steps)
             bar.update(len(specs) * (t - t_prev))
+            left -= len(specs) * (t - t_prev)
+            eta = clock.eta(run_steps=left, compiles=len(groups) - k)
+            bar.set_description_str(name)
+            bar.set_postfix_str(f"ETA {format_seconds(eta)}" if eta is not None else "")
             t_prev = t
-            if saved and t < cfg.steps and time.perf_counter() - last_save >= checkpoint_s:
-                checkpoint.save(saved, state, checkpoint.Progress(
-                    t, np.concatenate(losses, axis=1), np.concatenate(kappas, axis=1),
-                    np.stack(accs, axis=1), at, before.wall_s + time.perf_counter() - t0),
-                    source=code["source_sha256"])
+            if t < cfg.steps and saved and (stop or checkpoint_s is not None and
+                                            time.perf_counter() - last_save >= checkpoint_s):
+                save_progress(t)
                 last_save = time.perf_counter()
+            if stop and t < cfg.steps:
+                raise stopped(t)
+            t_chunk = time.perf_counter()
         jax.block_until_ready(state)
         wall = before.wall_s + time.perf_counter() - t0
         loss = np.concatenate(losses, axis=1)
@@ -298,6 +333,8 @@ def run_grid(config: Config | Sequence[Config], out_dir: Path | str, *, progress
         if saved and saved.exists():
             saved.unlink()
         del exp, state  # free this group's device data before the next one is built
+        if stop and k < len(groups):
+            raise stopped(0)
     bar.close()
     records = results.load_records(out_dir)
     wanted = {s.hash() for s in runs}

@@ -7,7 +7,8 @@ core) the others run theirs, so on a many-core host with an accelerator the devi
 busy; on a host whose cores are all busy already it gains nothing. Each worker gets
 ``1/K`` of an accelerator's memory (``XLA_PYTHON_CLIENT_MEM_FRACTION``, unless set) and
 writes its log to ``DIR/logs/``; this process shows one progress bar over the grid's runs,
-and stops the workers on Ctrl-C (each resumes from its last checkpoint next time).
+and passes Ctrl-C or SIGTERM on to the workers (each saves its group's checkpoint, and a
+re-run resumes there).
 """
 from __future__ import annotations
 
@@ -39,10 +40,15 @@ def _env(jobs: int) -> dict[str, str]:
 
 def run_jobs(worker_args: Sequence[str], out_dir: Path | str, todo: Sequence[str], *,
              shard: tuple[int, int], jobs: int, progress: bool = True,
-             poll_s: float = 1.0) -> int:
+             poll_s: float = 1.0, stop=None) -> int:
     """Run ``nnmjax run *worker_args --shard S --quiet`` for each of the ``jobs`` shards of
     ``shard`` and wait for all; ``todo``: the hashes of the runs left, for the progress bar.
-    Returns 0, or 1 naming the workers that failed and the tail of their logs."""
+    Returns 0, or 1 naming the workers that failed and the tail of their logs.
+
+    The workers run in their own session, so a terminal's Ctrl-C reaches this process only:
+    once ``stop`` (:class:`nnmjax.interrupt.StopRequest`) is set, the signal is passed on to
+    every worker once (each saves its group's checkpoint and exits) and this waits for them;
+    a second signal to this process ends the workers at once."""
     from tqdm.auto import tqdm
 
     out_dir = Path(out_dir)
@@ -55,25 +61,27 @@ def run_jobs(worker_args: Sequence[str], out_dir: Path | str, todo: Sequence[str
                "--quiet"]
         with open(log, "w") as fh:
             procs.append((log, subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT,
-                                                env=env)))
+                                                env=env, start_new_session=True)))
+    if stop is not None:
+        stop.on_exit.append(lambda: [p.send_signal(signal.SIGINT) for _, p in procs
+                                     if p.poll() is None])
     runs = out_dir / "runs"
     bar = tqdm(total=len(todo), unit="run", disable=not progress,
                desc=f"{len(todo)} runs, {jobs} processes")
+    passed_on = False
     try:
         while any(p.poll() is None for _, p in procs):
+            if stop and not passed_on:  # each worker saves its checkpoint and exits
+                for _, p in procs:
+                    if p.poll() is None:
+                        p.send_signal(stop.signal)
+                passed_on = True
             time.sleep(poll_s)
             bar.update(sum((runs / f"{h}.json").exists() for h in todo) - bar.n)
-    except KeyboardInterrupt:  # stop the workers as Ctrl-C stops one: finished records stay
-        for _, p in procs:
-            p.send_signal(signal.SIGINT)
-        for _, p in procs:
-            try:
-                p.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                p.kill()
-        raise
     finally:
         bar.close()
+    if passed_on:
+        return 1
     failed = [(log, p.returncode) for log, p in procs if p.returncode != 0]
     for log, rc in failed:
         tail = log.read_text().splitlines()[-15:]

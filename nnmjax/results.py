@@ -3,7 +3,12 @@
 ``DIR/runs/<hash>.json`` holds a run's full config key, its curves and its
 summary numbers; ``<hash>`` is a hash of the full config key, so re-running a
 grid skips what is done. A record that does not parse is reported (never
-silently overwritten). ``DIR/summary.csv`` is rebuilt from the records.
+silently overwritten). ``DIR/summary.csv`` is rebuilt from the records: one row per run,
+its config key and summary numbers. A record's ``summary.wall_s`` is the wall time of the
+whole vmapped group it ran in (``summary.vmapped_runs`` runs; ``vmapped_seeds`` in records
+written before that name); ``summary.csv`` shows it as ``group_wall_s`` beside
+``run_wall_s`` = ``group_wall_s / vmapped_runs``, the group's time shared among its runs
+(so a group's ``run_wall_s`` sum to its wall time), and ``vmapped_runs``.
 """
 from __future__ import annotations
 
@@ -17,16 +22,62 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["CorruptRecordError", "atomic_write", "write_record", "read_record", "load_records", "write_summary",
+__all__ = ["CorruptRecordError", "OutputDirError", "check_out_dir", "check_writable",
+           "atomic_write", "write_record", "read_record", "load_records", "write_summary",
            "SUMMARY_COLUMNS", "record_path"]
 
 SUMMARY_COLUMNS = ("dataset", "model", "algorithm", "n", "f", "partition", "alpha", "attack",
-                   "rule", "seed", "steps", "max_test_acc", "final_test_acc", "wall_s",
-                   "steps_per_s", "hash")
+                   "rule", "seed", "steps", "max_test_acc", "final_test_acc", "run_wall_s",
+                   "group_wall_s", "vmapped_runs", "steps_per_s", "hash")
 
 
 class CorruptRecordError(RuntimeError):
     """A run record exists but cannot be read; it is left in place for inspection."""
+
+
+class OutputDirError(ValueError):
+    """An output directory that cannot be used: not writable, a file, or someone else's."""
+
+
+#: What ``nnmjax run`` writes into its directory (besides ``tuned-*`` and hidden files).
+RUN_DIR_ENTRIES = frozenset({"runs", "partial", "logs", "plots", "summary.csv", "table.md",
+                             "table.csv"})
+
+
+def check_out_dir(out_dir: Path | str) -> Path:
+    """Make sure ``out_dir`` can take run records before any work starts: create it, write
+    and remove a probe file in it (and in its ``runs/``), and refuse a non-empty directory
+    that no nnmjax run wrote (no ``runs/``, entries other than :data:`RUN_DIR_ENTRIES`).
+    Raises :class:`OutputDirError` saying which."""
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise OutputDirError(f"output directory {out} is a file, not a directory")
+    if out.is_dir() and not (out / "runs").is_dir():
+        foreign = sorted(p.name for p in out.iterdir()
+                         if p.name not in RUN_DIR_ENTRIES and not p.name.startswith((".", "tuned-")))
+        if foreign:
+            shown = ", ".join(foreign[:4]) + (", ..." if len(foreign) > 4 else "")
+            raise OutputDirError(f"output directory {out} holds files nnmjax did not write "
+                                 f"({shown}); choose a new or empty directory")
+    check_writable(out)
+    if (out / "runs").is_dir():
+        check_writable(out / "runs")
+    return out
+
+
+def check_writable(directory: Path | str) -> Path:
+    """Create ``directory`` (and its parents) and write and remove a probe file in it;
+    :class:`OutputDirError` when that fails."""
+    directory = Path(directory)
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(dir=directory, prefix=".write-probe-")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise OutputDirError(f"output directory {directory} cannot be written: "
+                             f"{e.strerror or e}") from None
+    return directory
 
 
 def record_path(out_dir: Path | str, run_hash: str) -> Path:
@@ -108,12 +159,19 @@ def load_records(out_dir: Path | str) -> list[dict[str, Any]]:
 
 
 def write_summary(out_dir: Path | str, records: list[dict[str, Any]] | None = None) -> Path:
-    """Rebuild ``DIR/summary.csv`` (one row per run, :data:`SUMMARY_COLUMNS` first)."""
+    """Rebuild ``DIR/summary.csv`` (one row per run, :data:`SUMMARY_COLUMNS` first): a
+    record's ``summary.wall_s`` (its vmapped group's) becomes ``group_wall_s``, and
+    ``run_wall_s`` is that shared among the group's ``vmapped_runs`` runs."""
     records = load_records(out_dir) if records is None else records
     path = Path(out_dir) / "summary.csv"
     rows = []
     for r in records:
-        row = {**r["key"], **r["summary"], "hash": r["hash"]}
+        summary = dict(r["summary"])
+        runs = summary.pop("vmapped_runs", summary.pop("vmapped_seeds", 1))
+        summary.pop("vmapped_seeds", None)
+        wall = summary.pop("wall_s", None)
+        row = {**r["key"], **summary, "hash": r["hash"], "vmapped_runs": runs,
+               "group_wall_s": wall, "run_wall_s": None if wall is None else wall / runs}
         rows.append(row)
     extra = sorted({k for row in rows for k in row} - set(SUMMARY_COLUMNS))
     columns = list(SUMMARY_COLUMNS) + extra

@@ -15,6 +15,7 @@ import jax
 from nnmjax import aggregators as _agg
 from nnmjax import preaggregators as _pre
 from nnmjax._checks import as_matrix, work_dtype
+from nnmjax._suggest import did_you_mean
 
 __all__ = ["rule", "Rule", "RANDOMIZED", "known_names"]
 
@@ -36,7 +37,8 @@ def _check_options(stage: str, fn, options: Mapping[str, Any]):
     allowed = _keyword_options(fn)
     unknown = sorted(set(options) - allowed)
     if unknown:
-        raise ValueError(f"unknown option(s) {unknown} for {stage!r}; "
+        raise ValueError(f"unknown option(s) {unknown} for {stage!r}"
+                         f"{did_you_mean(unknown[0], allowed)}; "
                          f"it accepts {sorted(allowed) or 'no options'}")
 
 
@@ -52,10 +54,12 @@ class Rule:
         *pres, last = stages
         for s in pres:
             if s not in _pre.PREAGGREGATORS:
-                hint = " (aggregators go last)" if s in _agg.AGGREGATORS else ""
+                hint = (" (aggregators go last)" if s in _agg.AGGREGATORS
+                        else did_you_mean(s, _pre.PREAGGREGATORS))
                 raise ValueError(f"unknown pre-aggregator {s!r} in rule {name!r}{hint}; {known_names()}")
         if last not in _agg.AGGREGATORS:
-            hint = " (a pre-aggregator cannot end a rule)" if last in _pre.PREAGGREGATORS else ""
+            hint = (" (a pre-aggregator cannot end a rule)" if last in _pre.PREAGGREGATORS
+                    else did_you_mean(last, _agg.AGGREGATORS))
             raise ValueError(f"unknown aggregator {last!r} in rule {name!r}{hint}; {known_names()}")
         unknown_pre = sorted(set(pre_options) - set(pres))
         if unknown_pre:

@@ -38,7 +38,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 
 from nnmjax import metrics, transforms
 from nnmjax.config import Config
-from nnmjax.data import WorkerData, gather_workers, load_dataset, partition, sample_batches
+from nnmjax.data import WorkerData, gather_workers, partition, sample_batches
 from nnmjax.data.partition import label_flip
 from nnmjax.models import make_model
 from nnmjax.sharding import worker_mesh
@@ -137,8 +137,7 @@ class Experiment:
             pad = -self.n_seeds % self.mesh.shape["runs"]
             self.seeds += [self.seeds[-1]] * pad
             self.settings += [self.settings[-1]] * pad
-        ds = dataset if dataset is not None else load_dataset(
-            config.dataset, data_dir=config.data_dir, augment_flip=config.augment_flip)
+        ds = dataset if dataset is not None else config.load_data()
         self.dataset = ds
         lf = attack == "label_flipping" and config.f > 0
         #: workers holding data (the ``f`` Byzantine ones too under label flipping)

@@ -115,14 +115,19 @@ def test_missing_dir_error_lists_places(tmp_path, monkeypatch):
     assert isinstance(e.value, DatasetNotFoundError)
     msg = str(e.value)
     assert str(missing) in msg and "NNMJAX_DATA_DIR" in msg and "data_dir" in msg
-    # Without data_dir: the env var's dir and (for fashion) the Debian dir are listed.
+    # Without data_dir: the env var's dir, strictly (no fall-back to the Debian dir) ...
     monkeypatch.setenv("NNMJAX_DATA_DIR", str(missing))
     monkeypatch.setattr(ds_mod, "_SYSTEM_DIRS", {**ds_mod._SYSTEM_DIRS,
                                                   "fashion_mnist": (str(tmp_path / "deb"),)})
     with pytest.raises(FileNotFoundError) as e:
         load_dataset("fashion_mnist")
     msg = str(e.value)
-    assert str(missing) in msg and str(tmp_path / "deb") in msg
+    assert str(missing) in msg and str(tmp_path / "deb") not in msg
+    # ... and with neither, the system locations
+    monkeypatch.delenv("NNMJAX_DATA_DIR")
+    with pytest.raises(FileNotFoundError) as e:
+        load_dataset("fashion_mnist")
+    assert str(tmp_path / "deb") in str(e.value)
     assert "apt-get install dataset-fashion-mnist" in msg
 
 

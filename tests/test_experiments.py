@@ -227,7 +227,8 @@ def test_table2_layout_blocks_bold_worst_and_baseline(tmp_path):
     rows = list(csv.DictReader(open(tmp_path / "t.csv")))
     assert len(rows) == 2 * (7 * 4 + 1)
     worst = [r for r in rows if r["rule"] == "krum" and r["attack"] == "worst" and r["f"] == "4"]
-    assert worst[0]["mean_max_test_acc"] == "0.1150"
+    assert worst[0]["max_test_acc_mean_pct"] == "11.50" and worst[0]["max_test_acc_std_pct"] == "0.50"
+    assert worst[0]["seeds"] == "2"
 
 
 def test_worst_case_grid_and_heatmap(tmp_path):

@@ -31,6 +31,8 @@ Where the files come from (``source="local"``, the default):
   ``FashionMNIST/raw``); otherwise ``$NNMJAX_DATA_DIR`` the same way;
   otherwise, for Fashion-MNIST, ``/usr/share/datasets/fashion-mnist``, where
   Debian's package ``dataset-fashion-mnist`` installs the four ``.gz`` files.
+  A named ``data_dir`` or ``$NNMJAX_DATA_DIR`` is strict: files missing there are an
+  error, never a silent fall-back to the system location.
 * CIFAR-10: a ``cifar-10-batches-py`` directory (the official Python pickle
   release: ``data_batch_1..5``, ``test_batch``) found the same way.
 
@@ -232,7 +234,7 @@ def _candidate_dirs(name: str, data_dir: Optional[PathLike]) -> list[Path]:
             dirs.extend(root / s / "cifar-10-batches-py" for s in _SUBDIRS[name])
         dirs.append(root)
         dirs.extend(root / s for s in _SUBDIRS[name])
-    if data_dir is None:
+    if not roots:  # data_dir and $NNMJAX_DATA_DIR are strict: no fallback once one is named
         dirs.extend(Path(p) for p in _SYSTEM_DIRS[name])
     return dirs
 
@@ -294,11 +296,11 @@ def _load_tfds(name: str, data_dir: Optional[PathLike]):
             "source='local'."
         ) from e
     out = []
-    for split in ("train", "test"):
-        ds = tfds.load(name, split=split, batch_size=-1, as_supervised=True,
+    for split in ("train", "test"):  # in batches: batch_size=-1 needs a known cardinality
+        ds = tfds.load(name, split=split, as_supervised=True,
                        data_dir=None if data_dir is None else str(data_dir))
-        x, y = tfds.as_numpy(ds)
-        out += [np.asarray(x), np.asarray(y)]
+        batches = list(tfds.as_numpy(ds.batch(10_000)))
+        out += [np.concatenate([x for x, _ in batches]), np.concatenate([y for _, y in batches])]
     return tuple(out)
 
 
