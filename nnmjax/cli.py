@@ -575,20 +575,13 @@ def _run_audit(args) -> int:
         print(f"  {r.rule} f={r.f}: worst ratio {r.worst_ratio:.4g} ({r.wall_s:.1f} s)",
               file=sys.stderr, flush=True)
 
+    from nnmjax import interrupt
+
+    interrupt.KEPT_NOTE[0] = f"the finished audits are kept in {out / 'partial-audit.json'}"
     t0 = time.perf_counter()
-    try:
-        results = audit.audit_many(names, args.n, fs, jobs=args.jobs, progress=progress,
-                                   d=args.d, restarts=args.restarts, steps=args.steps,
-                                   seed=args.seed)
-    except KeyboardInterrupt:
-        kept = (f"{len(done)} finished audits kept in {out / 'partial-audit.json'}" if done
-                else "no audit had finished")
-        print(f"nnmjax audit: interrupted; {kept}", file=sys.stderr)
-        sys.stdout.flush()
-        sys.stderr.flush()
-        # leave without the interpreter's teardown: an interrupt inside an XLA call can
-        # leave threads whose teardown segfaults (exit -11 instead of 130)
-        os._exit(130)
+    results = audit.audit_many(names, args.n, fs, jobs=args.jobs, progress=progress,
+                               d=args.d, restarts=args.restarts, steps=args.steps,
+                               seed=args.seed)
     print(audit.audit_table(results))
     text = json.dumps([r.as_dict() for r in results], indent=1)
     atomic_write(out / "audit.json", lambda fh: fh.write(text))
@@ -652,15 +645,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"nnmjax {args.command}: warning: {message}\n")
     try:
         return args.func(args)
-    except KeyboardInterrupt:  # run and audit stop gracefully; the others stop here
-        if args.debug:
-            raise
-        print(f"\nnnmjax {args.command}: interrupted; files it finished writing are kept",
-              file=sys.stderr)
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(130)  # no teardown: an interrupt inside an XLA call can leave threads
-    except Exception as e:                      # whose teardown segfaults
+    except Exception as e:
         if args.debug:
             raise
         expected = isinstance(e, _expected_errors())
@@ -676,6 +661,18 @@ def entry() -> None:
     transparent huge pages where that helps (:func:`nnmjax.hugepages.hugepage_env`;
     ``NNMJAX_HUGEPAGES=0`` opts out)."""
     argv = sys.argv[1:]
+    from nnmjax.interrupt import quit_on_signals
+
+    quit_on_signals(f"nnmjax {next((a for a in argv if not a.startswith('-')), '')}".strip())
+    status = _entry(argv)
+    if status in (130, 143):  # stopped by a signal: a second one must not land in teardown,
+        sys.stdout.flush()    # where the interpreter has put back the default handlers
+        sys.stderr.flush()
+        os._exit(status)
+    sys.exit(status)
+
+
+def _entry(argv) -> int:
     if argv and argv[0] in HUGEPAGE_COMMANDS and not os.environ.get("NNMJAX_REEXECUTED"):
         from nnmjax.hugepages import hugepage_env
 
@@ -685,7 +682,7 @@ def entry() -> None:
             sys.stdout.flush()
             sys.stderr.flush()
             os.execve(sys.executable, [sys.executable, "-m", "nnmjax.cli", *argv], env)
-    sys.exit(main(argv))
+    return main(argv)
 
 
 if __name__ == "__main__":

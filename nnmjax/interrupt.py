@@ -25,9 +25,33 @@ import signal
 import sys
 import threading
 
-__all__ = ["Stopped", "StopRequest", "stop_on_signals", "exit_status"]
+__all__ = ["Stopped", "StopRequest", "stop_on_signals", "exit_status", "quit_on_signals",
+           "KEPT_NOTE"]
 
 _SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+#: What the one line of :func:`quit_on_signals` says was kept (commands may set it).
+KEPT_NOTE = ["files it finished writing are kept"]
+
+
+def quit_on_signals(prog: str) -> None:
+    """Outside :func:`stop_on_signals`, make SIGINT and SIGTERM end the process at once with
+    one line (``"<prog>: stopped by SIGINT; <KEPT_NOTE>"``) and ``128 + signum``, without
+    the interpreter's teardown, killing any ``multiprocessing`` children first. Every file
+    nnmjax writes is written atomically, so nothing half-written is left behind; the
+    ``nnmjax`` command calls this before anything else."""
+    def handler(signum, frame):
+        print(f"\n{prog}: stopped by {signal.Signals(signum).name}; {KEPT_NOTE[0]}",
+              file=sys.stderr, flush=True)
+        sys.stdout.flush()
+        if "multiprocessing" in sys.modules:  # worker processes (nnmjax audit --jobs) go too
+            for child in sys.modules["multiprocessing"].active_children():
+                child.kill()
+        os._exit(exit_status(signum))
+
+    for s in _SIGNALS:
+        signal.signal(s, handler)
 
 
 class Stopped(Exception):
