@@ -1,7 +1,7 @@
 """Order statistics along the worker axis, written to fuse on every backend.
 
 XLA's ``jnp.sort`` along the worker axis of an ``(n, d)`` array is slow on CPU
-(~0.9 s at (17, 1e6), DESIGN.md). For small ``n`` we instead apply Batcher's
+(~0.9 s at (17, 1e6), docs/design.md). For small ``n`` we instead apply Batcher's
 odd-even merge sorting network, row against row: every compare-exchange is a
 ``minimum``/``maximum`` of two ``(d,)`` rows, so the whole network (and the
 reduction that follows) fuses into a single pass over ``x``. XLA prunes the

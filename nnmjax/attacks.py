@@ -49,29 +49,74 @@ DEFAULT_ETAS = (0.0,
 
 
 def _prepare(honest, f, name):
+    """Validate ``honest`` as an ``(h, d)`` matrix and ``f >= 0`` for attack ``name``."""
     honest = as_matrix(honest, name="honest")
     f = check_int(f, name="f", rule=name, low=0)
     return honest, f
 
 
 def _repeat(v, f):
+    """``f`` copies of the vector ``v``, shape ``(f, d)``."""
     return jnp.broadcast_to(v, (f,) + v.shape)
 
 
 def sign_flipping(honest, f: int):
-    """Sign flipping: every Byzantine worker sends ``-s``."""
+    """Sign flipping: every Byzantine worker sends ``-s``, ``s`` the honest mean.
+
+    Args:
+        honest: ``(h, d)`` honest inputs (integers are cast to float32).
+        f: number of Byzantine rows to produce, ``>= 0``.
+
+    Returns:
+        The ``(f, d)`` Byzantine rows, in ``honest``'s floating dtype.
+
+    Raises:
+        ValueError: if ``honest`` is not a non-empty real ``(h, d)`` array or ``f`` is not a
+            non-negative integer.
+
+    Examples:
+        >>> import jax, jax.numpy as jnp, numpy as np, nnmjax
+        >>> from nnmjax import attacks
+        >>> honest = jnp.array([[0, 1, 2], [1, 0, 1], [2, 2, 0], [1, 1, 1]], jnp.float32)  # mean 1
+        >>> print(np.asarray(attacks.sign_flipping(honest, 1)))
+        [[-1. -1. -1.]]
+    """
     honest, f = _prepare(honest, f, "sign_flipping")
     return _repeat(-jnp.mean(honest, axis=0), f)
 
 
 def foe(honest, f: int, *, eta: float = 3.0):
-    """Fall of Empires / inner-product manipulation: ``(1 - eta) s``. The default ``eta = 3``
-    sends ``-2 s`` (ByzFL's ``InnerProductManipulation(tau=2)`` is ``eta = 1 + tau``)."""
+    """Fall of Empires / inner-product manipulation (Xie et al., 2020): ``(1 - eta) s``.
+
+    The default ``eta = 3`` sends ``-2 s`` (ByzFL's ``InnerProductManipulation(tau=2)`` is
+    ``eta = 1 + tau``).
+
+    Args:
+        honest: ``(h, d)`` honest inputs (integers are cast to float32).
+        f: number of Byzantine rows to produce, ``>= 0``.
+        eta: attack factor.
+
+    Returns:
+        The ``(f, d)`` Byzantine rows, in ``honest``'s floating dtype.
+
+    Raises:
+        ValueError: if ``honest`` is not a non-empty real ``(h, d)`` array or ``f`` is not a
+            non-negative integer.
+
+    Examples:
+        >>> import jax, jax.numpy as jnp, numpy as np, nnmjax
+        >>> from nnmjax import attacks
+        >>> honest = jnp.array([[0, 1, 2], [1, 0, 1], [2, 2, 0], [1, 1, 1]], jnp.float32)  # mean 1
+        >>> print(np.asarray(attacks.foe(honest, 2)))
+        [[-2. -2. -2.]
+         [-2. -2. -2.]]
+    """
     honest, f = _prepare(honest, f, "foe")
     return _repeat((1.0 - eta) * jnp.mean(honest, axis=0), f)
 
 
 def _std(honest):
+    """Unbiased (``ddof=1``) coordinate-wise standard deviation; needs 2 honest rows."""
     h = honest.shape[0]
     if h < 2:
         raise ValueError("ALIE needs at least 2 honest rows for an unbiased standard deviation")
@@ -79,15 +124,50 @@ def _std(honest):
 
 
 def alie(honest, f: int, *, eta: float = 1.5):
-    """A little is enough: ``s + eta * sigma`` with ``sigma`` the unbiased coordinate-wise
-    standard deviation. Default ``eta = 1.5`` as ByzFL; Baruch et al.'s choice is
-    :func:`alie_z_max`."""
+    """A little is enough (Baruch et al., 2019): ``s + eta * sigma``.
+
+    ``sigma`` is the unbiased (``ddof=1``) coordinate-wise standard deviation of the honest
+    inputs. Default ``eta = 1.5`` as ByzFL; Baruch et al.'s choice is :func:`alie_z_max`.
+
+    Args:
+        honest: ``(h, d)`` honest inputs (integers are cast to float32).
+        f: number of Byzantine rows to produce, ``>= 0``.
+        eta: attack factor.
+
+    Returns:
+        The ``(f, d)`` Byzantine rows, in ``honest``'s floating dtype.
+
+    Raises:
+        ValueError: if ``honest`` is not a non-empty real ``(h, d)`` array or ``f`` is not a
+            non-negative integer.
+        ValueError: if there are fewer than 2 honest rows.
+
+    Examples:
+        >>> import jax, jax.numpy as jnp, numpy as np, nnmjax
+        >>> from nnmjax import attacks
+        >>> honest = jnp.array([[0, 1, 2], [1, 0, 1], [2, 2, 0], [1, 1, 1]], jnp.float32)  # mean 1
+        >>> print(np.round(np.asarray(attacks.alie(honest, 1)), 4))   # sigma = sqrt(2/3)
+        [[2.2247 2.2247 2.2247]]
+    """
     honest, f = _prepare(honest, f, "alie")
     return _repeat(jnp.mean(honest, axis=0) + eta * _std(honest), f)
 
 
 def alie_z_max(n: int, f: int) -> float:
-    """Baruch et al.'s ``z_max = Phi^{-1}((n - s) / n)``, ``s = floor(n/2 + 1) - f``."""
+    """Baruch et al.'s ALIE factor ``z_max = Phi^{-1}((n - s) / n)``, ``s = floor(n/2 + 1) - f``.
+
+    Args:
+        n: total number of workers.
+        f: number of Byzantine workers.
+
+    Returns:
+        ``z_max`` (``Phi`` is the standard normal CDF), a float.
+
+    Examples:
+        >>> from nnmjax.attacks import alie_z_max
+        >>> round(alie_z_max(17, 4), 4)
+        0.5414
+    """
     from statistics import NormalDist
 
     s = math.floor(n / 2 + 1) - f
@@ -95,13 +175,55 @@ def alie_z_max(n: int, f: int) -> float:
 
 
 def inf(honest, f: int):
-    """Every Byzantine worker sends ``+inf`` in every coordinate."""
+    """Every Byzantine worker sends ``+inf`` in every coordinate.
+
+    Args:
+        honest: ``(h, d)`` honest inputs (integers are cast to float32).
+        f: number of Byzantine rows to produce, ``>= 0``.
+
+    Returns:
+        The ``(f, d)`` Byzantine rows, in ``honest``'s floating dtype.
+
+    Raises:
+        ValueError: if ``honest`` is not a non-empty real ``(h, d)`` array or ``f`` is not a
+            non-negative integer.
+
+    Examples:
+        >>> import jax, jax.numpy as jnp, numpy as np, nnmjax
+        >>> from nnmjax import attacks
+        >>> honest = jnp.array([[0, 1, 2], [1, 0, 1], [2, 2, 0], [1, 1, 1]], jnp.float32)  # mean 1
+        >>> print(np.asarray(attacks.inf(honest, 1)))
+        [[inf inf inf]]
+    """
     honest, f = _prepare(honest, f, "inf")
     return jnp.full((f, honest.shape[1]), jnp.inf, honest.dtype)
 
 
 def gaussian(honest, f: int, *, key=None, mu: float = 0.0, sigma: float = 200.0):
-    """Each Byzantine worker sends an independent draw of ``N(mu, sigma^2 I)``."""
+    """Each Byzantine worker sends an independent draw of ``N(mu, sigma^2 I)``.
+
+    Args:
+        honest: ``(h, d)`` honest inputs (integers are cast to float32).
+        f: number of Byzantine rows to produce, ``>= 0``.
+        key: ``jax.random`` key (required).
+        mu: mean of every coordinate.
+        sigma: standard deviation of every coordinate.
+
+    Returns:
+        The ``(f, d)`` Byzantine rows, in ``honest``'s floating dtype.
+
+    Raises:
+        ValueError: if ``honest`` is not a non-empty real ``(h, d)`` array or ``f`` is not a
+            non-negative integer.
+        ValueError: if ``key`` is ``None``.
+
+    Examples:
+        >>> import jax, jax.numpy as jnp, numpy as np, nnmjax
+        >>> from nnmjax import attacks
+        >>> honest = jnp.array([[0, 1, 2], [1, 0, 1], [2, 2, 0], [1, 1, 1]], jnp.float32)  # mean 1
+        >>> attacks.gaussian(honest, 2, key=jax.random.key(0)).shape
+        (2, 3)
+    """
     honest, f = _prepare(honest, f, "gaussian")
     if key is None:
         raise ValueError("gaussian is randomized: pass key=jax.random.key(...)")
@@ -112,6 +234,7 @@ def gaussian(honest, f: int, *, key=None, mu: float = 0.0, sigma: float = 200.0)
 #: byzfl 0.0.11): ``evals`` evaluations from ``start``, step ``delta`` doubled while the
 #: damage grows (expansion), then shrunk by ``ratio`` at every evaluation (contraction).
 BYZFL_LINE_SEARCH = {"evals": 20, "start": 0.0, "delta": 10.0, "ratio": 0.8}
+#: The ``search`` values of the optimal attacks.
 SEARCHES = ("grid", "byzfl")
 
 
@@ -197,12 +320,6 @@ def _search(honest, f, rule, etas, direction, refine, zooms, brackets, key):
     return _repeat(s + eta * direction, f), eta
 
 
-_SEARCH_DOC = """``rule`` maps the ``(h + f, d)`` inputs to ``(d,)`` (e.g.
-    ``nnmjax.rule("nnm+cwtm", f)``; a randomized rule is called with ``key``). For a rule
-    built by :func:`nnmjax.rule` from equivariant stages the evaluations run on
-    ``(h + 1)``-dimensional coordinates, not over ``d`` (:mod:`nnmjax._subspace`)."""
-
-
 def optimal_alie(honest, f: int, *, rule: Callable, key=None, search: str = "grid",
                  etas=DEFAULT_ETAS, refine: int = 8, zooms: int = 8, brackets: int = 3,
                  return_eta: bool = False):
@@ -214,7 +331,44 @@ def optimal_alie(honest, f: int, *, rule: Callable, key=None, search: str = "gri
     default: 241 rule evaluations in 9 vmapped calls). Damage that peaks just before the
     Byzantine rows leave a selection, as with Krum or NNM, is located to that resolution.
     ``search="byzfl"``: ByzFL's line search (:data:`BYZFL_LINE_SEARCH`: 20 sequential
-    evaluations from ``eta = 0``, step 10). """ + _SEARCH_DOC
+    evaluations from ``eta = 0``, step 10).
+
+    ``rule`` maps the ``(h + f, d)`` inputs to ``(d,)`` (e.g. ``nnmjax.rule("nnm+cwtm", f)``;
+    a randomized rule is called with ``key``). For a rule built by :func:`nnmjax.rule` from
+    equivariant stages the evaluations run on ``(h + 1)``-dimensional coordinates, not over
+    ``d`` (:mod:`nnmjax._subspace`).
+
+    Args:
+        honest: ``(h, d)`` honest inputs (integers are cast to float32).
+        f: number of Byzantine rows to produce, ``>= 0``.
+        rule: the defence, ``(h + f, d) -> (d,)``.
+        key: ``jax.random`` key for a randomized ``rule``.
+        search: ``"grid"`` or ``"byzfl"``.
+        etas: the grid of ``"grid"`` (default :data:`DEFAULT_ETAS`).
+        refine: points per refinement round (``"grid"``).
+        zooms: refinement rounds (``"grid"``).
+        brackets: grid points refined (``"grid"``).
+        return_eta: also return the chosen ``eta``.
+
+    Returns:
+        The ``(f, d)`` Byzantine rows (all equal), or ``(rows, eta)`` with ``return_eta``.
+
+    Raises:
+        ValueError: if ``honest`` is not a non-empty real ``(h, d)`` array or ``f`` is not a
+            non-negative integer.
+        ValueError: if ``rule`` is randomized and ``key`` is ``None``, or ``search`` is unknown.
+        ValueError: if there are fewer than 2 honest rows.
+
+    Examples:
+        >>> import jax, jax.numpy as jnp, numpy as np, nnmjax
+        >>> from nnmjax import attacks
+        >>> honest = jnp.array([[0, 1, 2], [1, 0, 1], [2, 2, 0], [1, 1, 1]], jnp.float32)  # mean 1
+        >>> cwtm = nnmjax.rule("cwtm", 1)
+        >>> byz, eta = attacks.optimal_alie(honest, 1, rule=cwtm, etas=(0., 1., 2., 4.), zooms=2,
+        ...                                 return_eta=True)
+        >>> print(np.round(np.asarray(cwtm(jnp.concatenate([honest, byz]))), 4), bool(eta >= 1.22))
+        [1.3333 1.3333 1.3333] True
+    """
     honest, f = _prepare(honest, f, "optimal_alie")
     _check_key(rule, key)
     byz, eta = _optimal(honest, f, rule, _std(honest), key, search, 0.0,
@@ -225,9 +379,45 @@ def optimal_alie(honest, f: int, *, rule: Callable, key=None, search: str = "gri
 def optimal_foe(honest, f: int, *, rule: Callable, key=None, search: str = "grid",
                 etas=DEFAULT_ETAS, refine: int = 8, zooms: int = 8, brackets: int = 3,
                 return_eta: bool = False):
-    """FOE, ``(1 - eta) s``, with ``eta`` chosen like :func:`optimal_alie`; ByzFL's line
-    search runs over its factor ``tau = eta - 1`` (``InnerProductManipulation`` sends
-    ``-tau s``) from ``tau = 0``. """ + _SEARCH_DOC
+    """FOE, ``(1 - eta) s``, with ``eta`` chosen like :func:`optimal_alie`.
+
+    ByzFL's line search runs over its factor ``tau = eta - 1`` (``InnerProductManipulation``
+    sends ``-tau s``) from ``tau = 0``.
+
+    ``rule`` maps the ``(h + f, d)`` inputs to ``(d,)`` (e.g. ``nnmjax.rule("nnm+cwtm", f)``;
+    a randomized rule is called with ``key``). For a rule built by :func:`nnmjax.rule` from
+    equivariant stages the evaluations run on ``(h + 1)``-dimensional coordinates, not over
+    ``d`` (:mod:`nnmjax._subspace`).
+
+    Args:
+        honest: ``(h, d)`` honest inputs (integers are cast to float32).
+        f: number of Byzantine rows to produce, ``>= 0``.
+        rule: the defence, ``(h + f, d) -> (d,)``.
+        key: ``jax.random`` key for a randomized ``rule``.
+        search: ``"grid"`` or ``"byzfl"``.
+        etas: the grid of ``"grid"`` (default :data:`DEFAULT_ETAS`).
+        refine: points per refinement round (``"grid"``).
+        zooms: refinement rounds (``"grid"``).
+        brackets: grid points refined (``"grid"``).
+        return_eta: also return the chosen ``eta``.
+
+    Returns:
+        The ``(f, d)`` Byzantine rows (all equal), or ``(rows, eta)`` with ``return_eta``.
+
+    Raises:
+        ValueError: if ``honest`` is not a non-empty real ``(h, d)`` array or ``f`` is not a
+            non-negative integer.
+        ValueError: if ``rule`` is randomized and ``key`` is ``None``, or ``search`` is unknown.
+
+    Examples:
+        >>> import jax, jax.numpy as jnp, numpy as np, nnmjax
+        >>> from nnmjax import attacks
+        >>> honest = jnp.array([[0, 1, 2], [1, 0, 1], [2, 2, 0], [1, 1, 1]], jnp.float32)  # mean 1
+        >>> byz, eta = attacks.optimal_foe(honest, 1, rule=nnmjax.rule("cwtm", 1), search="byzfl",
+        ...                                return_eta=True)
+        >>> print(np.round(np.asarray(byz), 4), np.round(float(eta), 4))
+        [[0. 0. 0.]] 1.0
+    """
     honest, f = _prepare(honest, f, "optimal_foe")
     _check_key(rule, key)
     byz, eta = _optimal(honest, f, rule, -jnp.mean(honest, axis=0), key, search, 1.0,
@@ -238,10 +428,11 @@ def optimal_foe(honest, f: int, *, rule: Callable, key=None, search: str = "grid
 def adaptive(honest, f: int, *, rule: Callable, key=None, steps: int = 8, lr: float = 0.25,
              constraint: str | None = None, radius: float | None = None,
              search: str = "grid"):
-    """Byzantine rows that differentiate through the defence: projected gradient ascent of
-    ``||rule(honest ++ B) - s||^2`` over the ``f`` rows ``B`` (each free, not copies),
-    started from the more damaging of :func:`optimal_alie` and :func:`optimal_foe` (both
-    with ``search``).
+    """Byzantine rows that differentiate through the defence.
+
+    Projected gradient ascent of ``||rule(honest ++ B) - s||^2`` over the ``f`` rows ``B``
+    (each free, not copies), started from the more damaging of :func:`optimal_alie` and
+    :func:`optimal_foe` (both with ``search``).
 
     The rows are ``B = s + sigma * Z`` (``sigma`` the honest coordinate-wise standard
     deviation, ``s`` their mean) and Adam (step ``lr``, in units of ``sigma``) ascends on
@@ -256,13 +447,34 @@ def adaptive(honest, f: int, *, rule: Callable, key=None, steps: int = 8, lr: fl
     A randomized rule is called with ``key`` (the attacker's own draw). A rule that cannot
     be differentiated (e.g. CAF's ``while_loop``) gets the starting rows, with a warning.
 
-    Example::
+    Args:
+        honest: ``(h, d)`` honest inputs (integers are cast to float32).
+        f: number of Byzantine rows to produce, ``>= 0``.
+        rule: the defence, ``(h + f, d) -> (d,)``.
+        key: ``jax.random`` key for a randomized ``rule``.
+        steps: Adam steps, ``>= 0``.
+        lr: Adam step size, in units of ``sigma``.
+        constraint: ``None``, ``"range"`` or ``"ball"``.
+        radius: radius of ``"ball"`` (default the largest honest distance to ``s``).
+        search: search of the two starting attacks, ``"grid"`` or ``"byzfl"``.
 
-        >>> import jax, nnmjax
-        >>> h = jax.random.normal(jax.random.key(0), (13, 50))
-        >>> byz = attacks.adaptive(h, 4, rule=nnmjax.rule("nnm+cwtm", 4))
-        >>> byz.shape
-        (4, 50)
+    Returns:
+        The ``(f, d)`` Byzantine rows, in ``honest``'s floating dtype.
+
+    Raises:
+        ValueError: if ``honest`` is not a non-empty real ``(h, d)`` array or ``f`` is not a
+            non-negative integer.
+        ValueError: if ``rule`` is randomized and ``key`` is ``None``, ``constraint`` or
+            ``search`` is unknown, ``steps < 0``, or there are fewer than 2 honest rows.
+
+    Examples:
+        >>> import jax, jax.numpy as jnp, numpy as np, nnmjax
+        >>> from nnmjax import attacks
+        >>> honest = jnp.array([[0, 1, 2], [1, 0, 1], [2, 2, 0], [1, 1, 1]], jnp.float32)  # mean 1
+        >>> byz = attacks.adaptive(honest, 1, rule=nnmjax.rule("cwtm", 1), steps=2,
+        ...                        search="byzfl", constraint="range")
+        >>> print(np.round(np.asarray(byz), 4))       # inside the honest range [0, 2]
+        [[2. 2. 2.]]
     """
     honest, f = _prepare(honest, f, "adaptive")
     _check_key(rule, key)
@@ -329,13 +541,20 @@ def adaptive(honest, f: int, *, rule: Callable, key=None, steps: int = 8, lr: fl
 
 
 def _check_key(rule, key):
+    """Raise ``ValueError`` when a randomized ``rule`` gets no ``key``."""
     if getattr(rule, "randomized", False) and key is None:
         raise ValueError(f"{rule!r} is randomized: pass key=jax.random.key(...) to the attack")
 
 
 class MimicState(NamedTuple):
-    """State of the Mimic attack: step count, running honest mean ``mu``, direction ``z``
-    and the mimicked honest worker ``target``."""
+    """State of the Mimic attack (:func:`mimic_init`, :func:`mimic_update`).
+
+    Attributes:
+        step: number of updates so far (int32 scalar).
+        mu: running honest mean, ``(d,)``.
+        z: unit direction (top principal direction estimate), ``(d,)``.
+        target: index of the mimicked honest worker (int32 scalar).
+    """
 
     step: jax.Array
     mu: jax.Array
@@ -344,7 +563,23 @@ class MimicState(NamedTuple):
 
 
 def mimic_init(key, d: int, dtype=jnp.float32) -> MimicState:
-    """Initial Mimic state with a random unit direction drawn from ``key``."""
+    """Initial Mimic state with a random unit direction drawn from ``key``.
+
+    Args:
+        key: ``jax.random`` key of the direction.
+        d: dimension of the inputs.
+        dtype: floating dtype of ``mu`` and ``z``.
+
+    Returns:
+        A :class:`MimicState` at step 0 with ``mu = 0``, target 0.
+
+    Examples:
+        >>> import jax
+        >>> from nnmjax import attacks
+        >>> state = attacks.mimic_init(jax.random.key(0), 3)
+        >>> int(state.step), state.z.shape
+        (0, (3,))
+    """
     z = jax.random.normal(key, (d,), dtype)
     return MimicState(jnp.zeros((), jnp.int32), jnp.zeros((d,), dtype),
                       z / jnp.linalg.norm(z), jnp.zeros((), jnp.int32))
@@ -358,6 +593,25 @@ def mimic_update(state: MimicState, honest, *, warmup: int = 1) -> MimicState:
     inputs by online power iteration,
     ``z <- normalise(t z + u / ||u||)`` with ``u = sum_i <x_i - mu, z> (x_i - mu)``;
     the target is ``argmax_i <x_i, z>``, re-chosen at every warm-up step and frozen after.
+
+    Args:
+        state: the current :class:`MimicState`.
+        honest: ``(h, d)`` honest inputs of this step.
+        warmup: number of steps during which ``mu``, ``z`` and the target are updated.
+
+    Returns:
+        The next :class:`MimicState` (``step`` incremented).
+
+    Raises:
+        ValueError: if ``honest`` is not a non-empty real ``(h, d)`` array.
+
+    Examples:
+        >>> import jax, jax.numpy as jnp, numpy as np, nnmjax
+        >>> from nnmjax import attacks
+        >>> honest = jnp.array([[0, 1, 2], [1, 0, 1], [2, 2, 0], [1, 1, 1]], jnp.float32)  # mean 1
+        >>> state = attacks.mimic_update(attacks.mimic_init(jax.random.key(0), 3), honest)
+        >>> int(state.step), np.asarray(state.mu).tolist()
+        (1, [1.0, 1.0, 1.0])
     """
     honest = as_matrix(honest, name="honest")
     t = state.step
@@ -375,14 +629,39 @@ def mimic_update(state: MimicState, honest, *, warmup: int = 1) -> MimicState:
 
 
 def mimic(honest, f: int, *, state: MimicState, warmup: int = 1):
-    """Mimic: every Byzantine worker sends the honest input of the worker chosen by
-    Karimireddy et al.'s heuristic. Returns ``(byzantine, new_state)``; start from
-    :func:`mimic_init`."""
+    """Mimic: every Byzantine worker copies the honest worker chosen by Karimireddy et al.'s heuristic.
+
+    The target is chosen by :func:`mimic_update`; start from :func:`mimic_init`.
+
+    Args:
+        honest: ``(h, d)`` honest inputs (integers are cast to float32).
+        f: number of Byzantine rows to produce, ``>= 0``.
+        state: the current :class:`MimicState`.
+        warmup: as in :func:`mimic_update`.
+
+    Returns:
+        ``(byzantine, new_state)``: ``f`` copies of ``honest[new_state.target]`` and the
+        updated state.
+
+    Raises:
+        ValueError: if ``honest`` is not a non-empty real ``(h, d)`` array or ``f`` is not a
+            non-negative integer.
+
+    Examples:
+        >>> import jax, jax.numpy as jnp, numpy as np, nnmjax
+        >>> from nnmjax import attacks
+        >>> honest = jnp.array([[0, 1, 2], [1, 0, 1], [2, 2, 0], [1, 1, 1]], jnp.float32)  # mean 1
+        >>> state = attacks.mimic_init(jax.random.key(0), 3)
+        >>> byz, state = attacks.mimic(honest, 2, state=state)
+        >>> byz.shape, bool((byz == honest[state.target]).all())
+        ((2, 3), True)
+    """
     honest, f = _prepare(honest, f, "mimic")
     state = mimic_update(state, honest, warmup=warmup)
     return _repeat(honest[state.target], f), state
 
 
+#: Attack name -> function ``(honest: (h, d), f, **options) -> (f, d)`` (Mimic: and its state).
 ATTACKS = {
     "sign_flipping": sign_flipping, "foe": foe, "alie": alie, "optimal_foe": optimal_foe,
     "optimal_alie": optimal_alie, "mimic": mimic, "inf": inf, "gaussian": gaussian,

@@ -2,7 +2,7 @@
 
 For a rule ``F`` and ``n, f, d``, :func:`audit` searches inputs ``x`` (``n`` rows of ``R^d``)
 and sets ``S`` of ``n - f`` rows maximising Definition 2's ratio (Allouah et al., "Fixing
-by Mixing", AISTATS 2023)
+by Mixing", AISTATS 2023)::
 
     ratio(x, S) = ||F(x) - xbar_S||^2 / ((1/|S|) sum_{i in S} ||x_i - xbar_S||^2),
 
@@ -31,12 +31,7 @@ A float32 rounding allowance ``(1e-5 max(1, ||F||))^2`` is subtracted from every
 numerator, so that a rule returning the common value of ``n - f`` identical rows up to
 rounding is not charged an infinite ratio.
 
-Example::
-
-    >>> from nnmjax import audit
-    >>> res = audit.audit("cwtm", n=9, f=2, d=4, restarts=8, steps=20)
-    >>> res.lower_bound <= res.worst_ratio <= res.bound
-    True
+Example: see :func:`audit`.
 """
 from __future__ import annotations
 
@@ -64,9 +59,20 @@ ROUNDING = 1e-5
 class AuditResult(NamedTuple):
     """One audit: the worst ratio found and the input attaining it.
 
-    ``x`` is ``(n, d)``; ``honest`` the boolean mask of the set ``S`` attaining the ratio;
-    ``source`` the starting point whose search found it; ``bound`` the proven coefficient
-    (``None`` where the paper proves none); ``lower_bound`` Proposition 6's ``f/(n-2f)``.
+    Attributes:
+        rule: the rule's name.
+        n: number of workers.
+        f: number of Byzantine workers.
+        d: dimension.
+        worst_ratio: the largest Definition 2 ratio found.
+        bound: the proven coefficient (``None`` where the paper proves none).
+        lower_bound: Proposition 6's ``f/(n-2f)``.
+        x: the ``(n, d)`` input attaining ``worst_ratio``.
+        honest: boolean ``(n,)`` mask of the set ``S`` attaining the ratio.
+        source: the starting point whose search found it.
+        restarts: number of restarts run.
+        steps: gradient-ascent steps per restart.
+        wall_s: wall time of the audit in seconds.
     """
 
     rule: str
@@ -84,7 +90,11 @@ class AuditResult(NamedTuple):
     wall_s: float
 
     def as_dict(self) -> dict:
-        """A JSON-ready dict (the input as nested lists)."""
+        """A JSON-ready dict of the fields (arrays as nested lists, a non-finite ratio as a string).
+
+        Returns:
+            ``dict`` with one key per field.
+        """
         out = self._asdict()
         out["x"] = self.x.tolist()
         out["honest"] = self.honest.tolist()
@@ -93,16 +103,44 @@ class AuditResult(NamedTuple):
 
 
 def _json_float(v):
+    """``v``, or ``'inf'`` or ``'nan'`` when not finite (JSON has no infinities)."""
     return v if math.isfinite(v) else ("inf" if v > 0 else "nan")
 
 
 def lower_bound(n: int, f: int) -> float:
-    """Proposition 6: no rule is (f, kappa)-robust with ``kappa < f / (n - 2f)``."""
+    """Proposition 6: no rule is (f, kappa)-robust with ``kappa < f / (n - 2f)``.
+
+    Args:
+        n: number of workers.
+        f: number of Byzantine workers, ``2f < n``.
+
+    Returns:
+        ``f / (n - 2f)``.
+
+    Examples:
+        >>> from nnmjax import audit
+        >>> audit.lower_bound(5, 1)
+        0.3333333333333333
+    """
     return f / (n - 2 * f)
 
 
 def proven_bound(name: str, n: int, f: int) -> float | None:
-    """:func:`nnmjax.metrics.kappa_bound` where the paper proves one, else ``None``."""
+    """The paper's proven coefficient (:func:`nnmjax.metrics.kappa_bound`), else ``None``.
+
+    Args:
+        name: rule name (``"cwtm"``, ``"nnm+krum"``, ...).
+        n: number of workers.
+        f: number of Byzantine workers, ``2f < n``.
+
+    Returns:
+        The coefficient, or ``None`` where the paper proves none.
+
+    Examples:
+        >>> from nnmjax import audit
+        >>> audit.proven_bound("krum", 5, 1), audit.proven_bound("mda", 5, 1)
+        (8.0, None)
+    """
     try:
         return metrics.kappa_bound(name, n, f)
     except ValueError:
@@ -110,11 +148,37 @@ def proven_bound(name: str, n: int, f: int) -> float | None:
 
 
 def ratio(output, x, f: int, *, honest=None, max_subsets: int = 50_000):
-    """``(worst ratio, mask of S)`` of one output over every ``S`` of size ``n - f`` (or only
-    the mask ``honest``, and always past ``max_subsets`` subsets), in float64 (NumPy), with
-    the rounding allowance; ``0/0`` counts as 0 and ``c/0`` (``c > 0``) as ``inf``:
-    Definition 2 then fails for every kappa. Sets holding a non-finite row are skipped
-    (Definition 2 holds trivially there)."""
+    """Definition 2's worst ratio of one output over every ``S`` of size ``n - f``.
+
+    ``max_S ||output - xbar_S||^2 / ((1/|S|) sum_{i in S} ||x_i - xbar_S||^2)`` over every
+    ``S`` (or only the mask ``honest``, which is required past ``max_subsets`` subsets), in
+    float64 (NumPy), with the rounding allowance :data:`ROUNDING`; ``0/0`` counts as 0 and
+    ``c/0`` (``c > 0``) as ``inf``: Definition 2 then fails for every kappa. Sets holding a
+    non-finite row are skipped (Definition 2 holds trivially there).
+
+    Args:
+        output: the rule's ``(d,)`` output on ``x``.
+        x: the ``(n, d)`` input.
+        f: number of Byzantine rows.
+        honest: optional boolean ``(n,)`` mask: score only this set.
+        max_subsets: largest ``C(n, f)`` enumerated.
+
+    Returns:
+        ``(worst ratio, mask of S)``: a float and a boolean ``(n,)`` array.
+
+    Raises:
+        ValueError: if ``C(n, f) > max_subsets`` and no ``honest`` mask is given.
+
+    Examples:
+        >>> import jax.numpy as jnp, numpy as np
+        >>> from nnmjax import aggregators, audit
+        >>> x = jnp.array([[0, 1, 2], [1, 0, 1], [2, 2, 0], [1, 1, 1], [9, -9, 9]], jnp.float32)
+        >>> worst, s = audit.ratio(aggregators.cwtm(x, 1), x, 1)
+        >>> round(worst, 4), s.tolist()
+        (0.2739, [True, True, False, True, True])
+        >>> round(audit.ratio(aggregators.mean(x), x, 1, honest=np.arange(5) < 4)[0], 4)
+        6.08
+    """
     x = np.asarray(x, np.float64)
     out = np.asarray(output, np.float64)
     n = x.shape[0]
@@ -150,6 +214,7 @@ def ratio(output, x, f: int, *, honest=None, max_subsets: int = 50_000):
 
 @functools.lru_cache(maxsize=32)
 def _subsets(n: int, k: int) -> np.ndarray:
+    """Every subset of size ``k`` of ``range(n)``, as a ``(C(n, k), k)`` index array."""
     return np.array(list(itertools.combinations(range(n), k)))
 
 
@@ -178,6 +243,7 @@ def _resolve(rule, f: int):
 
 
 class _Start(NamedTuple):
+    """Starting points of the restarts: honest and Byzantine rows, placements, ties, sources."""
     honest: np.ndarray   # (R, n - f, d)
     byz: np.ndarray      # (R, f, d)
     perm: np.ndarray     # (R, n) positions: x = concat(H, B)[perm]
@@ -321,18 +387,20 @@ def _make_search(call, n: int, f: int, d: int, steps: int, lr: float, sigma: flo
 def audit(rule, n: int, f: int, d: int = 8, *, restarts: int = 32, steps: int = 50,
           lr: float = 0.05, sigma: float = 0.05, samples: int = 4, placements: int = 4,
           seed: int = 0, max_subsets: int = 50_000) -> AuditResult:
-    """Search for the input maximising Definition 2's ratio of ``rule`` (see the module
-    docstring).
+    """Search for the input maximising Definition 2's ratio of ``rule`` (see the module docstring).
 
     Args:
         rule: a rule name (``"nnm+cwtm"``), a :class:`~nnmjax.Rule`, or any callable
             ``(n, d) -> (d,)``; a randomized rule gets a fixed key per restart (the audit
             then reports the worst case over the draws it tried).
-        n, f, d: workers, Byzantine workers (``2f < n``), dimension.
+        n: number of workers.
+        f: number of Byzantine workers (``1 <= f``, ``2f < n``).
+        d: dimension.
         restarts: vmapped searches (at least the 3 constructions).
         steps: gradient-ascent steps per restart.
-        lr, sigma, samples: Adam's step size; the smoothing scale and antithetic samples
-            of the smoothed surrogate (relative to the unit honest spread).
+        lr: Adam's step size.
+        sigma: smoothing scale of the smoothed surrogate (relative to the unit honest spread).
+        samples: antithetic samples of the smoothed surrogate.
         placements: random re-placements of the Byzantine rows of each of the best
             candidates in the final scoring.
         seed: seed of the starting points.
@@ -343,7 +411,20 @@ def audit(rule, n: int, f: int, d: int = 8, *, restarts: int = 32, steps: int = 
         robustness coefficient (an adversarial search finds inputs, it proves nothing).
 
     Raises:
-        ValueError: for ``2f >= n``, ``f < 1``, ``d < 1`` or ``restarts < 3``.
+        ValueError: for ``2f >= n``, ``f < 1``, ``d < 1``, ``restarts < 3`` or ``steps < 0``.
+
+    Examples:
+        A short search on CWTM lands between Proposition 6's lower bound and the proven
+        coefficient (up to the rounding allowance):
+
+        >>> from nnmjax import audit
+        >>> res = audit.audit("cwtm", n=5, f=1, d=2, restarts=4, steps=5)
+        >>> res.lower_bound - 1e-6 <= res.worst_ratio <= res.bound, res.x.shape
+        (True, (5, 2))
+        >>> print(audit.audit_table([res]))
+        rule  n  f  worst ratio  proven bound  f/(n-2f)  found by
+        ----  -  -  -----------  ------------  --------  ...
+        cwtm  5  1  ...          2.667    0.3333  ...
     """
     if not (isinstance(f, int) and 1 <= f and 2 * f < n):
         raise ValueError(f"audit needs 1 <= f and 2f < n; got n={n}, f={f}")
@@ -414,13 +495,28 @@ def _within_budget(rule, n, f, restarts, steps):
 
 
 def _one(args):
+    """One :func:`audit` from a picklable ``(rule, n, f, options)`` task."""
     rule, n, f, options = args
     return audit(rule, n, f, **options)
 
 
 def audit_many(rules, n: int, fs, *, jobs: int = 1, progress=None, **options):
-    """:func:`audit` for every rule and ``f`` (a list of results in that order), in ``jobs``
-    processes; ``progress(result)`` is called as each one finishes."""
+    """:func:`audit` for every rule and every ``f``, in ``jobs`` processes.
+
+    Args:
+        rules: rule names (or rules) to audit.
+        n: number of workers.
+        fs: the numbers of Byzantine workers.
+        jobs: worker processes (``spawn``); 1 runs in this process.
+        progress: optional ``progress(result)``, called as each audit finishes.
+        **options: keyword options of :func:`audit`.
+
+    Returns:
+        The list of :class:`AuditResult`, rules outer and ``f`` inner, in that order.
+
+    Raises:
+        ValueError: as :func:`audit`.
+    """
     tasks = [(r, n, f, options) for r in rules for f in fs]
     if jobs <= 1:
         out = []
@@ -442,7 +538,20 @@ def audit_many(rules, n: int, fs, *, jobs: int = 1, progress=None, **options):
 
 
 def audit_table(results) -> str:
-    """A plain aligned table of audit results (rule, n, f, worst ratio, bound, lower bound)."""
+    """A plain aligned table of audit results.
+
+    Columns: rule, n, f, worst ratio, proven bound, lower bound ``f/(n-2f)``, and the starting
+    point that found the worst ratio.
+
+    Args:
+        results: :class:`AuditResult` values.
+
+    Returns:
+        The table as one string (a header, a rule line, one line per result).
+
+    Examples:
+        See :func:`audit`.
+    """
     rows = [("rule", "n", "f", "worst ratio", "proven bound", "f/(n-2f)", "found by")]
     for r in results:
         rows.append((r.rule, str(r.n), str(r.f), f"{r.worst_ratio:.4g}",

@@ -26,6 +26,7 @@ from nnmjax.models import MODELS
 __all__ = ["Config", "RunSpec", "load_config", "load_grid", "expand_sweep", "parse_set", "QUICKSTART",
            "ATTACK_NAMES", "format_rule_options"]
 
+#: Every attack a config may name (``attacks``).
 ATTACK_NAMES = ("none", "sign_flipping", "foe", "alie", "optimal_foe", "optimal_alie", "adaptive",
                 "mimic", "inf", "gaussian", "label_flipping")
 #: How the optimal attacks (and the adaptive attack's start) pick ``eta``:
@@ -47,49 +48,81 @@ class Config:
     ``digits`` data with a small model.
     """
 
+    #: The dataset, ``"digits"`` (embedded, offline), ``"mnist"``, ``"fashion_mnist"`` or
+    #: ``"cifar10"`` (:func:`nnmjax.data.load_dataset`).
     dataset: str = "digits"
+    #: Directory holding the dataset's files; ``None``: ``NNMJAX_DATA_DIR``, else the system
+    #: location. Strict: data missing there is an error, never a fall-back.
     data_dir: str | None = None
-    #: Where the dataset's files come from: ``"local"`` (files on disk, see
+    #: Where the dataset's files come from, ``"local"`` (files on disk, see
     #: :func:`nnmjax.data.load_dataset`) or ``"tfds"`` (tensorflow-datasets, the ``tfds``
     #: extra); part of a run's identity only when not the default.
     source: str = "local"
+    #: The model (:data:`nnmjax.models.MODELS`): ``paper_cnn``, ``cifar_cnn``, ``mlp``,
+    #: ``logreg``, and ByzFL's models (``byzfl_cnn_mnist``, ``resnet18``, ...).
     model: str = "mlp"
+    #: ``"dshb"``: robust D-SHB (paper Algorithm 3, worker momentum); ``"dgd"``: robust D-GD
+    #: (Algorithm 1).
     algorithm: str = "dshb"
+    #: Number of workers, honest and Byzantine.
     n: int = 17
+    #: Number of Byzantine workers (``2f < n``); ``n - f`` are honest.
     f: int = 4
     #: The ``f`` the rules are told (ByzFL's ``tolerated_f``); ``None``: the actual ``f``.
     #: Over- or under-estimating the number of Byzantine workers; part of a run's identity
     #: only when set to another value than ``f``.
     tolerated_f: int | None = None
+    #: How the training set is split over the honest workers, ``"dirichlet"`` (per-worker
+    #: Dir(``alpha``) class proportions, as in the paper), ``"dirichlet_per_class"`` (as
+    #: ByzFL), ``"iid"``, ``"gamma_similarity"`` or ``"extreme"``.
     partition: str = "dirichlet"
+    #: The Dirichlet concentration of the ``dirichlet`` partitions (smaller: more
+    #: heterogeneous).
     alpha: float = 0.1
+    #: The ``gamma_similarity`` partition's i.i.d. fraction, in [0, 1] (the rest is split by
+    #: label into contiguous shards; 1: i.i.d.).
     gamma: float = 0.5
+    #: The attacks, one run each (:data:`ATTACK_NAMES`; ``"none"``: no Byzantine rows are
+    #: injected; ``"label_flipping"`` is a data attack).
     attacks: tuple[str, ...] = ("optimal_alie",)
     #: The optimal attacks' search for ``eta``: ``"grid"`` (241 candidates, refined) or
     #: ``"byzfl"`` (ByzFL's 20-evaluation line search); part of a run's identity only when
     #: not the default.
     attack_search: str = "grid"
+    #: The robust rules, one run each, named ``pre+...+aggregator`` (:func:`nnmjax.rules.rule`).
     rules: tuple[str, ...] = ("nnm+cwtm",)
     #: Options of rule stages, applied in every rule that has the stage (TOML
     #: ``rule_options = {gm = {nu = 0.1, max_iter = 3}, clipping = {c = 1.0}}``; ByzFL's
     #: aggregator/pre-aggregator ``parameters``); stored as sorted ``(stage, ((option,
     #: value), ...))`` pairs. Part of a run's identity only when set.
     rule_options: tuple = ()
+    #: The seeds, one run each (vmapped together in one compiled program).
     seeds: tuple[int, ...] = (1,)
     #: The seed of the data partition (ByzFL's ``data_distribution_seed``); ``None``: each
     #: run's ``seed``, which otherwise draws the model's initialisation, the minibatches
     #: and the attacks' randomness. Sweep it to separate the two sources of variance; part
     #: of a run's identity only when set.
     data_seed: int | None = None
+    #: Training steps per run (T).
     steps: int = 800
+    #: Minibatch size per worker per step (b).
     batch_size: int = 25
+    #: The base learning rate of :attr:`lr_schedule`.
     lr: float = 0.75
+    #: ``"paper_mnist"``: ``lr / (1 + floor(t / 50))`` (Table 3); ``"paper_cifar"``: ``lr``
+    #: then ``lr / 10`` from step 1500; ``"constant"``.
     lr_schedule: str = "paper_mnist"
+    #: The workers' momentum ``beta`` of D-SHB, ``m_i <- beta m_i + (1 - beta) g_i``.
     momentum: float = 0.9
+    #: Per-worker gradient clipping to this norm; ``None`` (TOML ``clip = false``): none.
     clip: float | None = 2.0
+    #: The l2 regularisation weight; each worker's loss adds ``weight_decay / 2 * ||params||^2``.
     weight_decay: float = 1e-4
+    #: Steps between test-accuracy evaluations (where checkpoints are saved).
     eval_every: int = 50
+    #: Also run the fault-free baseline, ``mean`` over the ``n - f`` honest workers, no attack.
     baseline: bool = False
+    #: Expand the training set with horizontally flipped images.
     augment_flip: bool = False
     #: Devices to run on, ``(("runs", r), ("workers", w))``: the seeds of each compiled
     #: program split over ``r`` devices and its workers (their data, gradients and the

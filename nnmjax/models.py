@@ -71,8 +71,7 @@ Head to head over 40 interleaved rounds, ``im2col`` beat ``shift`` in 34 (~6%
 faster) and compiles faster (8.1 s vs 11.1 s under the same load). With the
 machine less loaded the fastest calls seen were 111 ms (im2col) and 120 ms
 (shift), and a non-interleaved run gave medians flax 398 / xla 285 / im2col 220
-/ shift 222 ms. (DESIGN.md's earlier 68 ms for "shift" vs ~300 ms for flax was
-not reproduced: we see ~2x, not ~4x.)
+/ shift 222 ms.
 """
 
 from __future__ import annotations
@@ -103,6 +102,7 @@ __all__ = [
     "param_count",
 ]
 
+#: Every model name :func:`make_model` builds (a config's ``model``).
 MODELS = ("paper_cnn", "cifar_cnn", "logreg", "mlp", "byzfl_fc_mnist", "byzfl_cnn_mnist",
           "byzfl_cnn_cifar", "resnet18", "resnet34", "resnet50", "resnet101", "resnet152")
 CONV_IMPLS = ("auto", "shift", "im2col", "xla", "flax")

@@ -44,7 +44,7 @@ DATASET_TITLES = {"fashion_mnist": "Fashion-MNIST", "mnist": "MNIST", "cifar10":
 PARTITION_TITLES = {"iid": "IID", "dirichlet": "Dirichlet", "dirichlet_per_class":
                     "per-class Dirichlet", "gamma_similarity": "γ-similarity",
                     "extreme": "extreme heterogeneity"}
-#: Display names of the other setting fields (default: the name, ``_`` as space).
+#: Display names of the other setting fields; one not listed shows its name, ``_`` as a space.
 FIELD_TITLES = {"f": "f", "n": "n", "alpha": "α", "gamma": "γ", "lr": "learning rate",
                 "tolerated_f": "tolerated f", "momentum": "momentum β", "steps": "steps"}
 #: Resolution of the PNG written beside every PDF.

@@ -24,16 +24,29 @@ RANDOMIZED = frozenset({"bucketing"})
 
 
 def known_names() -> str:
+    """The valid aggregator and pre-aggregator names, as one line for error messages.
+
+    Returns:
+        ``"aggregators: ...; pre-aggregators: ..."``, each list sorted.
+
+    Examples:
+        >>> from nnmjax.rules import known_names
+        >>> print(known_names())
+        aggregators: caf, cclip, cwmed, cwtm, gm, krum, mda, meamed, mean, monna, multikrum, smea;
+        pre-aggregators: arc, bucketing, clipping, nnm
+    """
     return (f"aggregators: {', '.join(sorted(_agg.AGGREGATORS))}; "
             f"pre-aggregators: {', '.join(sorted(_pre.PREAGGREGATORS))}")
 
 
 def _keyword_options(fn) -> set[str]:
+    """Names of ``fn``'s keyword-only options (``key`` excluded)."""
     return {p.name for p in inspect.signature(fn).parameters.values()
             if p.kind is inspect.Parameter.KEYWORD_ONLY and p.name != "key"}
 
 
 def _check_options(stage: str, fn, options: Mapping[str, Any]):
+    """Raise ``ValueError`` for options that ``stage``'s function does not accept."""
     allowed = _keyword_options(fn)
     unknown = sorted(set(options) - allowed)
     if unknown:
@@ -43,8 +56,38 @@ def _check_options(stage: str, fn, options: Mapping[str, Any]):
 
 
 class Rule:
-    """A composed robust rule ``x: (n, d) -> (d,)``; call as ``r(x)`` or ``r(x, key=key)``
-    when :attr:`randomized`. Pure and jit/vmap-able."""
+    """A composed robust rule ``x: (n, d) -> (d,)``, built by :func:`rule`.
+
+    Call as ``r(x)``, or ``r(x, key=key)`` when :attr:`randomized`. Pure and jit/vmap-able:
+    ``r(x) = F(pre_k(... pre_1(x, f) ..., f), f)`` with the stages of :attr:`stages`.
+
+    Args:
+        name: ``"pre1+...+aggregator"`` (see :mod:`nnmjax.rules`).
+        f: number of Byzantine inputs, a non-negative ``int``.
+        options: keyword options of the final aggregator.
+        pre_options: ``{stage: {option: value}}`` for the pre-aggregators.
+
+    Attributes:
+        name: the normalised name (stages joined by ``+``).
+        f: the number of Byzantine inputs every stage receives.
+        stages: the stage names, pre-aggregators first.
+        options: the aggregator's options.
+        pre_options: the pre-aggregators' options.
+        randomized: whether a stage draws randomness (then ``key`` is required).
+
+    Raises:
+        ValueError: for an unknown or misplaced stage name, an unknown option, a
+            ``pre_options`` entry that is not a stage, or an invalid ``f``.
+
+    Examples:
+        >>> import jax, jax.numpy as jnp, numpy as np, nnmjax
+        >>> x = jnp.array([[0, 1, 2], [1, 0, 1], [2, 2, 0], [1, 1, 1], [9, -9, 9]], jnp.float32)
+        >>> r = nnmjax.rules.Rule("nnm+cwtm", 1, {}, {})
+        >>> r, r.stages, r.randomized
+        (rule('nnm+cwtm', f=1), ('nnm', 'cwtm'), False)
+        >>> print(np.round(np.asarray(r(x)), 4))
+        [1. 1. 1.]
+    """
 
     def __init__(self, name: str, f: int, options: Mapping[str, Any],
                  pre_options: Mapping[str, Mapping[str, Any]]):
@@ -77,6 +120,29 @@ class Rule:
         self.randomized = any(s in RANDOMIZED for s in pres)
 
     def __call__(self, x, key=None):
+        """Aggregate the ``(n, d)`` rows ``x`` into one ``(d,)`` vector.
+
+        Every stage computes in :func:`nnmjax._checks.work_dtype` (float32 for narrower floats)
+        and the output is cast back to ``x``'s floating dtype.
+
+        Args:
+            x: ``(n, d)`` array, one row per worker.
+            key: ``jax.random`` key, required when :attr:`randomized` (split once per random stage).
+
+        Returns:
+            The ``(d,)`` aggregate.
+
+        Raises:
+            ValueError: if the rule is randomized and ``key`` is ``None``, or ``x`` or ``f`` is
+                invalid for a stage.
+
+        Examples:
+            >>> import jax, jax.numpy as jnp, numpy as np, nnmjax
+            >>> x = jnp.array([[0, 1, 2], [1, 0, 1], [2, 2, 0], [1, 1, 1], [9, -9, 9]], jnp.float32)
+            >>> r = nnmjax.rule("bucketing+gm", 1, max_iter=3)
+            >>> r(x, key=jax.random.key(0)).shape
+            (3,)
+        """
         if self.randomized and key is None:
             raise ValueError(f"rule {self.name!r} is randomized: call it with key=jax.random.key(...)")
         *pres, last = self.stages
@@ -99,8 +165,37 @@ class Rule:
 
 def rule(name: str, f: int, *, pre_options: Mapping[str, Mapping[str, Any]] | None = None,
          **options) -> Rule:
-    """Build the rule named ``name`` (e.g. ``"cwtm"``, ``"nnm+cwtm"``, ``"bucketing+krum"``,
-    ``"arc+nnm+gm"``) for ``f`` Byzantine inputs. ``options`` go to the final aggregator
-    (``rule("gm", 4, max_iter=3)``); ``pre_options={"bucketing": {"s": 2}}`` to a stage.
-    Unknown names or options raise ``ValueError`` listing the valid ones."""
+    """Build the rule named ``name`` for ``f`` Byzantine inputs.
+
+    ``name`` is e.g. ``"cwtm"``, ``"nnm+cwtm"``, ``"bucketing+krum"`` or ``"arc+nnm+gm"``:
+    pre-aggregators applied left to right, then one aggregator.
+    ``options`` go to the final aggregator (``rule("gm", 4, max_iter=3)``);
+    ``pre_options={"bucketing": {"s": 2}}`` to a stage.
+
+    Args:
+        name: ``"pre1+pre2+...+aggregator"``, names from ``PREAGGREGATORS`` and ``AGGREGATORS``.
+        f: number of Byzantine inputs, a non-negative ``int``, passed to every stage.
+        pre_options: ``{stage: {option: value}}`` for the pre-aggregators.
+        **options: keyword options of the final aggregator.
+
+    Returns:
+        The :class:`Rule`, a callable ``x: (n, d) -> (d,)``.
+
+    Raises:
+        ValueError: for unknown names or options (the message lists the valid ones and
+            suggests the closest name), or an invalid ``f``.
+
+    Examples:
+        >>> import jax, jax.numpy as jnp, numpy as np, nnmjax
+        >>> x = jnp.array([[0, 1, 2], [1, 0, 1], [2, 2, 0], [1, 1, 1], [9, -9, 9]], jnp.float32)
+        >>> agg = nnmjax.rule("nnm+cwtm", f=1)
+        >>> print(np.round(np.asarray(agg(x)), 4))
+        [1. 1. 1.]
+        >>> nnmjax.rule("bucketing+gm", 1, max_iter=3, pre_options={"bucketing": {"s": 2}})
+        rule('bucketing+gm', f=1, max_iter=3)
+        >>> nnmjax.rule("nnm+cwtn", 1)
+        Traceback (most recent call last):
+            ...
+        ValueError: unknown aggregator 'cwtn' in rule 'nnm+cwtn' (did you mean 'cwtm'?); ...
+    """
     return Rule(name, f, options, pre_options or {})

@@ -16,9 +16,12 @@ The output ``(d,)`` is sharded like the columns. ``d`` that the mesh axis does n
 divide is padded with zero columns (which change no distance, norm or order statistic of
 the real columns) and the padding is dropped from the output.
 
+>>> import jax.numpy as jnp, nnmjax, nnmjax.sharding
 >>> mesh = nnmjax.sharding.worker_mesh()          # every device on the "workers" axis
 >>> agg = nnmjax.sharding.shard_rule(nnmjax.rule("nnm+cwtm", f=4), mesh)
->>> agg(x)                                         # x: (17, d), any placement
+>>> x = jnp.arange(17 * 6, dtype=jnp.float32).reshape(17, 6)   # (n, d), any placement
+>>> agg(x).shape
+(6,)
 """
 from __future__ import annotations
 

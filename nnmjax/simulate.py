@@ -107,10 +107,14 @@ class Experiment:
     may differ from ``config`` only in :data:`VMAPPED_KEYS`; step hyperparameters that differ
     between runs are traced per run, the others stay compile-time constants.
 
+    >>> from nnmjax.config import Config
+    >>> config = Config(model="logreg", n=7, f=2, batch_size=5, steps=4, eval_every=2)
     >>> exp = build_experiment(config, "optimal_alie", "nnm+cwtm", seeds=[1, 2])
     >>> state = exp.init()                      # leading axis = runs
-    >>> state, (loss, kappa) = exp.run_chunk(state, 50)
-    >>> acc = exp.evaluate(state)               # (runs,)
+    >>> state, (loss, kappa) = exp.run_chunk(state, 2)
+    >>> loss.shape, exp.evaluate(state).shape   # (runs, steps), (runs,)
+    ((2, 2), (2,))
+    >>> import dataclasses
     >>> sweep = [dataclasses.replace(config, alpha=a) for a in (0.1, 1.0)]
     >>> exp = build_experiment(config, "alie", "nnm+cwtm", seeds=[1, 1], settings=sweep)
     """

@@ -38,8 +38,30 @@ def _concrete(value) -> bool:
 
 
 def clip_by_worker_norm(max_norm: float) -> optax.GradientTransformation:
-    """Rescale each worker's update to global l2 norm at most ``max_norm``:
-    ``g_i <- g_i min(1, max_norm / ||g_i||)`` (the paper's gradient clipping, Table 3)."""
+    """Rescale each worker's update to global l2 norm at most ``max_norm``.
+
+    ``g_i <- g_i min(1, max_norm / ||g_i||)``, ``||g_i||`` over all leaves of worker ``i``
+    (the paper's gradient clipping, Table 3). Stateless; leaves keep their shape ``(h, ...)``.
+
+    Args:
+        max_norm: clipping threshold, ``> 0`` (may be a tracer in a vmapped sweep).
+
+    Returns:
+        An ``optax.GradientTransformation``.
+
+    Raises:
+        ValueError: if a concrete ``max_norm`` is not ``> 0``.
+
+    Examples:
+        >>> import jax.numpy as jnp, numpy as np, optax, nnmjax
+        >>> from nnmjax import transforms
+        >>> params = {"w": jnp.zeros(3)}
+        >>> grads = {"w": jnp.array([[0, 1, 2], [1, 0, 1], [2, 2, 0], [1, 1, 1]], jnp.float32)}
+        >>> tx = transforms.clip_by_worker_norm(2.0)
+        >>> clipped, _ = tx.update(grads, tx.init(params))
+        >>> print(np.round(np.asarray(jnp.linalg.norm(clipped["w"], axis=1)), 4))
+        [2.     1.4142 2.     1.7321]
+    """
     if _concrete(max_norm) and not max_norm > 0:
         raise ValueError(f"max_norm must be > 0; got {max_norm!r}")
 
@@ -56,14 +78,43 @@ def clip_by_worker_norm(max_norm: float) -> optax.GradientTransformation:
 
 
 class WorkerMomentumState(NamedTuple):
-    """Per-worker momentum ``m`` (leaves ``(h, ...)``)."""
+    """State of :func:`worker_momentum`.
+
+    Attributes:
+        momentum: per-worker momenta ``m`` (leaves ``(h, ...)``).
+    """
 
     momentum: Any
 
 
 def worker_momentum(beta: float, num_workers: int) -> optax.GradientTransformation:
-    """Local momentum of each honest worker, paper eq. (3):
-    ``m_t^(i) = beta m_{t-1}^(i) + (1 - beta) g_t^(i)``, ``m_0 = 0``. Emits the momenta."""
+    """Local momentum of each honest worker (paper eq. 3).
+
+    ``m_t^(i) = beta m_{t-1}^(i) + (1 - beta) g_t^(i)``, ``m_0 = 0``. Emits the momenta.
+
+    Args:
+        beta: momentum coefficient in ``[0, 1)`` (may be a tracer in a vmapped sweep).
+        num_workers: number ``h`` of honest workers (leading axis of the updates).
+
+    Returns:
+        An ``optax.GradientTransformation``.
+
+    Raises:
+        ValueError: if a concrete ``beta`` is outside ``[0, 1)``, ``num_workers`` is not a
+            positive ``int``, or (at update time) the updates have another number of workers.
+
+    Examples:
+        >>> import jax.numpy as jnp, numpy as np, optax, nnmjax
+        >>> from nnmjax import transforms
+        >>> params = {"w": jnp.zeros(3)}
+        >>> grads = {"w": jnp.array([[0, 1, 2], [1, 0, 1], [2, 2, 0], [1, 1, 1]], jnp.float32)}
+        >>> tx = transforms.worker_momentum(0.9, num_workers=4)
+        >>> state = tx.init(params)
+        >>> m, state = tx.update(grads, state)
+        >>> m, state = tx.update(grads, state)
+        >>> print(np.round(np.asarray(m["w"][0]), 4))        # (1 - 0.9^2) * [0, 1, 2]
+        [0.   0.19 0.38]
+    """
     if _concrete(beta) and not 0.0 <= beta < 1.0:
         raise ValueError(f"beta must be in [0, 1); got {beta!r}")
     if not (isinstance(num_workers, int) and num_workers > 0):
@@ -86,7 +137,13 @@ def worker_momentum(beta: float, num_workers: int) -> optax.GradientTransformati
 
 
 class InjectAttackState(NamedTuple):
-    """Key for randomized attacks and the state of stateful ones (Mimic)."""
+    """State of :func:`inject_attack`.
+
+    Attributes:
+        key: ``jax.random`` key, split at every step, for randomized attacks and rules.
+        attack_state: the state of a stateful attack (a :class:`nnmjax.attacks.MimicState`),
+            else ``None``.
+    """
 
     key: jax.Array
     attack_state: Any
@@ -106,6 +163,30 @@ def inject_attack(attack: str | Callable, f: int, *, key=None, rule: Rule | Call
     attacks search against ``rule`` (the defence that follows; randomized rules are given
     a key from this transform's state). Mimic keeps its state here; ``key`` seeds
     randomized and stateful attacks. ``"none"`` appends nothing.
+
+    Args:
+        attack: attack name, ``"none"``, or a callable ``(honest, f) -> (f, d)``.
+        f: number of Byzantine rows, a non-negative ``int``.
+        key: ``jax.random`` key of the state (default ``jax.random.key(0)``).
+        rule: the defence, required by ``"optimal_alie"``, ``"optimal_foe"`` and ``"adaptive"``.
+        **options: keyword options of the attack.
+
+    Returns:
+        An ``optax.GradientTransformation``.
+
+    Raises:
+        ValueError: if ``f`` is not a non-negative ``int``, the attack name is unknown, or a
+            searching attack gets no ``rule``.
+
+    Examples:
+        >>> import jax.numpy as jnp, numpy as np, optax, nnmjax
+        >>> from nnmjax import transforms
+        >>> params = {"w": jnp.zeros(3)}
+        >>> grads = {"w": jnp.array([[0, 1, 2], [1, 0, 1], [2, 2, 0], [1, 1, 1]], jnp.float32)}
+        >>> tx = transforms.inject_attack("sign_flipping", 1)
+        >>> rows, _ = tx.update(grads, tx.init(params))
+        >>> rows["w"].shape, np.asarray(rows["w"][-1]).tolist()
+        ((5, 3), [-1.0, -1.0, -1.0])
     """
     if isinstance(f, bool) or not isinstance(f, int) or f < 0:
         raise ValueError(f"f must be a non-negative integer; got {f!r}")
@@ -147,7 +228,12 @@ def inject_attack(attack: str | Callable, f: int, *, key=None, rule: Rule | Call
 
 
 class RobustAggregateState(NamedTuple):
-    """Key for randomized rules; previous aggregate for centered clipping."""
+    """State of :func:`robust_aggregate`.
+
+    Attributes:
+        key: ``jax.random`` key, split at every step, for randomized rules.
+        previous: the previous ``(d,)`` aggregate for a rule ending in ``cclip``, else ``None``.
+    """
 
     key: jax.Array
     previous: Any
@@ -155,13 +241,40 @@ class RobustAggregateState(NamedTuple):
 
 def robust_aggregate(rule: Rule | Callable, *, key=None, mesh=None,
                      axis: str = "workers") -> optax.GradientTransformation:
-    """Aggregate stacked worker updates ``(n, ...) -> (...)`` with ``rule`` on the raveled
-    ``(n, d)`` matrix. Randomized rules draw a fresh subkey each step; a rule ending in
-    ``cclip`` is started from the previous aggregate (Karimireddy et al.'s usage).
+    """Aggregate stacked worker updates ``(n, ...) -> (...)`` with ``rule``.
+
+    The rule runs on the raveled ``(n, d)`` matrix (:func:`nnmjax.tree.ravel_workers`) and
+    its ``(d,)`` output is unraveled to the parameters' structure. Randomized rules draw a
+    fresh subkey each step; a rule ending in ``cclip`` is started from the previous aggregate
+    (Karimireddy et al.'s usage).
 
     With a ``mesh`` (:mod:`nnmjax.sharding`) the rule runs on the matrix's columns split over
     ``mesh``'s ``axis``: coordinate-wise rules without communication, distance-based ones
-    with one all-reduce of the ``n x n`` Gram matrix (:func:`nnmjax.sharding.on_columns`)."""
+    with one all-reduce of the ``n x n`` Gram matrix (:func:`nnmjax.sharding.on_columns`).
+
+    Args:
+        rule: a :class:`nnmjax.rules.Rule` or any callable ``(n, d) -> (d,)``.
+        key: ``jax.random`` key of the state (default ``jax.random.key(0)``).
+        mesh: optional ``jax.sharding.Mesh`` to run the rule on.
+        axis: the mesh axis the columns are split over.
+
+    Returns:
+        An ``optax.GradientTransformation``.
+
+    Examples:
+        One robust D-SHB server step, with ALIE injected before NNM + CWTM:
+
+        >>> import jax.numpy as jnp, numpy as np, optax, nnmjax
+        >>> from nnmjax import transforms
+        >>> params = {"w": jnp.zeros(3)}
+        >>> grads = {"w": jnp.array([[0, 1, 2], [1, 0, 1], [2, 2, 0], [1, 1, 1]], jnp.float32)}
+        >>> tx = optax.chain(transforms.inject_attack("alie", 1),
+        ...                  transforms.robust_aggregate(nnmjax.rule("nnm+cwtm", 1)),
+        ...                  optax.sgd(0.1))
+        >>> step, _ = tx.update(grads, tx.init(params))
+        >>> print(np.round(np.asarray(step["w"]), 4))
+        [-0.1121 -0.1121 -0.1121]
+    """
     randomized = getattr(rule, "randomized", False)
     stateful = isinstance(rule, Rule) and rule.stages[-1] == "cclip"
     key = jax.random.key(0) if key is None else key

@@ -15,7 +15,24 @@ __all__ = ["ravel_workers", "num_workers"]
 
 
 def num_workers(tree) -> int:
-    """The common leading-axis size of the leaves of ``tree`` (``ValueError`` if they differ)."""
+    """The common leading-axis size ``n`` of the leaves of ``tree``.
+
+    Args:
+        tree: a pytree whose leaves all have a leading worker axis.
+
+    Returns:
+        ``n``, the number of workers.
+
+    Raises:
+        ValueError: if ``tree`` has no leaves, a leaf is a scalar, or the leading sizes differ.
+
+    Examples:
+        >>> import jax, jax.numpy as jnp
+        >>> from nnmjax import tree
+        >>> grads = {"w": jnp.arange(12.).reshape(3, 2, 2), "b": jnp.ones((3, 2))}   # 3 workers
+        >>> tree.num_workers(grads)
+        3
+    """
     sizes = {jnp.shape(leaf)[0] if jnp.ndim(leaf) else None for leaf in jax.tree.leaves(tree)}
     if not sizes:
         raise ValueError("the worker pytree has no leaves")
@@ -25,8 +42,32 @@ def num_workers(tree) -> int:
 
 
 def ravel_workers(tree):
-    """Return ``(x, unravel)``: ``x`` is the ``(n, d)`` matrix of the workers' flattened
-    pytrees, ``unravel`` maps a ``(d,)`` vector back to one worker's pytree."""
+    """Flatten a worker-stacked pytree to an ``(n, d)`` matrix, one row per worker.
+
+    Args:
+        tree: a pytree whose leaves have a common leading worker axis of size ``n`` (e.g. the
+            output of ``jax.vmap(jax.grad(loss))``).
+
+    Returns:
+        ``(x, unravel)``: ``x`` is the ``(n, d)`` matrix of the workers' flattened pytrees
+        (leaves in ``jax.tree`` order), ``unravel`` maps a ``(d,)`` vector back to one worker's
+        pytree.
+
+    Raises:
+        ValueError: as :func:`num_workers`.
+
+    Examples:
+        >>> import jax, jax.numpy as jnp
+        >>> from nnmjax import tree
+        >>> grads = {"w": jnp.arange(12.).reshape(3, 2, 2), "b": jnp.ones((3, 2))}   # 3 workers
+        >>> x, unravel = tree.ravel_workers(grads)
+        >>> x.shape
+        (3, 6)
+        >>> x[1].tolist()
+        [1.0, 1.0, 4.0, 5.0, 6.0, 7.0]
+        >>> jax.tree.map(jnp.shape, unravel(x[1]))
+        {'b': (2,), 'w': (2, 2)}
+    """
     num_workers(tree)
     first = jax.tree.map(lambda leaf: leaf[0], tree)
     _, unravel = ravel_pytree(first)

@@ -23,6 +23,10 @@ _HERE = os.path.dirname(os.path.abspath(__file__))
 if _HERE not in sys.path:
     sys.path.insert(0, _HERE)
 
+# ``--doctest-modules`` (pyproject's addopts) imports every module under tests/; the
+# ``*_check.py`` files are scripts run in subprocesses (they read ``sys.argv`` on import).
+collect_ignore_glob = ["*_check.py"]
+
 _CACHE_ENV = "JAX_COMPILATION_CACHE_DIR"
 _owned_cache: str | None = None
 
