@@ -5,7 +5,7 @@ AISTATS 2023, Appendix 8, and the rules' own papers / the nnmjax docstrings),
 with plain loops and sorts. Nothing here imports nnmjax: these are the oracle
 the library is checked against.
 
-Conventions (those the project commits to in DESIGN.md):
+Conventions (those the project commits to in docs/design.md):
 
 * nearest-neighbour sets include the point itself, ties to the lower index;
 * Krum is the paper's variant (score = sum of squared distances to the

@@ -1,4 +1,4 @@
-"""Numerical parity with ByzFL 0.0.11 where the definitions agree (DESIGN.md, "The peer to beat").
+"""Numerical parity with ByzFL 0.0.11 where the definitions agree (docs/design.md, "The peer to beat: ByzFL").
 
 ByzFL is optional (it brings torch): every test here is skipped when it is not installed.
 Inputs are generic float32 NumPy arrays (no ties), so ByzFL's ``argpartition`` tie-breaking
@@ -105,7 +105,7 @@ def test_clipping_parity(seed, c):
 
 
 def test_byzfl_clipping_and_arc_mutate_but_ours_do_not():
-    # Documents why the tests above pass copies to ByzFL (DESIGN.md, known defects).
+    # Documents why the tests above pass copies to ByzFL (docs/design.md, ByzFL's known defects).
     x = _data(0) * 10
     keep = x.copy()
     byzfl.Clipping(c=1.0)(x)
