@@ -92,14 +92,22 @@ def test_a_stop_saves_the_running_group_whatever_the_interval(tmp_path, monkeypa
 
 
 def test_a_second_sigint_quits_at_once_and_sigterm_exits_143(tmp_path):
-    p = _start(tmp_path / "a")
-    _wait_for(lambda: (tmp_path / "a").is_dir(), p)
+    # the second signal acts while the main thread is busy (here asleep in C, as in a
+    # compilation): the watcher thread ends the process
+    script = ("import time\nfrom nnmjax.interrupt import stop_on_signals\n"
+              "with stop_on_signals('busy') as stop:\n"
+              "    print('ready', flush=True)\n    time.sleep(60)\n")
+    p = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True,
+                         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    assert p.stdout.readline().strip() == "ready"
     p.send_signal(signal.SIGINT)
     time.sleep(0.3)
     t0 = time.monotonic()
     p.send_signal(signal.SIGINT)
     stdout, stderr = p.communicate(timeout=60)
     assert p.returncode == 130 and time.monotonic() - t0 < 10
+    assert "busy: SIGINT: stopping at the next safe point" in stderr
     assert "SIGINT again: quitting now" in stderr and "Traceback" not in stderr + stdout
 
     p = _start(tmp_path / "b")
