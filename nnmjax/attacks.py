@@ -382,32 +382,9 @@ def optimal_foe(honest, f: int, *, rule: Callable, key=None, search: str = "grid
     """FOE, ``(1 - eta) s``, with ``eta`` chosen like :func:`optimal_alie`.
 
     ByzFL's line search runs over its factor ``tau = eta - 1`` (``InnerProductManipulation``
-    sends ``-tau s``) from ``tau = 0``.
-
-    ``rule`` maps the ``(h + f, d)`` inputs to ``(d,)`` (e.g. ``nnmjax.rule("nnm+cwtm", f)``;
-    a randomized rule is called with ``key``). For a rule built by :func:`nnmjax.rule` from
-    equivariant stages the evaluations run on ``(h + 1)``-dimensional coordinates, not over
-    ``d`` (:mod:`nnmjax._subspace`).
-
-    Args:
-        honest: ``(h, d)`` honest inputs (integers are cast to float32).
-        f: number of Byzantine rows to produce, ``>= 0``.
-        rule: the defence, ``(h + f, d) -> (d,)``.
-        key: ``jax.random`` key for a randomized ``rule``.
-        search: ``"grid"`` or ``"byzfl"``.
-        etas: the grid of ``"grid"`` (default :data:`DEFAULT_ETAS`).
-        refine: points per refinement round (``"grid"``).
-        zooms: refinement rounds (``"grid"``).
-        brackets: grid points refined (``"grid"``).
-        return_eta: also return the chosen ``eta``.
-
-    Returns:
-        The ``(f, d)`` Byzantine rows (all equal), or ``(rows, eta)`` with ``return_eta``.
-
-    Raises:
-        ValueError: if ``honest`` is not a non-empty real ``(h, d)`` array or ``f`` is not a
-            non-negative integer.
-        ValueError: if ``rule`` is randomized and ``key`` is ``None``, or ``search`` is unknown.
+    sends ``-tau s``) from ``tau = 0``. The arguments, the result and the errors are those of
+    :func:`optimal_alie` (the direction is ``-s`` instead of ``sigma``, and one honest row
+    suffices).
 
     Examples:
         >>> import jax, jax.numpy as jnp, numpy as np, nnmjax
