@@ -34,7 +34,7 @@ HERE = Path(__file__).resolve().parent
 
 
 def _attacks():
-    from nnmjax import attacks
+    from nnmjax.robust import attacks
 
     return {
         "optimal_alie": lambda h, r: attacks.optimal_alie(h, 4, rule=r),

@@ -48,8 +48,8 @@ def _overrides(args, seeds):
 
 def _child(mode: str, args) -> float:
     """Run one side in this process; return its wall time."""
-    from nnmjax.config import load_config
-    from nnmjax.grid import run_grid
+    from nnmjax.experiments.config import load_config
+    from nnmjax.experiments.grid import run_grid
 
     out = Path(tempfile.mkdtemp())
     t0 = time.perf_counter()

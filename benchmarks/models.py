@@ -41,8 +41,8 @@ def _timed(fn) -> float:
 
 
 def _simulator_case(model: str, impl: str, steps: int, data_dir: Path):
-    import nnmjax.simulate as simulate
-    from nnmjax.config import load_config
+    import nnmjax.sim as simulate
+    from nnmjax.experiments.config import load_config
 
     cfg = load_config(None, ["dataset='cifar10'", f"data_dir='{data_dir}'", f"model='{model}'",
                              "n=5", "f=1", "batch_size=4", f"steps={steps}", "seeds=[1]",

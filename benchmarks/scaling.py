@@ -40,9 +40,9 @@ def _child(k: int, args) -> dict:
     """Measure both layouts with the ``k`` devices of this process."""
     import jax
 
-    from nnmjax.config import load_config
+    from nnmjax.experiments.config import load_config
     from nnmjax.data import load_dataset
-    from nnmjax.simulate import build_experiment
+    from nnmjax.sim import build_experiment
 
     if len(jax.devices()) < k:
         raise SystemExit(f"need {k} devices, have {len(jax.devices())}")

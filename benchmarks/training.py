@@ -7,7 +7,7 @@ The setting is the paper's Fashion-MNIST one with ByzFL's ``cnn_mnist`` on both 
 narrower CNN, which the runs before 2026-12-02 used against ByzFL's wider one),
 ``n = 17`` workers of which ``f = 4`` Byzantine, Dirichlet(``alpha = 0.1``) split of the
 training set over the 13 honest workers, batch 25, worker momentum 0.9, rule
-``nnm+cwtm``; every other key is :class:`nnmjax.config.Config`'s default (so per-worker
+``nnm+cwtm``; every other key is :class:`nnmjax.experiments.config.Config`'s default (so per-worker
 gradient clipping at 2.0 is on, which only adds work on our side). Measured cases:
 
 - **nnmjax, 1 seed**: ``alie`` (``mean + 1.5 std``) and ``optimal_alie`` (``eta`` chosen
@@ -151,7 +151,7 @@ def time_nnmjax(config, attack: str, seeds, steps: int, repeats: int, dataset,
     import jax
     import numpy as np
 
-    from nnmjax.simulate import build_experiment
+    from nnmjax.sim import build_experiment
 
     t0 = time.perf_counter()
     exp = build_experiment(config, attack, RULE, seeds, dataset=dataset)
@@ -414,7 +414,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _config(args):
-    from nnmjax.config import load_config
+    from nnmjax.experiments.config import load_config
 
     overrides = list(SETTING) + [f"model='{args.model}'"] + list(args.set)
     if args.data_dir:

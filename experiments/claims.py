@@ -18,8 +18,8 @@ from __future__ import annotations
 
 import sys
 
-from nnmjax import results, table
-from nnmjax.preaggregators import output_size
+from nnmjax.experiments import results, table
+from nnmjax.robust.preaggregators import output_size
 
 #: Paper Table 2 (MNIST, f = 4, alpha = 0.1): mean max test accuracy (%) per attack, in the
 #: paper's column order. The paper prints the same numbers for Bucketing + CWTM as for
@@ -189,7 +189,7 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     attacks = None
     if args.config:
-        from nnmjax.config import load_grid
+        from nnmjax.experiments.config import load_grid
 
         attacks = sorted({a for c in load_grid(args.config) for a in c.attacks})
     print(claims(results.load_records(args.dir), attacks))

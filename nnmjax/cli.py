@@ -16,7 +16,7 @@ from typing import Sequence
 
 __all__ = ["main", "entry", "build_parser"]
 
-#: Subcommands re-executed with huge pages (:mod:`nnmjax.hugepages`): those that train.
+#: Subcommands re-executed with huge pages (:mod:`nnmjax.bench.hugepages`): those that train.
 #: Not ``bench``: it times nnmjax against ByzFL as a plain Python script would run them (set
 #: ``GLIBC_TUNABLES`` yourself to time both with huge pages; the JSON records it).
 HUGEPAGE_COMMANDS = ("run", "check")
@@ -100,7 +100,7 @@ def _run_bench(args) -> int:
         if args.out is not None:
             from pathlib import Path
 
-            from nnmjax.results import check_writable
+            from nnmjax.experiments.results import check_writable
 
             check_writable(Path(args.out).parent)
     except ValueError as e:
@@ -158,8 +158,8 @@ def _config_help() -> str:
     import dataclasses
     import textwrap
 
-    from nnmjax import aggregators, preaggregators
-    from nnmjax.config import ATTACK_NAMES, Config
+    from nnmjax.robust import aggregators, preaggregators
+    from nnmjax.experiments.config import ATTACK_NAMES, Config
 
     keys = ", ".join(f"{f.name}={f.default!r}" if not isinstance(f.default, tuple) or f.default
                      else f.name for f in dataclasses.fields(Config))
@@ -245,8 +245,8 @@ def _add_check(subparsers) -> None:
 
 
 def _run_check(args) -> int:
-    from nnmjax.config import load_grid
-    from nnmjax.reproduce import check_grid
+    from nnmjax.experiments.config import load_grid
+    from nnmjax.experiments.reproduce import check_grid
 
     args.out = args.out or default_out(args.config)
     config = load_grid(args.config, args.overrides)
@@ -268,8 +268,8 @@ def _run_check(args) -> int:
 
 
 def _print_plan(config, out_dir, shard) -> int:
-    from nnmjax import estimate, results
-    from nnmjax.grid import plan_grid
+    from nnmjax.experiments import estimate, results
+    from nnmjax.experiments.grid import plan_grid
 
     done, groups, missing_data = plan_grid(config, out_dir, shard=shard)
     runs = sum(len(g.runs) for g in groups)
@@ -295,7 +295,7 @@ def _print_plan(config, out_dir, shard) -> int:
 def _report(out_dir, records) -> None:
     from pathlib import Path
 
-    from nnmjax import plots, table
+    from nnmjax.experiments import plots, table
 
     out_dir = Path(out_dir)
     md = table.format_markdown(records)
@@ -307,7 +307,7 @@ def _report(out_dir, records) -> None:
 
 
 def _run_run(args) -> int:
-    from nnmjax.interrupt import Stopped, stop_on_signals
+    from nnmjax.experiments.interrupt import Stopped, stop_on_signals
 
     i, sep, k = args.shard.partition("/")
     if not (sep and i.isdigit() and k.isdigit() and int(i) < int(k)):
@@ -330,7 +330,7 @@ def _run_run(args) -> int:
                 saved = len(list(Path(args.out, "partial").glob("*.npz")))
                 e.kept = f"{saved} running groups' checkpoints in {args.out}/partial" if saved else None
                 raise e
-            from nnmjax.grid import run_grid
+            from nnmjax.experiments.grid import run_grid
 
             every = args.checkpoint_every
             run_grid(config, args.out, progress=not args.quiet, shard=shard,
@@ -338,7 +338,7 @@ def _run_run(args) -> int:
         except Stopped as e:
             return _stopped(args, config, e)
     if reporter:
-        from nnmjax import results
+        from nnmjax.experiments import results
 
         _report(args.out, results.load_records(args.out))
     return 0
@@ -347,19 +347,19 @@ def _run_run(args) -> int:
 def _run_setup(args, shard):
     """``(config, shard, reporter)`` of ``nnmjax run``: the grid loaded and validated, this
     process's shard, whether it writes the report; the output directory checked."""
-    from nnmjax import results
-    from nnmjax.config import load_grid
-    from nnmjax.grid import grid_runs
+    from nnmjax.experiments import results
+    from nnmjax.experiments.config import load_grid
+    from nnmjax.experiments.grid import grid_runs
 
     count = 1
     if args.coordinator or args.num_processes is not None or args.process_id is not None:
-        from nnmjax.distributed import initialize  # before anything touches a device
+        from nnmjax.scale.distributed import initialize  # before anything touches a device
 
         pid, count = initialize(args.coordinator, args.num_processes, args.process_id)
     config = load_grid(args.config, args.overrides)
     reporter = True
     if count > 1:
-        from nnmjax.simulate import spans_processes
+        from nnmjax.sim import spans_processes
 
         if any(spans_processes(c) for c in config):  # all processes run every group
             reporter = pid == 0
@@ -384,8 +384,8 @@ def _stopped(args, config, e) -> int:
     """The one line an interrupted run prints; returns the exit status ``128 + signal``."""
     import shlex
 
-    from nnmjax.grid import grid_runs, pending_runs
-    from nnmjax.interrupt import exit_status
+    from nnmjax.experiments.grid import grid_runs, pending_runs
+    from nnmjax.experiments.interrupt import exit_status
 
     if config is None:  # stopped while the config was being read
         print(f"nnmjax run: stopped by {e} before any run started", file=sys.stderr)
@@ -400,8 +400,8 @@ def _stopped(args, config, e) -> int:
 
 
 def _run_jobs(args, config, shard, stop) -> int:
-    from nnmjax.grid import grid_runs, pending_runs, shard_slice
-    from nnmjax.jobs import run_jobs
+    from nnmjax.experiments.grid import grid_runs, pending_runs, shard_slice
+    from nnmjax.experiments.jobs import run_jobs
 
     _, todo = pending_runs(config, args.out)
     todo = [s.hash() for s in shard_slice(grid_runs(config), todo, shard)]
@@ -411,7 +411,7 @@ def _run_jobs(args, config, shard, stop) -> int:
     if run_jobs(worker, args.out, todo, shard=shard, jobs=args.jobs, progress=not args.quiet,
                 stop=stop) or stop:
         return 1
-    from nnmjax import results
+    from nnmjax.experiments import results
 
     results.write_summary(args.out)
     _report(args.out, results.load_records(args.out))
@@ -439,7 +439,7 @@ def _add_table(subparsers) -> None:
 
 
 def _load(dir_):
-    from nnmjax import results
+    from nnmjax.experiments import results
 
     records = results.load_records(dir_)
     if not records:
@@ -451,7 +451,7 @@ def _tuned(args, records):
     """``(records, out_dir, tuned)``: as they are, or tuned over ``--tune`` keys."""
     from pathlib import Path
 
-    from nnmjax import tuning
+    from nnmjax.experiments import tuning
 
     if not args.tune:
         return records, Path(args.dir), None
@@ -462,7 +462,7 @@ def _tuned(args, records):
 
 
 def _run_table(args) -> int:
-    from nnmjax import results, table, tuning
+    from nnmjax.experiments import results, table, tuning
 
     records = _load(args.dir)
     if not args.tune:
@@ -495,7 +495,7 @@ def _add_plot(subparsers) -> None:
 
 
 def _run_plot(args) -> int:
-    from nnmjax import plots
+    from nnmjax.experiments import plots
 
     records, out, _ = _tuned(args, _load(args.dir))
     for path in plots.plot_all(records, out / "plots"):
@@ -512,7 +512,7 @@ def _add_audit(subparsers) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
         description=(
             "For every rule and f, search inputs maximising Definition 2's ratio\n"
-            "||F(x) - mean_S||^2 / mean_{i in S} ||x_i - mean_S||^2 (nnmjax.audit): the\n"
+            "||F(x) - mean_S||^2 / mean_{i in S} ||x_i - mean_S||^2 (nnmjax.robust.audit): the\n"
             "paper's constructions, attack directions and random starts, gradient ascent\n"
             "through the rule and a smoothed surrogate, all restarts in one compiled call.\n"
             "Prints a table; writes DIR/audit.json and DIR/audit.pdf / .png."),
@@ -541,8 +541,9 @@ def _run_audit(args) -> int:
     import json
     import pathlib
 
-    from nnmjax import aggregators, audit, plots
-    from nnmjax.rules import rule
+    from nnmjax.robust import aggregators, audit
+    from nnmjax.experiments import plots
+    from nnmjax.robust.rules import rule
 
     names = _split(args.rules) or (sorted(aggregators.AGGREGATORS)
                                    + [f"nnm+{a}" for a in sorted(aggregators.AGGREGATORS)])
@@ -564,7 +565,7 @@ def _run_audit(args) -> int:
         print(f"nnmjax audit: {e}", file=sys.stderr)
         return 2
 
-    from nnmjax.results import atomic_write
+    from nnmjax.experiments.results import atomic_write
 
     done = []  # every finished audit is on disk at once: an interrupted audit keeps them
 
@@ -575,7 +576,7 @@ def _run_audit(args) -> int:
         print(f"  {r.rule} f={r.f}: worst ratio {r.worst_ratio:.4g} ({r.wall_s:.1f} s)",
               file=sys.stderr, flush=True)
 
-    from nnmjax import interrupt
+    from nnmjax.experiments import interrupt
 
     interrupt.KEPT_NOTE[0] = f"the finished audits are kept in {out / 'partial-audit.json'}"
     t0 = time.perf_counter()
@@ -621,7 +622,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _expected_errors() -> tuple[type, ...]:
     """The failures a user can cause (a bad value, missing data, a corrupt record, an
     unwritable directory, a missing optional dependency): one line, exit status 2."""
-    from nnmjax.results import CorruptRecordError
+    from nnmjax.experiments.results import CorruptRecordError
 
     return (ValueError, OSError, CorruptRecordError, ImportError)
 
@@ -658,10 +659,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 def entry() -> None:
     """The ``nnmjax`` console script: :func:`main` on ``sys.argv``. For ``run`` and ``check`` it
     first re-executes itself once (``python -m nnmjax.cli ...``) with glibc's malloc on
-    transparent huge pages where that helps (:func:`nnmjax.hugepages.hugepage_env`;
+    transparent huge pages where that helps (:func:`nnmjax.bench.hugepages.hugepage_env`;
     ``NNMJAX_HUGEPAGES=0`` opts out)."""
     argv = sys.argv[1:]
-    from nnmjax.interrupt import quit_on_signals
+    from nnmjax.experiments.interrupt import quit_on_signals
 
     quit_on_signals(f"nnmjax {next((a for a in argv if not a.startswith('-')), '')}".strip())
     status = _entry(argv)
@@ -674,7 +675,7 @@ def entry() -> None:
 
 def _entry(argv) -> int:
     if argv and argv[0] in HUGEPAGE_COMMANDS and not os.environ.get("NNMJAX_REEXECUTED"):
-        from nnmjax.hugepages import hugepage_env
+        from nnmjax.bench.hugepages import hugepage_env
 
         env = hugepage_env()
         if env is not None:

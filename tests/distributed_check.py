@@ -14,10 +14,10 @@ from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 import nnmjax
-from nnmjax import sharding
+from nnmjax.scale import sharding
 from nnmjax.cli import main as cli
-from nnmjax.config import load_config
-from nnmjax.simulate import build_experiment
+from nnmjax.experiments.config import load_config
+from nnmjax.sim import build_experiment
 
 pid, port, out_dir = int(sys.argv[1]), sys.argv[2], sys.argv[3]
 sets = json.loads(sys.argv[4])

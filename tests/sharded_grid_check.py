@@ -10,9 +10,9 @@ import tempfile
 import jax
 import numpy as np
 
-from nnmjax.config import load_config
-from nnmjax.grid import run_grid
-from nnmjax.simulate import build_experiment
+from nnmjax.experiments.config import load_config
+from nnmjax.experiments.grid import run_grid
+from nnmjax.sim import build_experiment
 
 TINY = ["steps=4", "eval_every=2", "seeds=[1, 2, 3]", "n=7", "f=2", "batch_size=5",
         "model='logreg'", "attacks=['label_flipping']", "rules=['nnm+cwtm']"]

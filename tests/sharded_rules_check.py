@@ -10,7 +10,8 @@ import jax.numpy as jnp
 import numpy as np
 
 import nnmjax
-from nnmjax import aggregators, sharding
+from nnmjax.robust import aggregators
+from nnmjax.scale import sharding
 
 F = 4
 
@@ -33,8 +34,8 @@ def main():
         x[-1, ::3] = np.inf
         for name in cases():
             if name == "nnm":
-                ref = np.asarray(nnmjax.preaggregators.nnm(jnp.asarray(x), F))
-                sharded = sharding.shard_rule(lambda z: nnmjax.preaggregators.nnm(z, F), mesh)
+                ref = np.asarray(nnmjax.robust.preaggregators.nnm(jnp.asarray(x), F))
+                sharded = sharding.shard_rule(lambda z: nnmjax.robust.preaggregators.nnm(z, F), mesh)
                 got = np.asarray(sharded(x))
             else:
                 rule = nnmjax.rule(name, F)

@@ -8,7 +8,9 @@ import numpy as np
 import pytest
 
 import nnmjax
-from nnmjax import attacks, config, transforms
+from nnmjax.robust import attacks
+from nnmjax.experiments import config
+from nnmjax.optim import transforms
 
 RULES = ["cwtm", "meamed", "krum", "gm", "cclip", "nnm+cwtm", "nnm+krum", "bucketing+mean",
          "arc+nnm+cwmed"]

@@ -1,7 +1,7 @@
 """Every rule under the inputs an adversary chooses: ties, every placement of the bad rows,
 non-finite and huge values in rows or single coordinates, and every floating dtype.
 
-The guarantees checked (module docstring of :mod:`nnmjax.aggregators`):
+The guarantees checked (module docstring of :mod:`nnmjax.robust.aggregators`):
 
 * with at most ``f`` bad rows, wherever they sit, the output is finite and within the
   rule's proven bound of the honest rows (``metrics.kappa_bound``; 100 times the honest
@@ -28,8 +28,8 @@ import pytest
 
 import nnmjax
 import reference as ref
-from nnmjax import metrics
-from nnmjax.aggregators import AGGREGATORS
+from nnmjax.robust import metrics
+from nnmjax.robust.aggregators import AGGREGATORS
 
 PROVEN = ["cwtm", "krum", "gm", "cwmed"]
 RULES = sorted(AGGREGATORS) + ["nnm+" + r for r in sorted(AGGREGATORS) if r != "mean"] + [
@@ -173,7 +173,7 @@ def test_meamed_ties_take_the_closest_values(case):
     want = ref.meamed(x, f)
     rng = np.random.default_rng(case)
     for perm in [np.arange(len(x)), rng.permutation(len(x)), rng.permutation(len(x))[::-1]]:
-        out = np.asarray(nnmjax.aggregators.meamed(x[perm], f))
+        out = np.asarray(nnmjax.robust.aggregators.meamed(x[perm], f))
         np.testing.assert_allclose(out, want, rtol=1e-5, atol=1e-5)
 
 
@@ -181,7 +181,7 @@ def test_meamed_the_issue_instance_by_hand():
     # sorted: eight copies of -4.765, the median 1.045, then larger values; n - f = 9 closest
     col = np.array([-4.765] * 8 + [1.045, 3.622, 3.7, 4.0, 4.4, 5.0, 5.5, 6.326, 7.542])
     want = (col[7:16].sum()) / 9  # one copy, the median and the next seven
-    out = float(nnmjax.aggregators.meamed(col[:, None].astype(np.float32), 8)[0])
+    out = float(nnmjax.robust.aggregators.meamed(col[:, None].astype(np.float32), 8)[0])
     assert out == pytest.approx(want, rel=1e-6)
 
 
@@ -237,7 +237,7 @@ def test_every_dtype(name, dtype):
 
 def test_complex_input_is_refused():
     with pytest.raises(ValueError, match="real"):
-        nnmjax.aggregators.cwtm(jnp.ones((5, 2), jnp.complex64), 1)
+        nnmjax.robust.aggregators.cwtm(jnp.ones((5, 2), jnp.complex64), 1)
 
 
 def test_worst_case_kappa_batch_reference_is_used():

@@ -1,4 +1,4 @@
-"""Aggregation rules (``nnmjax.aggregators``) against independent float64 references, their
+"""Aggregation rules (``nnmjax.robust.aggregators``) against independent float64 references, their
 symmetries, the paper's proven (f, kappa)-robustness bounds on adversarial inputs, bad input,
 argument validation, JAX transformations and the sorting network.
 
@@ -17,8 +17,8 @@ import pytest
 
 import nnmjax
 import reference as ref
-from nnmjax import _order, aggregators, metrics
-from nnmjax.aggregators import AGGREGATORS
+from nnmjax.robust import _order, aggregators, metrics
+from nnmjax.robust.aggregators import AGGREGATORS
 
 NAMES = sorted(AGGREGATORS)
 PROVEN = ["cwtm", "krum", "gm", "cwmed"]
@@ -172,7 +172,7 @@ def test_composed_matches_reference(rule_name, config):
 def test_nnm_matches_reference():
     for n, d, f in [(9, 3, 2), (17, 20, 4), (5, 1, 2)]:
         x = config_x(n, d, f)
-        got = jax.jit(nnmjax.preaggregators.nnm, static_argnums=1)(x, f)
+        got = jax.jit(nnmjax.robust.preaggregators.nnm, static_argnums=1)(x, f)
         np.testing.assert_allclose(got, ref.nnm(x, f),
                                    rtol=1e-4, atol=1e-5 * np.abs(x).max())
 
@@ -241,7 +241,7 @@ def test_permutation_invariance(name, config):
 
 @functools.lru_cache(maxsize=None)
 def _cclip_from(f):
-    return jax.jit(lambda x, v: nnmjax.aggregators.cclip(x, f, tau=1.0, n_iter=3, init=v))
+    return jax.jit(lambda x, v: nnmjax.robust.aggregators.cclip(x, f, tau=1.0, n_iter=3, init=v))
 
 
 @pytest.mark.parametrize("name,config", cases(NAMES, PROP_CONFIGS))
@@ -339,7 +339,7 @@ def _adversarial_search(rule_name, n, d, f, seed):
     """Attacks, then an elitist random search that perturbs the Byzantine rows to maximise
     the worst-case kappa. Returns the final population (x, kappa), best first.
 
-    The objective is the float64 reference metric: ``nnmjax.metrics.worst_case_kappa``
+    The objective is the float64 reference metric: ``nnmjax.robust.metrics.worst_case_kappa``
     averages over the wrong axis (test_library_worst_case_kappa_matches_reference)."""
     rng = np.random.default_rng(seed)
     h = n - f
@@ -577,7 +577,7 @@ def test_bad_f_and_shape_raise(name):
 
 def test_np_int_f_and_integer_input():
     x = np.arange(27, dtype=np.int32).reshape(9, 3)
-    np.testing.assert_allclose(nnmjax.aggregators.cwtm(x, np.int32(2)), ref.cwtm(x, 2), rtol=1e-6)
+    np.testing.assert_allclose(nnmjax.robust.aggregators.cwtm(x, np.int32(2)), ref.cwtm(x, 2), rtol=1e-6)
 
 
 @pytest.mark.parametrize("name", ["mda", "smea"])
@@ -803,7 +803,7 @@ def test_every_rule_runs_at_a_thousand_workers():
 def test_gram_and_inner_over_column_blocks_match_numpy(d, width, monkeypatch):
     """The Gram and inner-product passes loop over blocks of columns: a tail only, full
     blocks only, both, and the default width at a large ``d``; same sums as float64 NumPy."""
-    from nnmjax import _gram
+    from nnmjax.robust import _gram
 
     monkeypatch.setattr(_gram, "block_columns", lambda n, d: min(width, d))
     rng = np.random.default_rng(d)
@@ -822,7 +822,7 @@ def test_gram_and_inner_over_column_blocks_match_numpy(d, width, monkeypatch):
 
 
 def test_block_columns_stays_within_its_range():
-    from nnmjax._gram import block_columns
+    from nnmjax.robust._gram import block_columns
 
     assert [block_columns(n, 10**6) for n in (17, 100, 1000, 10**6)] == [16384, 4096, 1024, 1024]
     assert block_columns(17, 300) == 300

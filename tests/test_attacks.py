@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 import nnmjax
-from nnmjax import attacks as atk
+from nnmjax.robust import attacks as atk
 
 
 def honest_data(seed, h=10, d=8):
@@ -348,7 +348,7 @@ def test_optimal_attack_ignores_non_finite_outputs():
     assert np.all(np.isfinite(np.asarray(fragile(jnp.concatenate([h, byz])))))
 
 
-# The fast evaluation paths of the optimal attacks (nnmjax._subspace) against the direct one.
+# The fast evaluation paths of the optimal attacks (nnmjax.robust._subspace) against the direct one.
 
 FAST_RULES = ["nnm+cwtm", "cwtm", "krum", "gm", "multikrum", "nnm+krum", "nnm+gm",
               "bucketing+krum", "bucketing+cwmed", "nnm+meamed", "mean", "monna", "mda",
@@ -360,7 +360,7 @@ def test_optimal_attack_fast_paths_equal_direct_evaluation(name):
     """Damage through coordinates (equivariant rules) or coordinate mixings equals the rule run
     on the stacked ``(n, d)`` inputs, over the whole eta range, for ALIE and FOE directions,
     on rows sharing a large common offset (the float32-hard case)."""
-    from nnmjax import _subspace
+    from nnmjax.robust import _subspace
 
     rng = np.random.default_rng(7)
     h, f, d = 13, 4, 96

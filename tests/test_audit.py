@@ -1,4 +1,4 @@
-"""``nnmjax.audit``: the adversarial search for a rule's worst Definition 2 ratio, as the
+"""``nnmjax.robust.audit``: the adversarial search for a rule's worst Definition 2 ratio, as the
 project's own check of every rule (proven bounds never exceeded, Proposition 6's lower
 bound always reached, Proposition 7's 1/3 for GM, CWMed and Krum) and the ``nnmjax audit``
 command."""
@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 
 import reference as ref
-from nnmjax import audit
-from nnmjax.aggregators import AGGREGATORS
+from nnmjax.robust import audit
+from nnmjax.robust.aggregators import AGGREGATORS
 
 RULES = sorted(AGGREGATORS) + [f"nnm+{a}" for a in sorted(AGGREGATORS)] + ["bucketing+cwmed"]
 #: small enough for CI: every rule and f compiles one search; the rules with a proven bound
@@ -134,7 +134,7 @@ def test_audit_command_errors(argv, word, tmp_path):
 def test_written_files_honour_the_umask(tmp_path):
     import os
 
-    from nnmjax.results import atomic_write
+    from nnmjax.experiments.results import atomic_write
 
     old = os.umask(0o022)
     try:

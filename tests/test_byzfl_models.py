@@ -1,4 +1,4 @@
-"""ByzFL's models in flax, and PyTorch weights loaded into them (nnmjax.torch_weights).
+"""ByzFL's models in flax, and PyTorch weights loaded into them (nnmjax.models.torch_weights).
 
 With ByzFL installed, each check copies the weights of a freshly built ByzFL model into
 ours and compares the outputs on the same images in evaluation mode (running
@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from nnmjax.models import make_model, param_count
-from nnmjax.torch_weights import TORCH_NAMES, _flattened, from_torch, to_torch
+from nnmjax.models.torch_weights import TORCH_NAMES, _flattened, from_torch, to_torch
 
 RNG = np.random.default_rng(0)
 

@@ -16,9 +16,9 @@ byzfl = pytest.importorskip("byzfl")
 import jax  # noqa: E402
 
 import nnmjax  # noqa: E402
-from nnmjax import aggregators as agg  # noqa: E402
-from nnmjax import attacks as atk  # noqa: E402
-from nnmjax import preaggregators as pre  # noqa: E402
+from nnmjax.robust import aggregators as agg  # noqa: E402
+from nnmjax.robust import attacks as atk  # noqa: E402
+from nnmjax.robust import preaggregators as pre  # noqa: E402
 
 pytestmark = pytest.mark.byzfl
 

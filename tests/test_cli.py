@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from nnmjax import results
+from nnmjax.experiments import results
 from nnmjax.cli import default_out, main
 
 #: a grid of one compiled group that runs for a while in small chunks
@@ -64,10 +64,10 @@ def test_sigint_inside_a_chunk_saves_the_group_and_says_how_to_resume(tmp_path):
 def test_a_stop_saves_the_running_group_whatever_the_interval(tmp_path, monkeypatch):
     """In-process: a stop requested after two chunks with periodic checkpoints off still
     saves the group, and the re-run resumes from it to the records of an uninterrupted run."""
-    from nnmjax.config import load_grid
-    from nnmjax.grid import run_grid
-    from nnmjax.interrupt import StopRequest, Stopped
-    from nnmjax.simulate import Experiment
+    from nnmjax.experiments.config import load_grid
+    from nnmjax.experiments.grid import run_grid
+    from nnmjax.experiments.interrupt import StopRequest, Stopped
+    from nnmjax.sim import Experiment
 
     config = load_grid(None, [s for s in TINY if "=" in s] + ["steps=6"])
     reference = run_grid(config, tmp_path / "ref", progress=False, checkpoint_s=None)
@@ -94,7 +94,7 @@ def test_a_stop_saves_the_running_group_whatever_the_interval(tmp_path, monkeypa
 def test_a_second_sigint_quits_at_once_and_sigterm_exits_143(tmp_path):
     # the second signal acts while the main thread is busy (here asleep in C, as in a
     # compilation): the watcher thread ends the process
-    script = ("import time\nfrom nnmjax.interrupt import stop_on_signals\n"
+    script = ("import time\nfrom nnmjax.experiments.interrupt import stop_on_signals\n"
               "with stop_on_signals('busy') as stop:\n"
               "    print('ready', flush=True)\n    time.sleep(60)\n")
     p = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE,

@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from nnmjax import results
-from nnmjax.config import load_config
-from nnmjax.distributed import initialize
-from nnmjax.grid import run_grid
+from nnmjax.experiments import results
+from nnmjax.experiments.config import load_config
+from nnmjax.scale.distributed import initialize
+from nnmjax.experiments.grid import run_grid
 
 HERE = Path(__file__).resolve().parent
 SETS = ["steps=4", "eval_every=2", "seeds=[1, 2]", "n=7", "f=2", "batch_size=5",

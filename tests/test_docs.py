@@ -1,5 +1,5 @@
 """The documentation: the Sphinx build passes with warnings as errors, and the
-configuration reference lists every :class:`nnmjax.config.Config` field.
+configuration reference lists every :class:`nnmjax.experiments.config.Config` field.
 
 Both need the ``docs`` extra (``pip install -e ".[docs]"``) and are skipped without it.
 """
@@ -25,7 +25,7 @@ def _config_reference():
 
 
 def test_configuration_reference_lists_every_config_field():
-    from nnmjax.config import Config
+    from nnmjax.experiments.config import Config
 
     rows = _config_reference().config_rows()
     fields = dataclasses.fields(Config)

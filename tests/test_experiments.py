@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 from fakedata import write_fake_cifar, write_fake_mnist
 
-from nnmjax import table
+from nnmjax.experiments import table
 from nnmjax.cli import main
-from nnmjax.config import load_config, load_grid
-from nnmjax.grid import grid_runs, run_grid
-from nnmjax.plots import plot_all
+from nnmjax.experiments.config import load_config, load_grid
+from nnmjax.experiments.grid import grid_runs, run_grid
+from nnmjax.experiments.plots import plot_all
 
 PAPER = Path(__file__).resolve().parents[1] / "experiments" / "paper"
 CONFIGS = sorted(PAPER.glob("*.toml"))

@@ -5,8 +5,9 @@ import sys
 
 import pytest
 
-from nnmjax import cli, hugepages
-from nnmjax.hugepages import TUNABLE, hugepage_env
+from nnmjax import cli
+from nnmjax.bench import hugepages
+from nnmjax.bench.hugepages import TUNABLE, hugepage_env
 
 LINUX = dict(platform="linux", glibc=(2, 36), thp_mode="madvise")
 

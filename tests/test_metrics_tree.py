@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 
 import nnmjax
-from nnmjax import attacks as atk
-from nnmjax import metrics, tree
+from nnmjax.robust import attacks as atk
+from nnmjax.robust import metrics
+from nnmjax.optim import tree
 
 
 def data(seed, n=9, d=5):

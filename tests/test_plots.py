@@ -9,7 +9,7 @@ pytest.importorskip("matplotlib")
 from matplotlib.backends.backend_agg import FigureCanvasAgg  # noqa: E402
 
 from nnmjax import plots  # noqa: E402
-from nnmjax.plots import attack_label, rule_label, setting_title  # noqa: E402
+from nnmjax.experiments.plots import attack_label, rule_label, setting_title  # noqa: E402
 
 
 def _record(rule, attack, seed, acc, *, f=4, alpha=0.1, n=17, steps=(400, 800), **extra):

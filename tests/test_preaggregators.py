@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 
 import nnmjax
-from nnmjax import aggregators as agg
-from nnmjax import attacks as atk
-from nnmjax import metrics
-from nnmjax import preaggregators as pre
+from nnmjax.robust import aggregators as agg
+from nnmjax.robust import attacks as atk
+from nnmjax.robust import metrics
+from nnmjax.robust import preaggregators as pre
 
 # --------------------------------------------------------------------------- references
 

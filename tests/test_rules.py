@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 
 import nnmjax
-from nnmjax import aggregators as agg
-from nnmjax import preaggregators as pre
-from nnmjax.rules import Rule, known_names
+from nnmjax.robust import aggregators as agg
+from nnmjax.robust import preaggregators as pre
+from nnmjax.robust.rules import Rule, known_names
 
 F = 2
 
@@ -103,7 +103,7 @@ def test_bucketing_cwtm_is_bucketing_cwmed_in_the_papers_setting(attack):
     middle one, the coordinate-wise median. So Bucketing + CWTM is Bucketing + CWMed bit for
     bit, outputs and optimal attacks alike; this is why the paper prints identical rows
     for the two in Table 2."""
-    from nnmjax import attacks
+    from nnmjax.robust import attacks
 
     x = jnp.asarray(data(5, n=17, d=50))
     key = jax.random.key(3)

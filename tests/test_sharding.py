@@ -10,7 +10,7 @@ from pathlib import Path
 import jax
 import pytest
 
-from nnmjax import sharding
+from nnmjax.scale import sharding
 
 HERE = Path(__file__).resolve().parent
 

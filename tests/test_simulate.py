@@ -10,10 +10,11 @@ import optax
 import pytest
 
 import nnmjax
-from nnmjax import results, transforms as T
-from nnmjax.config import Config, load_config, parse_set
-from nnmjax.grid import run_grid
-from nnmjax.simulate import build_experiment
+from nnmjax.experiments import results
+from nnmjax.optim import transforms as T
+from nnmjax.experiments.config import Config, load_config, parse_set
+from nnmjax.experiments.grid import run_grid
+from nnmjax.sim import build_experiment
 
 TINY = ["steps=6", "eval_every=3", "seeds=[1]", "n=7", "f=2", "batch_size=5", "model='logreg'"]
 
@@ -150,7 +151,7 @@ def test_grid_compiles_a_sweep_over_alpha_and_momentum_once(tmp_path, monkeypatc
     one-setting programs: test above); a memory budget below one run cuts it into pieces."""
     import dataclasses
 
-    from nnmjax import grid
+    from nnmjax.experiments import grid
 
     built = []
     real = grid.build_experiment
@@ -236,7 +237,7 @@ def test_parse_set_and_missing_files(tmp_path):
 def test_committed_records_keep_their_identity():
     """A run's hash is a function of its settings; new config keys (unset) must not change
     it, or finished grids would run again: rebuild committed records' hashes."""
-    from nnmjax.config import RunSpec
+    from nnmjax.experiments.config import RunSpec
     runs = Path(__file__).parents[1] / "experiments" / "results" / "fashion_mnist_table2" / "runs"
     for path in sorted(runs.glob("*.json"))[:5]:
         rec = json.loads(path.read_text())
@@ -259,7 +260,7 @@ def test_tolerated_f_builds_the_rules_with_it(tmp_path, tiny_config):
     attacked = [r for r in recs if r["key"]["attack"] == "alie"]
     assert len(recs) == 2 and attacked[0]["key"]["tolerated_f"] == 3
     assert "tolerated_f" not in [r for r in recs if r["key"]["attack"] == "none"][0]["key"]
-    from nnmjax import table
+    from nnmjax.experiments import table
     md = table.format_markdown(recs)
     assert "f=2, tolerated_f=3" in md and "Fault-free baseline (mean, 5 honest workers)" in md
 
@@ -270,8 +271,8 @@ def test_rule_options_reach_the_rules_records_and_tables(tmp_path, tiny_config):
     table tells the settings apart."""
     import dataclasses
 
-    from nnmjax import table
-    from nnmjax.config import from_mapping
+    from nnmjax.experiments import table
+    from nnmjax.experiments.config import from_mapping
     byzfl_gm = {"gm": {"nu": 0.1, "max_iter": 3, "tol": 0.0, "init": "zero"}}
     plain = dataclasses.replace(tiny_config, rules=("gm", "nnm+cwtm"), baseline=True, steps=2,
                                 eval_every=2)
@@ -438,7 +439,7 @@ def test_dataset_too_small_for_the_partition_is_a_clear_error(tmp_path, capsys):
 def test_an_interrupted_group_resumes_from_its_checkpoint_bit_for_bit(tmp_path, tiny_config,
                                                                        monkeypatch, capsys):
     import dataclasses
-    from nnmjax.simulate import Experiment
+    from nnmjax.sim import Experiment
 
     cfg = dataclasses.replace(tiny_config, eval_every=2, seeds=(1, 2))
     reference = run_grid(cfg, tmp_path / "ref", progress=False, checkpoint_s=None)
@@ -457,7 +458,7 @@ def test_an_interrupted_group_resumes_from_its_checkpoint_bit_for_bit(tmp_path, 
     with pytest.raises(KeyboardInterrupt):
         run_grid(cfg, tmp_path / "out", progress=False, checkpoint_s=0)
     saved, = (tmp_path / "out" / "partial").glob("*.npz")
-    from nnmjax.grid import plan_grid
+    from nnmjax.experiments.grid import plan_grid
     done, (group,), missing = plan_grid(cfg, tmp_path / "out")
     assert missing is None
     assert not done and group.checkpoint == (4, True) and group.resume_step == 4
@@ -481,7 +482,7 @@ def test_an_interrupted_group_resumes_from_its_checkpoint_bit_for_bit(tmp_path, 
 
 
 def test_stale_or_foreign_checkpoints_are_discarded(tmp_path, tiny_config):
-    from nnmjax import checkpoint
+    from nnmjax.experiments import checkpoint
 
     exp = build_experiment(tiny_config, "alie", "nnm+cwtm", [1, 2])
     state = exp.init()
@@ -514,7 +515,7 @@ def test_stale_or_foreign_checkpoints_are_discarded(tmp_path, tiny_config):
 
 def test_check_reproduces_finished_runs_bit_for_bit_and_flags_a_changed_record(tmp_path, capsys):
     from nnmjax.cli import main
-    from nnmjax.reproduce import check_grid
+    from nnmjax.experiments.reproduce import check_grid
 
     cfg = load_config(None, TINY + ["attacks=['sign_flipping']", "rules=['cwtm']",
                                     "baseline=false", "seeds=[1, 2]"])

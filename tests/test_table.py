@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from nnmjax import results, table
+from nnmjax.experiments import results, table
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 NUM = r"(\d+\.\d\d)(?: ± +(\d+\.\d\d))?"
@@ -154,7 +154,8 @@ def test_summary_csv_has_run_and_group_wall_time(tmp_path):
 
 
 def test_report_prints_the_plain_table_once(tmp_path, capsys, monkeypatch):
-    from nnmjax import cli, plots
+    from nnmjax import cli
+    from nnmjax.experiments import plots
     monkeypatch.setattr(plots, "plot_all", lambda records, out: [])
     recs = _records()
     cli._report(tmp_path, recs)
@@ -173,7 +174,7 @@ def test_markdown_as_text_aligns_pipe_tables():
 
 def test_readme_quickstart_table_is_format_text():
     """The README shows what ``nnmjax run`` prints for the quickstart (its measured numbers)."""
-    from nnmjax.config import load_config
+    from nnmjax.experiments.config import load_config
     acc = {("optimal_alie", "cwtm"): 0.8778, ("sign_flipping", "cwtm"): 0.3556,
            ("optimal_alie", "bucketing+cwtm"): 0.8528, ("sign_flipping", "bucketing+cwtm"): 0.4583,
            ("optimal_alie", "nnm+cwtm"): 0.8417, ("sign_flipping", "nnm+cwtm"): 0.8194,

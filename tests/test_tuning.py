@@ -1,4 +1,4 @@
-"""Hyperparameter selection over sweeps (nnmjax.tuning), `nnmjax table/plot --tune`, and
+"""Hyperparameter selection over sweeps (nnmjax.experiments.tuning), `nnmjax table/plot --tune`, and
 tables and figures of sweeps over keys outside the title fields."""
 import csv
 import itertools
@@ -7,9 +7,9 @@ import json
 import numpy as np
 import pytest
 
-from nnmjax import table, tuning
+from nnmjax.experiments import table, tuning
 from nnmjax.cli import main
-from nnmjax.plots import plot_all
+from nnmjax.experiments.plots import plot_all
 from test_experiments import _record
 
 ATTACKS = ("optimal_alie", "sign_flipping", "mimic")

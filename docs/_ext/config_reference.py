@@ -1,6 +1,6 @@
 """Sphinx extension: the ``config-reference`` directive.
 
-It renders one table row per field of :class:`nnmjax.config.Config` (key, type, default
+It renders one table row per field of :class:`nnmjax.experiments.config.Config` (key, type, default
 and the field's ``#:`` comment), read from the code at build time so that the reference
 cannot drift from it. :func:`config_rows` is the table builder (the tests call it).
 """
@@ -26,7 +26,7 @@ def _default(field: dataclasses.Field) -> str:
     return repr(value)
 
 
-def config_rows(module: str = "nnmjax.config", cls: str = "Config") -> list[tuple[str, str, str, str]]:
+def config_rows(module: str = "nnmjax.experiments.config", cls: str = "Config") -> list[tuple[str, str, str, str]]:
     """``(key, type, default, meaning)`` for every field of ``module.cls``, in order.
 
     The meaning is the field's ``#:`` doc comment (joined into one line), or ``""``.
@@ -73,7 +73,7 @@ class ConfigReference(SphinxDirective):
         return entry
 
     def run(self):
-        target = self.arguments[0] if self.arguments else "nnmjax.config.Config"
+        target = self.arguments[0] if self.arguments else "nnmjax.experiments.config.Config"
         module, _, cls = target.rpartition(".")
         self.env.note_dependency(importlib.import_module(module).__file__)
         widths = (14, 16, 16, 54)

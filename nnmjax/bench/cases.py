@@ -41,7 +41,7 @@ TARGETS = (
 
 def default_rules() -> list[str]:
     """Every aggregator, the NNM pre-aggregator alone, and ``nnm+X`` for every aggregator."""
-    from nnmjax.aggregators import AGGREGATORS
+    from nnmjax.robust.aggregators import AGGREGATORS
 
     return list(AGGREGATORS) + ["nnm"] + [f"nnm+{a}" for a in AGGREGATORS]
 
@@ -91,7 +91,7 @@ def rule_stages(name: str) -> list[str]:
 
 
 def max_subsets(stage: str) -> int | None:
-    from nnmjax.aggregators import AGGREGATORS
+    from nnmjax.robust.aggregators import AGGREGATORS
 
     fn = AGGREGATORS.get(stage)
     if fn is None:
@@ -102,7 +102,7 @@ def max_subsets(stage: str) -> int | None:
 
 def check_rule(name: str) -> None:
     """Raise ``ValueError`` (listing the known names) for an unknown rule name."""
-    from nnmjax import preaggregators, rules
+    from nnmjax.robust import preaggregators, rules
 
     if name in preaggregators.PREAGGREGATORS:
         if name in rules.RANDOMIZED:

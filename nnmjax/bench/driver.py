@@ -11,7 +11,7 @@ from nnmjax.bench.cases import SCHEMA, BenchConfig, check_rule, default_rules, r
 from nnmjax.bench.numpy_rules import numpy_fn
 from nnmjax.bench.report import best_byzfl, check_targets, fill_ratios, fmt_ms, row_text
 from nnmjax.bench.runner import Runner
-from nnmjax.provenance import code_info, source_digest
+from nnmjax.experiments.provenance import code_info, source_digest
 
 
 def _log(msg: str, verbose: bool):

@@ -15,7 +15,7 @@ import traceback
 
 import numpy as np
 
-from nnmjax import hugepages
+from nnmjax.bench import hugepages
 from nnmjax.bench.byzfl_rules import byzfl_factories, import_byzfl
 from nnmjax.bench.cases import Case, rule_stages
 from nnmjax.bench.numpy_rules import numpy_fn
@@ -51,7 +51,7 @@ def _nnmjax_fn(name: str, f: int):
     """The rule (or pre-aggregator) ``name`` as nnmjax runs it: ``x -> output``."""
     import jax
 
-    from nnmjax import preaggregators, rules
+    from nnmjax.robust import preaggregators, rules
 
     if name in preaggregators.PREAGGREGATORS:
         pre = preaggregators.PREAGGREGATORS[name]

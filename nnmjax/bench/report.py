@@ -144,7 +144,7 @@ def write_json(result: dict, path: str | os.PathLike) -> None:
     """Write ``result`` to ``path`` atomically (parent folders created)."""
     from pathlib import Path
 
-    from nnmjax.results import atomic_write, plain
+    from nnmjax.experiments.results import atomic_write, plain
 
     text = json.dumps(plain(result), indent=1) + "\n"
     atomic_write(Path(path), lambda fh: fh.write(text))

@@ -1,0 +1,455 @@
+"""Experiment configuration: a TOML file -> a validated, frozen :class:`Config`.
+
+Every key is checked before anything is compiled; unknown keys and bad values
+raise ``ValueError`` listing what is allowed. ``--set key=value`` overrides take
+TOML literals (``--set steps=200 --set 'rules=["nnm+cwtm"]'``).
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+from nnmjax._suggest import did_you_mean
+from nnmjax.models import MODELS
+
+__all__ = ["Config", "RunSpec", "load_config", "load_grid", "expand_sweep", "parse_set", "QUICKSTART",
+           "ATTACK_NAMES", "format_rule_options"]
+
+#: Every attack a config may name (``attacks``).
+ATTACK_NAMES = ("none", "sign_flipping", "foe", "alie", "optimal_foe", "optimal_alie", "adaptive",
+                "mimic", "inf", "gaussian", "label_flipping")
+#: How the optimal attacks (and the adaptive attack's start) pick ``eta``:
+#: :data:`nnmjax.robust.attacks.SEARCHES`.
+ATTACK_SEARCHES = ("grid", "byzfl")
+#: The attacks that search against the rule in use (``attack_search`` applies to them).
+SEARCHING_ATTACKS = ("optimal_alie", "optimal_foe", "adaptive")
+DATASETS = ("digits", "mnist", "fashion_mnist", "cifar10")
+SOURCES = ("local", "tfds")
+PARTITIONS = ("iid", "dirichlet", "dirichlet_per_class", "gamma_similarity", "extreme")
+SCHEDULES = ("constant", "paper_mnist", "paper_cifar")
+
+
+@dataclass(frozen=True)
+class Config:
+    """A grid of runs: every (attack, rule, seed) with the shared settings below.
+
+    Defaults are the paper's MNIST/Fashion-MNIST setting (Table 3) on the embedded
+    ``digits`` data with a small model.
+    """
+
+    #: The dataset, ``"digits"`` (embedded, offline), ``"mnist"``, ``"fashion_mnist"`` or
+    #: ``"cifar10"`` (:func:`nnmjax.data.load_dataset`).
+    dataset: str = "digits"
+    #: Directory holding the dataset's files; ``None``: ``NNMJAX_DATA_DIR``, else the system
+    #: location. Strict: data missing there is an error, never a fall-back.
+    data_dir: str | None = None
+    #: Where the dataset's files come from, ``"local"`` (files on disk, see
+    #: :func:`nnmjax.data.load_dataset`) or ``"tfds"`` (tensorflow-datasets, the ``tfds``
+    #: extra); part of a run's identity only when not the default.
+    source: str = "local"
+    #: The model (:data:`nnmjax.models.MODELS`): ``paper_cnn``, ``cifar_cnn``, ``mlp``,
+    #: ``logreg``, and ByzFL's models (``byzfl_cnn_mnist``, ``resnet18``, ...).
+    model: str = "mlp"
+    #: ``"dshb"``: robust D-SHB (paper Algorithm 3, worker momentum); ``"dgd"``: robust D-GD
+    #: (Algorithm 1).
+    algorithm: str = "dshb"
+    #: Number of workers, honest and Byzantine.
+    n: int = 17
+    #: Number of Byzantine workers (``2f < n``); ``n - f`` are honest.
+    f: int = 4
+    #: The ``f`` the rules are told (ByzFL's ``tolerated_f``); ``None``: the actual ``f``.
+    #: Over- or under-estimating the number of Byzantine workers; part of a run's identity
+    #: only when set to another value than ``f``.
+    tolerated_f: int | None = None
+    #: How the training set is split over the honest workers, ``"dirichlet"`` (per-worker
+    #: Dir(``alpha``) class proportions, as in the paper), ``"dirichlet_per_class"`` (as
+    #: ByzFL), ``"iid"``, ``"gamma_similarity"`` or ``"extreme"``.
+    partition: str = "dirichlet"
+    #: The Dirichlet concentration of the ``dirichlet`` partitions (smaller: more
+    #: heterogeneous).
+    alpha: float = 0.1
+    #: The ``gamma_similarity`` partition's i.i.d. fraction, in [0, 1] (the rest is split by
+    #: label into contiguous shards; 1: i.i.d.).
+    gamma: float = 0.5
+    #: The attacks, one run each (:data:`ATTACK_NAMES`; ``"none"``: no Byzantine rows are
+    #: injected; ``"label_flipping"`` is a data attack).
+    attacks: tuple[str, ...] = ("optimal_alie",)
+    #: The optimal attacks' search for ``eta``: ``"grid"`` (241 candidates, refined) or
+    #: ``"byzfl"`` (ByzFL's 20-evaluation line search); part of a run's identity only when
+    #: not the default.
+    attack_search: str = "grid"
+    #: The robust rules, one run each, named ``pre+...+aggregator`` (:func:`nnmjax.robust.rules.rule`).
+    rules: tuple[str, ...] = ("nnm+cwtm",)
+    #: Options of rule stages, applied in every rule that has the stage (TOML
+    #: ``rule_options = {gm = {nu = 0.1, max_iter = 3}, clipping = {c = 1.0}}``; ByzFL's
+    #: aggregator/pre-aggregator ``parameters``); stored as sorted ``(stage, ((option,
+    #: value), ...))`` pairs. Part of a run's identity only when set.
+    rule_options: tuple = ()
+    #: The seeds, one run each (vmapped together in one compiled program).
+    seeds: tuple[int, ...] = (1,)
+    #: The seed of the data partition (ByzFL's ``data_distribution_seed``); ``None``: each
+    #: run's ``seed``, which otherwise draws the model's initialisation, the minibatches
+    #: and the attacks' randomness. Sweep it to separate the two sources of variance; part
+    #: of a run's identity only when set.
+    data_seed: int | None = None
+    #: Training steps per run (T).
+    steps: int = 800
+    #: Minibatch size per worker per step (b).
+    batch_size: int = 25
+    #: The base learning rate of :attr:`lr_schedule`.
+    lr: float = 0.75
+    #: ``"paper_mnist"``: ``lr / (1 + floor(t / 50))`` (Table 3); ``"paper_cifar"``: ``lr``
+    #: then ``lr / 10`` from step 1500; ``"constant"``.
+    lr_schedule: str = "paper_mnist"
+    #: The workers' momentum ``beta`` of D-SHB, ``m_i <- beta m_i + (1 - beta) g_i``.
+    momentum: float = 0.9
+    #: Per-worker gradient clipping to this norm; ``None`` (TOML ``clip = false``): none.
+    clip: float | None = 2.0
+    #: The l2 regularisation weight; each worker's loss adds ``weight_decay / 2 * ||params||^2``.
+    weight_decay: float = 1e-4
+    #: Steps between test-accuracy evaluations (where checkpoints are saved).
+    eval_every: int = 50
+    #: Also run the fault-free baseline, ``mean`` over the ``n - f`` honest workers, no attack.
+    baseline: bool = False
+    #: Expand the training set with horizontally flipped images.
+    augment_flip: bool = False
+    #: Devices to run on, ``(("runs", r), ("workers", w))``: the seeds of each compiled
+    #: program split over ``r`` devices and its workers (their data, gradients and the
+    #: aggregation's columns) over ``w`` (TOML ``mesh = {runs = 2, workers = 4}``; either
+    #: may be left out). Not part of a run's identity.
+    mesh: tuple = ()
+
+    def __post_init__(self):
+        _validate(self)
+        if self.tolerated_f == self.f:  # the same experiment as leaving it unset: same identity
+            object.__setattr__(self, "tolerated_f", None)
+
+    @property
+    def data_source(self) -> tuple:
+        """``(dataset, data_dir, augment_flip, source)``: what :meth:`load_data` reads; runs
+        with the same one share the loaded data."""
+        return (self.dataset, self.data_dir, self.augment_flip, self.source)
+
+    def load_data(self):
+        """The config's :class:`nnmjax.data.Dataset` (:func:`nnmjax.data.load_dataset`)."""
+        from nnmjax.data import load_dataset
+
+        return load_dataset(self.dataset, data_dir=self.data_dir, source=self.source,
+                            augment_flip=self.augment_flip)
+
+    @property
+    def honest(self) -> int:
+        return self.n - self.f
+
+    @property
+    def rule_f(self) -> int:
+        """The ``f`` the robust rules are built with: :attr:`tolerated_f`, else :attr:`f`."""
+        return self.f if self.tolerated_f is None else self.tolerated_f
+
+    def build_rule(self, name: str):
+        """The :class:`nnmjax.robust.rules.Rule` ``name`` for :attr:`rule_f` inputs, with the
+        :attr:`rule_options` of its stages."""
+        from nnmjax.robust.rules import rule as make_rule
+
+        options = {stage: dict(opts) for stage, opts in self.rule_options}
+        *pre, last = name.split("+")
+        pre_options = {p: options[p] for p in pre if p in options}
+        return make_rule(name, self.rule_f, pre_options=pre_options, **options.get(last, {}))
+
+    def runs(self) -> list["RunSpec"]:
+        """Every (attack, rule, seed) of the grid, plus the fault-free mean baseline."""
+        specs = [RunSpec(self, a, r, s) for a in self.attacks for r in self.rules for s in self.seeds]
+        if self.baseline:
+            base = dataclasses.replace(self, f=0, n=self.honest, tolerated_f=None,
+                                       rule_options=())
+            specs += [RunSpec(base, "none", "mean", s)
+                      for s in self.seeds]
+        return specs
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """One run of a grid: the shared config with one attack, rule and seed."""
+
+    config: Config
+    attack: str
+    rule: str
+    seed: int
+
+    def record_key(self) -> dict[str, Any]:
+        base = dataclasses.asdict(self.config)
+        for k in ("attacks", "rules", "seeds", "baseline", "mesh"):
+            base.pop(k)
+        for k in ("tolerated_f", "data_seed", "rule_options"):  # unset, runs keep the
+            if base[k] in (None, ()):                             # hashes they had before
+                base.pop(k)
+        if base["source"] == "local":
+            base.pop("source")
+        if base["attack_search"] == "grid" or self.attack not in SEARCHING_ATTACKS:
+            base.pop("attack_search")
+        if "rule_options" in base:  # one string, e.g. "gm(max_iter=3, nu=0.1)"
+            base["rule_options"] = format_rule_options(self.config.rule_options)
+        return {**base, "attack": self.attack, "rule": self.rule, "seed": self.seed}
+
+    def hash(self) -> str:
+        blob = json.dumps(self.record_key(), sort_keys=True, default=list)
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def format_rule_options(rule_options) -> str:
+    """``(("gm", (("max_iter", 3), ("nu", 0.1))),)`` -> ``"gm(max_iter=3, nu=0.1)"``."""
+    return "; ".join(f"{stage}(" + ", ".join(f"{k}={v!r}" for k, v in opts) + ")"
+                     for stage, opts in rule_options)
+
+
+def _fail(key, msg):
+    raise ValueError(f"config key {key!r}: {msg}")
+
+
+def _type_name(hint: str) -> str:
+    return {"str": "a string", "int": "an integer", "float": "a number", "bool": "true or false",
+            "tuple[str, ...]": "a list of strings", "tuple[int, ...]": "a list of integers"}[hint]
+
+
+def _has_type(value, hint: str) -> bool:
+    if hint == "int":
+        return isinstance(value, int) and not isinstance(value, bool)
+    if hint == "float":
+        return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if hint == "str":
+        return isinstance(value, str)
+    if hint == "bool":
+        return isinstance(value, bool)
+    item = hint[len("tuple["):-len(", ...]")]
+    return isinstance(value, tuple) and all(_has_type(v, item) for v in value)
+
+
+def _check_types(c: Config):
+    """Every key against its annotation (``X | None`` also takes ``None``; a float takes an
+    integer, never ``nan`` or ``inf``), before any range check compares values."""
+    for field in dataclasses.fields(Config):
+        if field.name in ("rule_options", "mesh"):  # checked in full by _validate
+            continue
+        hint, value = str(field.type), getattr(c, field.name)
+        optional = hint.endswith(" | None")
+        hint = hint.removesuffix(" | None")
+        if optional and value is None or _has_type(value, hint):
+            continue
+        kind = _type_name(hint) + (" (or omitted)" if optional else "")
+        finite = " finite" if hint == "float" and isinstance(value, float) else ""
+        _fail(field.name, f"must be {kind}{finite}; got {value!r} ({type(value).__name__})")
+
+
+def _choice(key, value, choices):
+    if value not in choices:
+        _fail(key, f"unknown {value!r}{did_you_mean(value, choices)}; choose from {list(choices)}")
+
+
+def _validate(c: Config):
+    _check_types(c)
+    _choice("dataset", c.dataset, DATASETS)
+    _choice("model", c.model, MODELS)
+    _choice("source", c.source, SOURCES)
+    if c.source == "tfds" and c.dataset == "digits":
+        _fail("source", "'digits' is bundled with scikit-learn; 'tfds' serves mnist, "
+                        "fashion_mnist and cifar10")
+    _choice("algorithm", c.algorithm, ("dshb", "dgd"))
+    _choice("partition", c.partition, PARTITIONS)
+    _choice("lr_schedule", c.lr_schedule, SCHEDULES)
+    for key in ("n", "steps", "batch_size", "eval_every"):
+        v = getattr(c, key)
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            _fail(key, f"must be a positive integer; got {v!r}")
+    if isinstance(c.f, bool) or not isinstance(c.f, int) or c.f < 0:
+        _fail("f", f"must be a non-negative integer; got {c.f!r}")
+    if 2 * c.f >= c.n:
+        _fail("f", f"needs 2f < n; got f={c.f}, n={c.n}")
+    t = c.tolerated_f
+    if t is not None and (isinstance(t, bool) or not isinstance(t, int) or t < 0 or 2 * t >= c.n):
+        _fail("tolerated_f", f"must be an integer with 0 <= tolerated_f and 2 tolerated_f < n "
+                             f"(n={c.n}), or omitted; got {t!r}")
+    if not c.alpha > 0:
+        _fail("alpha", f"must be > 0; got {c.alpha!r}")
+    if not 0.0 <= c.gamma <= 1.0:
+        _fail("gamma", f"must be in [0, 1]; got {c.gamma!r}")
+    if not c.lr > 0:
+        _fail("lr", f"must be > 0; got {c.lr!r}")
+    if not 0.0 <= c.momentum < 1.0:
+        _fail("momentum", f"must be in [0, 1); got {c.momentum!r}")
+    if c.clip is not None and (isinstance(c.clip, bool) or not c.clip > 0):
+        _fail("clip", f"must be > 0, or false for no clipping; got {c.clip!r}")
+    if not c.weight_decay >= 0:
+        _fail("weight_decay", f"must be >= 0; got {c.weight_decay!r}")
+    for key in ("attacks", "rules", "seeds"):
+        v = getattr(c, key)
+        if not isinstance(v, tuple) or not v:
+            _fail(key, "must be a non-empty list")
+    _choice("attack_search", c.attack_search, ATTACK_SEARCHES)
+    for a in c.attacks:
+        _choice("attacks", a, ATTACK_NAMES)
+    if not (isinstance(c.rule_options, tuple) and all(
+            isinstance(p, tuple) and len(p) == 2 and isinstance(p[1], tuple)
+            for p in c.rule_options)):
+        _fail("rule_options", "must be (stage, ((option, value), ...)) pairs (TOML tables "
+                              f"become them in from_mapping); got {c.rule_options!r}")
+    for r in c.rules:
+        try:
+            c.build_rule(r)
+        except ValueError as e:
+            _fail("rule_options" if c.rule_options and "option" in str(e) else "rules", str(e))
+    for stage, _ in c.rule_options:
+        if not any(stage in r.split("+") for r in c.rules):
+            _fail("rule_options", f"{stage!r} is a stage of none of the rules {list(c.rules)}")
+    for s in c.seeds:
+        if isinstance(s, bool) or not isinstance(s, int):
+            _fail("seeds", f"must be integers; got {s!r}")
+    if c.data_seed is not None and (isinstance(c.data_seed, bool) or not isinstance(c.data_seed, int)):
+        _fail("data_seed", f"must be an integer or omitted; got {c.data_seed!r}")
+    for axis, size in c.mesh:
+        if axis not in ("runs", "workers"):
+            _fail("mesh", f"unknown axis {axis!r}; the simulator's mesh has 'runs' and 'workers'")
+        if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+            _fail("mesh", f"{axis} must be a positive integer; got {size!r}")
+
+
+_FIELDS = {f.name: f for f in dataclasses.fields(Config)}
+
+
+def _coerce(key: str, value: Any):
+    if key not in _FIELDS:
+        raise ValueError(f"unknown config key {key!r}{did_you_mean(key, _FIELDS)}; valid keys: "
+                         f"{sorted(_FIELDS)}")
+    default = _FIELDS[key].default
+    if key == "rule_options":
+        if not isinstance(value, dict) or not all(isinstance(o, dict) for o in value.values()):
+            _fail(key, f"must be a table of tables such as {{gm = {{nu = 0.1}}}}; got {value!r}")
+        for stage, opts in value.items():
+            for k, v in opts.items():
+                if not isinstance(v, (bool, int, float, str)):
+                    _fail(key, f"{stage}.{k} must be a number, a boolean or a string; got {v!r}")
+        return tuple(sorted((stage, tuple(sorted(opts.items())))
+                            for stage, opts in value.items() if opts))
+    if key == "clip" and value is False:  # TOML has no null: ``clip = false`` turns it off
+        return None
+    if key == "mesh":
+        if not isinstance(value, dict):
+            _fail("mesh", f"must be a table such as {{runs = 2, workers = 4}}; got {value!r}")
+        return tuple(sorted(value.items()))
+    if isinstance(default, tuple):
+        if not isinstance(value, (list, tuple)):
+            _fail(key, f"must be a list; got {value!r}")
+        return tuple(value)
+    if isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    return value
+
+
+def from_mapping(data: dict[str, Any]) -> Config:
+    """Build a :class:`Config` from a mapping (e.g. a parsed TOML file)."""
+    return Config(**{k: _coerce(k, v) for k, v in data.items()})
+
+
+def parse_set(items: list[str]) -> dict[str, Any]:
+    """Parse ``key=value`` overrides whose values are TOML literals (bare words are strings)."""
+    out = {}
+    for item in items:
+        if "=" not in item:
+            raise ValueError(f"--set expects key=value; got {item!r}")
+        key, raw = item.split("=", 1)
+        key = key.strip()
+        try:
+            value = tomllib.loads(f"v = {raw}")["v"]
+        except tomllib.TOMLDecodeError:
+            value = raw
+        out[key] = value
+    return out
+
+
+def _read(path: str | Path | None) -> dict[str, Any]:
+    if path is None:
+        return dict(QUICKSTART)
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"config file {str(path)!r} does not exist")
+    with open(path, "rb") as fh:
+        try:
+            return tomllib.load(fh)
+        except tomllib.TOMLDecodeError as e:
+            raise ValueError(f"config file {str(path)!r} is not valid TOML: {e}") from None
+
+
+def expand_sweep(base: dict[str, Any], sweep) -> list[dict[str, Any]]:
+    """The points of a sweep: ``sweep`` is a table ``{key: value or [values]}`` or a list of
+    such tables; each table contributes the product of its lists (scalars are one value),
+    applied on top of ``base``; the grid is the union of the tables' points, in order."""
+    import itertools
+
+    tables = [sweep] if isinstance(sweep, dict) else list(sweep)
+    points = []
+    for table in tables:
+        if not isinstance(table, dict):
+            raise ValueError(f"config key 'sweep': expected a table of key = [values]; got {table!r}")
+        for key in table:
+            if key not in _FIELDS:
+                raise ValueError(f"config key 'sweep': unknown key {key!r}"
+                                 f"{did_you_mean(key, _FIELDS)}; valid keys: {sorted(_FIELDS)}")
+        keys = list(table)
+        values = [v if isinstance(v, list) and not isinstance(_FIELDS[k].default, tuple)
+                  else [v] for k, v in table.items()]
+        for combo in itertools.product(*values):
+            points.append({**base, **dict(zip(keys, combo))})
+    return points
+
+
+def load_grid(path: str | Path | None = None, overrides: list[str] | None = None) -> list[Config]:
+    """Every :class:`Config` of a TOML file: its scalar keys, expanded over its optional
+    ``sweep`` (a ``[sweep]`` table or ``[[sweep]]`` tables, see :func:`expand_sweep`).
+
+    ``--set key=value`` overrides apply to every point and take the key out of the sweep
+    (``--set f=4`` on a file sweeping ``f`` runs ``f = 4`` only); ``--set 'sweep=[...]'``
+    replaces the sweep. Duplicate points are dropped.
+    """
+    data = _read(path)
+    sweep = data.pop("sweep", None)
+    extra = parse_set(overrides or [])
+    if "sweep" in extra:
+        sweep = extra.pop("sweep")
+    data.update(extra)
+    if sweep is None:
+        return [from_mapping(data)]
+    if isinstance(sweep, dict):
+        sweep = [sweep]
+    sweep = [{k: v for k, v in t.items() if k not in extra} if isinstance(t, dict) else t
+             for t in sweep]
+    configs = [from_mapping(point) for point in expand_sweep(data, sweep)]
+    return list(dict.fromkeys(configs))
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+    """Read ``path`` (TOML; ``None`` gives the quickstart) and apply ``--set`` overrides; a file
+    whose sweep has several points needs :func:`load_grid`."""
+    configs = load_grid(path, overrides)
+    if len(configs) > 1:
+        raise ValueError(f"{path} sweeps {len(configs)} settings; use load_grid")
+    return configs[0]
+
+
+#: ``nnmjax run`` with no config: the paper's setting on the embedded digits data.
+QUICKSTART: dict[str, Any] = {
+    "dataset": "digits", "model": "mlp", "algorithm": "dshb", "n": 17, "f": 4,
+    "partition": "dirichlet", "alpha": 0.1, "attacks": ["optimal_alie", "sign_flipping"],
+    "rules": ["cwtm", "bucketing+cwtm", "nnm+cwtm"], "seeds": [1], "steps": 300,
+    "batch_size": 25, "lr": 0.5, "lr_schedule": "paper_mnist", "momentum": 0.9, "clip": 2.0,
+    "weight_decay": 1e-4, "eval_every": 25, "baseline": True,
+}

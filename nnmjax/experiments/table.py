@@ -1,0 +1,374 @@
+"""Result tables in the paper's Table 2 layout.
+
+For each setting of a run directory (every record field but attack, rule and the seeds), one
+table: the max test accuracy over the run, mean +- std over runs (seeds, and partition
+seeds when a grid sets ``data_seed``), per attack, plus the
+worst case over attacks; rows grouped in blocks by base rule (the final aggregator:
+``krum``, ``bucketing+krum``, ``nnm+krum``, then ``gm``, ...), the best cell of each
+block marked (bold in Markdown, as in the paper). The fault-free baseline (``attack =
+"none"``, ``rule = "mean"`` with the honest workers only) is reported under the table of
+every setting with the same number of honest workers.
+
+One formatting everywhere: :func:`format_text` (the terminal), :func:`format_markdown`
+(``table.md``) and :func:`write_csv` (``table.csv``) show the same numbers, percent with 2
+decimals, ``mean ± std`` over a cell's seeds (a one-seed cell shows the mean alone, and
+``table.csv`` leaves its std empty), and each table's heading says over how many seeds.
+"""
+from __future__ import annotations
+
+import re
+from collections import defaultdict
+from typing import NamedTuple
+
+import numpy as np
+
+__all__ = ["Table", "accuracy_tables", "format_markdown", "format_text", "markdown_as_text",
+           "write_csv", "worst_case_grid", "setting_groups", "seeds_phrase", "title",
+           "title_fields", "block_rank", "align", "ATTACK_ORDER", "BLOCK_ORDER", "BEST_LEGEND"]
+
+#: Column order: the paper's (ALIE, FOE, LF, SF, Mimic); other attacks follow alphabetically.
+ATTACK_ORDER = ("optimal_alie", "alie", "optimal_foe", "foe", "adaptive", "label_flipping",
+                "sign_flipping", "mimic")
+#: Block order: the paper's Table 2 (Krum, GM, CWMed, CWTM), then its extra rules.
+BLOCK_ORDER = ("krum", "gm", "cwmed", "cwtm", "mda", "meamed", "multikrum")
+#: Fields that tell runs of one cell or table apart; a cell pools every ``seed`` and
+#: ``data_seed`` (the partition's seed, when set).
+_PER_RUN = ("attack", "rule", "seed", "data_seed")
+#: Fields in which an attacked setting differs from its fault-free baseline.
+_ATTACKED = ("n", "f", "tolerated_f", "rule_options")
+#: Setting fields shown in a table's title.
+TITLE_FIELDS = ("dataset", "model", "algorithm", "n", "f", "tolerated_f", "partition", "alpha",
+                "momentum", "steps")
+
+
+class Table(NamedTuple):
+    """One setting's table: ``cells[(rule, attack)] = (mean, std, seeds)`` of the max test
+    accuracy (``attack = "worst"``: the lowest-mean attack of that rule)."""
+
+    setting: dict
+    blocks: list[tuple[str, list[str]]]
+    attacks: list[str]
+    cells: dict
+    baseline: tuple | None
+
+
+def _ordered(names, order):
+    return sorted(names, key=lambda s: (order.index(s) if s in order else len(order), s))
+
+
+def block_rank(base: str) -> tuple:
+    """Sort key of a block (base rule): the paper's order, then alphabetical."""
+    return (BLOCK_ORDER.index(base) if base in BLOCK_ORDER else len(BLOCK_ORDER), base)
+
+
+def _rule_order(rule: str) -> tuple:
+    pres = rule.split("+")[:-1]
+    return (len(pres), 0 if "bucketing" in pres else 1, rule)
+
+
+def _cell(values):
+    return float(np.mean(values)), float(np.std(values)), len(values)
+
+
+def _setting(key: dict) -> tuple:
+    return tuple(sorted((k, v if not isinstance(v, list) else tuple(v))
+                        for k, v in key.items() if k not in _PER_RUN))
+
+
+def setting_groups(records: list[dict]) -> list[tuple[dict, list[dict]]]:
+    """``(setting, records)`` pairs, the baseline records joined to every setting with the
+    same number of honest workers (and otherwise equal fields)."""
+    groups, baselines = defaultdict(list), defaultdict(list)
+    for r in records:
+        key = r["key"]
+        if _is_baseline(r):
+            baselines[_setting({k: v for k, v in key.items() if k not in _ATTACKED}), key["n"]
+                      ].append(r)
+        else:
+            groups[_setting(key)].append(r)
+    out = []
+    for setting, recs in groups.items():
+        s = dict(setting)
+        base_key = (_setting({k: v for k, v in s.items() if k not in _ATTACKED}), s["n"] - s["f"])
+        out.append((s, recs + baselines.get(base_key, [])))
+    return sorted(out, key=lambda p: (tuple(str(p[0].get(k)) for k in TITLE_FIELDS),
+                                      tuple(sorted((k, str(v)) for k, v in p[0].items()))))
+
+
+def _is_baseline(record) -> bool:
+    return record["key"]["attack"] == "none" and record["key"]["f"] == 0
+
+
+def accuracy_tables(records: list[dict]) -> list[Table]:
+    """One :class:`Table` per setting among ``records`` (baseline-only settings excepted)."""
+    tables = []
+    for s, recs in setting_groups(records):
+        by_cell = defaultdict(list)
+        for r in recs:
+            if not _is_baseline(r):
+                by_cell[(r["key"]["rule"], r["key"]["attack"])].append(r["summary"]["max_test_acc"])
+        base = [r["summary"]["max_test_acc"] for r in recs if _is_baseline(r)]
+        cells = {k: _cell(v) for k, v in by_cell.items()}
+        rules = {rule for rule, _ in cells}
+        attacks = _ordered({a for _, a in cells}, ATTACK_ORDER)
+        by_base = defaultdict(list)
+        for rule in rules:
+            by_base[rule.split("+")[-1]].append(rule)
+        blocks = [(b, sorted(by_base[b], key=_rule_order)) for b in sorted(by_base, key=block_rank)]
+        for rule in rules:
+            mine = [cells[(rule, a)] for a in attacks if (rule, a) in cells]
+            cells[(rule, "worst")] = min(mine, key=lambda c: c[0])
+        tables.append(Table(s, blocks, attacks, cells, _cell(base) if base else None))
+    return tables
+
+
+def title_fields(settings) -> list[str]:
+    """The fields that name a setting among ``settings``: :data:`TITLE_FIELDS`, then any
+    other field whose value differs between them (e.g. ``lr`` in a learning-rate sweep)."""
+    settings = list(settings)
+    others = sorted({k for s in settings for k in s} - set(TITLE_FIELDS))
+    return [*TITLE_FIELDS, *(k for k in others if len({str(s.get(k)) for s in settings}) > 1)]
+
+
+def title(setting: dict, fields=TITLE_FIELDS) -> str:
+    return ", ".join(f"{k}={setting[k]}" for k in fields if k in setting)
+
+
+def _pct(x) -> str:
+    """A fraction as the tables print it: percent, 2 decimals (the text and Markdown tables
+    and ``table.csv`` all use this)."""
+    return f"{100 * x:.2f}"
+
+
+def _parts(cell) -> tuple[str, str | None]:
+    """``(mean, std)`` of a cell in percent; ``std`` is ``None`` for a one-seed cell."""
+    m, s, k = cell
+    return _pct(m), (_pct(s) if k > 1 else None)
+
+
+def _fmt(cell, bold=False):
+    if cell is None:
+        return "—"
+    m, s = _parts(cell)
+    text = m if s is None else f"{m} ± {s}"
+    return f"**{text}**" if bold else text
+
+
+def seeds_phrase(t: Table) -> str:
+    """What a table's cells are over: ``"mean ± std over 5 seeds"``, ``"one seed"``, or
+    ``"mean ± std, seeds: 1–5 per cell"`` when cells (or the baseline) differ in seeds. A
+    cell's "seeds" are its runs: every ``seed`` (and ``data_seed``, when a grid sets it)."""
+    ks = {c[2] for c in t.cells.values()} | ({t.baseline[2]} if t.baseline else set())
+    if ks == {1}:
+        return "one seed"
+    if len(ks) == 1:
+        return f"mean ± std over {ks.pop()} seeds"
+    return f"mean ± std, seeds: {min(ks)}–{max(ks)} per cell"
+
+
+def _heading(t: Table, fields) -> tuple[str, str]:
+    return title(t.setting, fields), f"max test accuracy (%), {seeds_phrase(t)}"
+
+
+def _columns(t: Table) -> list[str]:
+    return [*t.attacks, "worst"]
+
+
+def _header(t: Table) -> list[str]:
+    return ["rule", *[c if c != "worst" else "worst case" for c in _columns(t)]]
+
+
+def _marked_blocks(t: Table):
+    """Per block, ``(rule, [(cell or None, best), ...])`` rows over :func:`_columns`; ``best``:
+    the block's highest mean in that column (blocks of one rule mark nothing)."""
+    cols = _columns(t)
+    out = []
+    for _, rules in t.blocks:
+        best = {c: max((t.cells[(r, c)][0] for r in rules if (r, c) in t.cells), default=None)
+                for c in cols}
+        rows = []
+        for rule in rules:
+            cells = [t.cells.get((rule, c)) for c in cols]
+            rows.append((rule, [(cell, len(rules) > 1 and cell is not None and cell[0] == best[c])
+                                for c, cell in zip(cols, cells)]))
+        out.append(rows)
+    return out
+
+
+def _baseline_line(t: Table) -> str:
+    return (f"Fault-free baseline (mean, {t.setting['n'] - t.setting['f']} honest workers): "
+            f"{_fmt(t.baseline)}")
+
+
+def format_markdown(records: list[dict]) -> str:
+    """Markdown: per setting a title line (which says over how many seeds), and a table with
+    one row per rule, one column per attack and the worst case; the best mean of each block
+    and column in bold. The numbers are those of :func:`format_text` and :func:`write_csv`."""
+    out = []
+    tables = accuracy_tables(records)
+    fields = title_fields(t.setting for t in tables)
+    for t in tables:
+        name, what = _heading(t, fields)
+        head = _header(t)
+        lines = [f"**{name}** — {what}", "",
+                 "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        for block in _marked_blocks(t):
+            for rule, cells in block:
+                lines.append("| " + " | ".join([rule, *(_fmt(c, b) for c, b in cells)]) + " |")
+        if t.baseline is not None:
+            lines += ["", _baseline_line(t)]
+        out.append("\n".join(lines))
+    return "\n\n".join(out)
+
+
+#: How :func:`format_text` marks the best cell of a block, and its legend.
+BEST_MARK = "*"
+BEST_LEGEND = f"{BEST_MARK} best in its block"
+
+
+def _text_column(cells) -> list[str]:
+    """One column's cells as aligned text: means right-aligned, ``± std`` aligned after them
+    (blank for one-seed cells), the best cell followed by :data:`BEST_MARK`."""
+    parts = [None if c is None else _parts(c) for c, _ in cells]
+    wm = max((len(p[0]) for p in parts if p), default=0)
+    ws = max((len(p[1]) for p in parts if p and p[1] is not None), default=0)
+    marked = any(b for _, b in cells)
+    out = []
+    for p, (_, best) in zip(parts, cells):
+        if p is None:
+            text = "—".rjust(wm + (3 + ws if ws else 0))
+        else:
+            m, s = p
+            pad = " " * (3 + ws) if ws else ""
+            text = m.rjust(wm) + (f" ± {s.rjust(ws)}" if s is not None else pad)
+        out.append(text + (BEST_MARK if best else " " if marked else ""))
+    return out
+
+
+def align(head: list[str], blocks: list[list[list[str]]], right=None) -> list[str]:
+    """Lines of a plain-text table: ``head``, a rule of dashes, then the rows of each block
+    (a rule of dashes between blocks); columns two spaces apart, those whose index is in
+    ``right`` (default: all but the first) right-aligned, the others left-aligned."""
+    rows = [r for b in blocks for r in b]
+    widths = [max(len(str(x)) for x in col) for col in zip(head, *rows)]
+    right = set(range(1, len(head))) if right is None else set(right)
+
+    def line(row):
+        return "  ".join(str(x).rjust(w) if i in right else str(x).ljust(w)
+                         for i, (x, w) in enumerate(zip(row, widths))).rstrip()
+
+    rule = "  ".join("-" * w for w in widths)
+    out = [line(head), rule]
+    for i, b in enumerate(blocks):
+        if i:
+            out.append(rule)
+        out += [line(r) for r in b]
+    return out
+
+
+def format_text(records: list[dict]) -> str:
+    """The tables of :func:`format_markdown` as plain aligned text for a terminal: a plain
+    title line, columns padded, the best cell of each block marked with :data:`BEST_MARK`
+    (legend below the table), the same numbers."""
+    out = []
+    tables = accuracy_tables(records)
+    fields = title_fields(t.setting for t in tables)
+    for t in tables:
+        name, what = _heading(t, fields)
+        blocks = _marked_blocks(t)
+        flat = [cells for block in blocks for _, cells in block]
+        columns = [_text_column([row[j] for row in flat]) for j in range(len(_columns(t)))]
+        texts = [[col[i] for col in columns] for i in range(len(flat))]
+        rows, i = [], 0
+        for block in blocks:
+            rows.append([[rule, *texts[i + j]] for j, (rule, _) in enumerate(block)])
+            i += len(block)
+        lines = [f"{name} — {what}", "", *align(_header(t), rows)]
+        if any(b for cells in flat for _, b in cells):
+            lines.append(BEST_LEGEND)
+        if t.baseline is not None:
+            lines += ["", _baseline_line(t)]
+        out.append("\n".join(lines))
+    return "\n\n".join(out)
+
+
+def markdown_as_text(md: str) -> str:
+    """Markdown pipe tables in ``md`` (e.g. :func:`nnmjax.experiments.tuning.format_choices`) as plain
+    aligned text (numeric columns right-aligned), ``**bold**`` markup dropped; other lines
+    as they are."""
+    def plain(s):
+        return re.sub(r"\*\*(.*?)\*\*", r"\1", s)
+
+    out, rows = [], []
+
+    def flush():
+        if rows:
+            head, *body = rows
+            number = re.compile(r"[-+]?[\d.]+(e[-+]?\d+)?")
+            numeric = {j for j in range(len(head))
+                       if body and all(len(r) > j and number.fullmatch(r[j]) for r in body)}
+            out.extend(align(head, [body], right=numeric))
+            rows.clear()
+
+    for line in md.splitlines():
+        s = line.strip()
+        if s.startswith("|") and s.endswith("|"):
+            cells = [plain(c.strip()) for c in s[1:-1].split("|")]
+            if not all(set(c) <= set("-: ") for c in cells):
+                rows.append(cells)
+        else:
+            flush()
+            out.append(plain(line))
+    flush()
+    return "\n".join(out)
+
+
+def write_csv(records: list[dict], path) -> None:
+    """Every table in long form: setting fields, block, rule, attack (or ``worst`` /
+    ``baseline``), mean and std of the max test accuracy in percent with the tables' 2
+    decimals (``max_test_acc_mean_pct``, ``max_test_acc_std_pct``: empty for one seed), and
+    the number of seeds (``seeds``)."""
+    import csv
+
+    tables = accuracy_tables(records)
+    fields = [k for k in title_fields(t.setting for t in tables)
+              if any(k in t.setting for t in tables)]
+    with open(path, "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow([*fields, "block", "rule", "attack", "max_test_acc_mean_pct",
+                    "max_test_acc_std_pct", "seeds"])
+        for t in tables:
+            prefix = [t.setting.get(k) for k in fields]
+            for base, rules in t.blocks:
+                for rule in rules:
+                    for a in _columns(t):
+                        if (rule, a) in t.cells:
+                            m, s = _parts(t.cells[(rule, a)])
+                            w.writerow([*prefix, base, rule, a, m, "" if s is None else s,
+                                        t.cells[(rule, a)][2]])
+            if t.baseline is not None:
+                m, s = _parts(t.baseline)
+                w.writerow([*prefix, "", "mean", "baseline", m, "" if s is None else s,
+                            t.baseline[2]])
+
+
+def worst_case_grid(records: list[dict], row: str = "f", col: str = "alpha"):
+    """``(rules, row_values, col_values, grid)`` with ``grid[rule]`` an array of the worst
+    case over attacks (mean over seeds) per (``row``, ``col``) setting, NaN where not run;
+    settings that differ in other fields must not be mixed (``ValueError``)."""
+    tables = accuracy_tables(records)
+    others = {tuple((k, v) for k, v in sorted(t.setting.items()) if k not in (row, col, "n"))
+              for t in tables}
+    if len(others) > 1:
+        raise ValueError(f"records hold settings that differ in more than {row!r} and {col!r}")
+    rows = sorted({t.setting[row] for t in tables})
+    cols = sorted({t.setting[col] for t in tables})
+    rules = sorted({r for t in tables for _, rs in t.blocks for r in rs},
+                   key=lambda r: (block_rank(r.split("+")[-1]), _rule_order(r)))
+    grid = {r: np.full((len(rows), len(cols)), np.nan) for r in rules}
+    for t in tables:
+        i, j = rows.index(t.setting[row]), cols.index(t.setting[col])
+        for r in rules:
+            if (r, "worst") in t.cells:
+                grid[r][i, j] = t.cells[(r, "worst")][0]
+    return rules, rows, cols, grid

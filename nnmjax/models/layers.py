@@ -1,0 +1,168 @@
+"""Layers the models share: PyTorch-initialised dense layers, the 2-D convolution
+:class:`Conv5` in several formulations, and 2x2 max pooling.
+
+Initialization follows PyTorch's defaults (weights and biases
+``U(-1/sqrt(fan_in), 1/sqrt(fan_in))``), as the paper's experiments were run in PyTorch
+and its learning rates (e.g. ``0.75``) are tuned for that scale.
+
+:class:`Conv5` keeps the parameters of ``flax.linen.Conv`` (``kernel [k, k, cin, cout]``,
+``bias [cout]``), so its formulations are interchangeable on the same parameters:
+
+* ``"shift"``: ``y = b + sum_{i,j} x[:, i:i+Ho, j:j+Wo, :] @ K[i, j]``, one einsum per
+  kernel offset (k^2 shifted matmuls);
+* ``"im2col"``: the k^2 shifted slices concatenated on the channel axis, one matmul with
+  ``K`` reshaped to ``[k*k*cin, cout]``;
+* ``"xla"``: ``lax.conv_general_dilated`` (cuDNN on GPU);
+* ``"flax"`` (models only): ``flax.linen.Conv`` itself, the reference;
+* ``"auto"`` (default): ``"im2col"`` on CPU, the fastest there
+  (``python benchmarks/models.py``, figures in the performance page of the docs), ``"xla"``
+  elsewhere.
+
+Max pooling is a reshape + max (``pool="reshape"``) or ``flax.linen.max_pool``
+(``pool="flax"``).
+
+Examples:
+    >>> import jax, jax.numpy as jnp
+    >>> conv = Conv5(8, kernel_size=3, impl="im2col")
+    >>> x = jnp.ones((2, 6, 6, 1))
+    >>> params = conv.init(jax.random.key(0), x)
+    >>> conv.apply(params, x).shape, max_pool2(x).shape
+    ((2, 4, 4, 8), (2, 3, 3, 1))
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+__all__ = ["CONV_IMPLS", "POOL_IMPLS", "Conv5", "max_pool2", "dense_torch_init",
+           "torch_kernel_init"]
+
+CONV_IMPLS = ("auto", "shift", "im2col", "xla", "flax")
+POOL_IMPLS = ("reshape", "flax")
+
+Array = jax.Array
+
+
+# ------------------------------------------------------------------ initializers
+
+
+def torch_kernel_init(key, shape, dtype=jnp.float32):
+    """PyTorch's default Linear/Conv weight init: ``U(-1/sqrt(fan_in), 1/sqrt(fan_in))``.
+
+    ``fan_in`` is the product of all but the last axis (``k*k*cin`` for a
+    ``[k, k, cin, cout]`` kernel, ``din`` for a ``[din, dout]`` matrix).
+    """
+    bound = 1.0 / math.sqrt(math.prod(shape[:-1]))
+    return jax.random.uniform(key, shape, dtype, -bound, bound)
+
+
+def _torch_bias_init(fan_in: int) -> Callable:
+    bound = 1.0 / math.sqrt(fan_in)
+
+    def init(key, shape, dtype=jnp.float32):
+        return jax.random.uniform(key, shape, dtype, -bound, bound)
+
+    return init
+
+
+def dense_torch_init(features: int, fan_in: int, name: str | None = None) -> nn.Dense:
+    """``nn.Dense`` with PyTorch's ``Linear`` initialization for ``fan_in`` inputs."""
+    return nn.Dense(features, kernel_init=torch_kernel_init,
+                    bias_init=_torch_bias_init(fan_in), name=name)
+
+# ----------------------------------------------------------------- conv and pool
+
+
+def _resolve_impl(impl: str) -> str:
+    if impl not in CONV_IMPLS:
+        raise ValueError(f"impl: unknown convolution implementation {impl!r}; valid are {CONV_IMPLS}")
+    if impl == "auto":
+        return "im2col" if jax.default_backend() == "cpu" else "xla"
+    return impl
+
+
+class Conv5(nn.Module):
+    """2-D convolution ``y[h, w] = b + sum_{i,j} xp[s*h+i, s*w+j] @ K[i, j]``.
+
+    ``xp`` is ``x`` zero-padded by ``padding`` on each side (PyTorch's symmetric padding),
+    ``s`` the ``stride``; the defaults (``5x5``, stride 1, no padding, with bias) are the
+    paper CNNs' convolutions. Parameters ``kernel [k, k, cin, cout]`` and ``bias [cout]``
+    (absent when ``use_bias=False``) match ``flax.linen.Conv(features, (k, k),
+    strides=s, padding=((p, p), (p, p)))``; ``impl`` picks the formulation (see the module
+    docstring for timings). Input ``[..., H, W, cin]``.
+    """
+
+    features: int
+    kernel_size: int = 5
+    impl: str = "auto"
+    stride: int = 1
+    padding: int = 0
+    use_bias: bool = True
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        k, s, p = self.kernel_size, self.stride, self.padding
+        cin = x.shape[-1]
+        kernel = self.param("kernel", torch_kernel_init, (k, k, cin, self.features))
+        kernel = kernel.astype(x.dtype)
+        if p:
+            x = jnp.pad(x, [(0, 0)] * (x.ndim - 3) + [(p, p), (p, p), (0, 0)])
+        H, W = x.shape[-3], x.shape[-2]
+        if H < k or W < k:
+            raise ValueError(f"x: spatial size {(H, W)} is smaller than the {k}x{k} kernel")
+        Ho, Wo = (H - k) // s + 1, (W - k) // s + 1
+
+        def window(i, j):  # the input under kernel offset (i, j), [..., Ho, Wo, cin]
+            return x[..., i:i + s * (Ho - 1) + 1:s, j:j + s * (Wo - 1) + 1:s, :]
+
+        impl = _resolve_impl(self.impl)
+        if impl == "shift":
+            y = None
+            for i in range(k):
+                for j in range(k):
+                    t = jnp.einsum("...hwc,cd->...hwd", window(i, j), kernel[i, j])
+                    y = t if y is None else y + t
+        elif impl == "im2col":
+            cols = jnp.concatenate([window(i, j) for i in range(k) for j in range(k)], axis=-1)
+            y = cols @ kernel.reshape(k * k * cin, self.features)
+        else:  # "xla" and "flax": lax.conv_general_dilated (what nn.Conv calls)
+            batch = x.shape[:-3]
+            xx = x.reshape((-1,) + x.shape[-3:])
+            y = jax.lax.conv_general_dilated(
+                xx, kernel, (s, s), "VALID", dimension_numbers=("NHWC", "HWIO", "NHWC"))
+            y = y.reshape(batch + y.shape[1:])
+        if not self.use_bias:
+            return y
+        return y + self.param("bias", _torch_bias_init(k * k * cin), (self.features,))
+
+
+def max_pool2(x: Array) -> Array:
+    """2x2, stride-2 max pooling of ``[..., H, W, C]`` via reshape + max (floor on odd sizes)."""
+    H2, W2 = x.shape[-3] // 2, x.shape[-2] // 2
+    x = x[..., : 2 * H2, : 2 * W2, :]
+    x = x.reshape(x.shape[:-3] + (H2, 2, W2, 2, x.shape[-1]))
+    return x.max(axis=(-4, -2))
+
+
+def conv5x5(features: int, impl: str, name: str, cin: int, padding: int = 0):
+    """A 5x5 convolution of the paper CNNs: :class:`Conv5` or, for ``impl="flax"``, the
+    reference ``flax.linen.Conv`` with the same parameters and initializers."""
+    if impl == "flax":
+        return nn.Conv(features, (5, 5), padding=((padding, padding), (padding, padding)),
+                       name=name, kernel_init=torch_kernel_init,
+                       bias_init=_torch_bias_init(25 * cin))
+    return Conv5(features, 5, impl=impl, padding=padding, name=name)
+
+
+def pool2(x: Array, pool: str) -> Array:
+    """2x2 max pooling by ``pool``: ``"reshape"`` (:func:`max_pool2`) or ``"flax"``."""
+    if pool == "reshape":
+        return max_pool2(x)
+    if pool == "flax":
+        return nn.max_pool(x, (2, 2), strides=(2, 2), padding="VALID")
+    raise ValueError(f"pool: unknown pooling {pool!r}; valid are {POOL_IMPLS}")

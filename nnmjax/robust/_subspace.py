@@ -1,0 +1,129 @@
+"""The optimal attacks' fast path: a rule evaluated on inputs confined to a small subspace.
+
+The optimal attacks evaluate ``damage(eta) = ||F(x(eta)) - s||^2`` for hundreds of
+``eta``, where ``x(eta)`` stacks the honest rows ``h_i`` and ``f`` copies of
+``s + eta a`` (``s`` the honest mean). Every row of ``x(eta) - s`` lies in the span of
+the ``h + 1`` rows of ``W = [h_1 - s; ...; h_h - s; a]``. Hence:
+
+* a rule whose stages are all *translation and rotation equivariant* (NNM, Bucketing,
+  mean, Krum, Multi-Krum, GM from the medoid, MDA, MoNNA, SMEA: they depend on the
+  rows only through distances and output combinations of rows) gives the same damage
+  on the ``(h + 1)``-dimensional coordinates of the rows in an orthonormal basis of that
+  span: after one pass over ``W`` (its Gram matrix), each evaluation costs ``O(n^2 h)``
+  instead of a pass over ``d``;
+* a rule made of row mixings (NNM, Bucketing) followed by a coordinate-wise aggregator
+  (CWMed, CWTM, MeaMed) gets its mixing matrix ``M`` from the coordinates and then
+  needs one ``(n, h + 1) @ (h + 1, d)`` product and the aggregator over ``d``, with
+  neither the stacked inputs nor the mixing's Gram pass per ``eta``.
+
+Any other rule (clipping, ARC, centred clipping, CAF, GM from zero, a user's callable) is
+evaluated on the stacked inputs as they are. The three agree to float32 round-off
+(``tests/test_attacks.py``).
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+
+from nnmjax.robust import _gram
+from nnmjax.robust import aggregators as _agg
+from nnmjax.robust import preaggregators as _pre
+from nnmjax.robust.rules import RANDOMIZED, Rule
+
+#: Stages equivariant under translations and rotations (with their default options).
+#: CAF is equivariant too but its filtering is too sensitive to float32 round-off for the
+#: coordinates to reproduce its choices reliably, so it takes the direct path.
+EQUIVARIANT = frozenset({"nnm", "bucketing", "mean", "krum", "multikrum", "gm", "mda",
+                         "monna", "smea"})
+#: Coordinate-wise (translation equivariant) aggregators.
+COORDINATEWISE = frozenset({"cwmed", "cwtm", "meamed"})
+
+
+def _mixing(stage: str, x, f: int, key, options):
+    """The ``(m, n)`` matrix ``W`` with ``stage(x) = W @ x`` for a mixing pre-aggregator."""
+    if stage == "nnm":
+        return _pre.mixing_matrix(x, f)
+    return _pre.bucketing_matrix(x.shape[0], f, key=key, dtype=x.dtype, **options)
+
+
+def _honest_coordinates(centred):
+    """Rows of ``centred`` (h, d) as coordinates ``(h, h)`` in an orthonormal basis of their
+    span, ``U sqrt(Lambda)`` from ``G = U Lambda U^T``, plus what is needed to place
+    another vector in that basis."""
+    lam, u = jnp.linalg.eigh(_gram.gram(centred))
+    lam = jnp.maximum(lam, 0.0)
+    return u * jnp.sqrt(lam), lam, u
+
+
+def coordinates(centred, direction):
+    """The centred honest rows ``h_i - s`` and ``a`` as coordinates ``(h, h + 1)`` and
+    ``(h + 1,)`` in an orthonormal basis of their span. The honest block comes from the
+    eigendecomposition of the honest Gram matrix alone (accurate at the honest spread's
+    scale, whatever ``||a||``); ``a`` is split into its projection on that span and one
+    orthogonal coordinate."""
+    hc, lam, u = _honest_coordinates(centred)
+    b = jnp.matmul(centred, direction, precision=jax.lax.Precision.HIGHEST)
+    keep = lam > jnp.max(lam) * (16 * jnp.finfo(centred.dtype).eps)
+    par = jnp.where(keep, (u.T @ b) / jnp.sqrt(jnp.where(keep, lam, 1.0)), 0.0)
+    perp2 = jnp.dot(direction, direction, precision=jax.lax.Precision.HIGHEST) - par @ par
+    pad = jnp.zeros((hc.shape[0], 1), hc.dtype)
+    return (jnp.concatenate([hc, pad], axis=1),
+            jnp.concatenate([par, jnp.sqrt(jnp.maximum(perp2, 0.0))[None]]))
+
+
+def _stack(honest, byz_row, f):
+    return jnp.concatenate([honest, jnp.broadcast_to(byz_row, (f,) + byz_row.shape)], axis=0)
+
+
+def residual_fn(honest, direction, f: int, rule: Callable, *, key=None):
+    """``(fn, in_coordinates)`` with ``fn(eta) = rule(honest ++ f x (s + eta a)) - s`` on the
+    fastest exact path for ``rule`` (see the module docstring): a ``(d,)`` vector, or, when
+    ``in_coordinates``, the same vector's ``(h + 1)`` coordinates (same norm)."""
+    s = jnp.mean(honest, axis=0)
+    if isinstance(rule, Rule):
+        *pres, last = rule.stages
+        if all(st in EQUIVARIANT for st in rule.stages) and rule.options.get("init") != "zero":
+            hc, ac = coordinates(honest - s, direction)
+            return (lambda eta: call(rule, _stack(hc, eta * ac, f), key)), True
+        if last in COORDINATEWISE and all(st in ("nnm", "bucketing") for st in pres):
+            return _mixed_coordinatewise(honest, direction, f, rule, key), False
+
+    def direct(eta):
+        return call(rule, _stack(honest, (s + eta * direction).astype(honest.dtype), f), key) - s
+
+    return direct, False
+
+
+def call(rule, x, key):
+    """``rule(x)``, with ``key`` when the rule is randomized."""
+    return rule(x, key=key) if getattr(rule, "randomized", False) else rule(x)
+
+
+def _mixed_coordinatewise(honest, direction, f, rule, key):
+    """Mixings from the coordinates, then the coordinate-wise aggregator over ``d``."""
+    *pres, last = rule.stages
+    h = honest.shape[0]
+    w = jnp.concatenate([honest - jnp.mean(honest, axis=0),
+                         direction[None].astype(honest.dtype)], axis=0)
+    aggregate = _agg.AGGREGATORS[last]
+    if not pres:
+        return lambda eta: aggregate(_stack(w[:h], eta * w[h], f), f, **rule.options)
+    hc, ac = coordinates(w[:h], direction)  # the centring pass over d is done once, for both
+
+    def mixed(eta):
+        x = _stack(hc, eta * ac, f)
+        m = jnp.eye(h + f, dtype=honest.dtype)
+        k = key
+        for st in pres:
+            sub = None
+            if st in RANDOMIZED:
+                k, sub = jax.random.split(k)
+            mix = _mixing(st, x, f, sub, rule.pre_options.get(st, {}))
+            x, m = mix @ x, mix @ m
+        coef = jnp.concatenate([m[:, :h], eta * jnp.sum(m[:, h:], axis=1, keepdims=True)], axis=1)
+        y = jnp.matmul(coef, w, precision=jax.lax.Precision.HIGHEST)
+        return aggregate(y, f, **rule.options)
+
+    return mixed
