@@ -12,6 +12,7 @@ import pytest
 
 import nnmjax
 from nnmjax.robust import attacks as atk
+from retrace import assert_compiles_once
 
 
 def honest_data(seed, h=10, d=8):
@@ -109,8 +110,9 @@ def test_gaussian_key_none_raises():
         atk.gaussian(honest_data(0), 2, key=None)
 
 
-def test_gaussian_missing_key_raises_value_error():
-    with pytest.raises(ValueError, match="key"):
+def test_gaussian_missing_key_is_refused_at_the_call():
+    # the key is a required keyword-only argument (the API convention for randomized functions)
+    with pytest.raises(TypeError, match="key"):
         atk.gaussian(honest_data(0), 2)
 
 
@@ -491,3 +493,17 @@ def test_mimic_under_scan_and_vmap():
     for k in range(3):
         single_state, single_byz = run_jit(keys[k])
         np.testing.assert_allclose(np.asarray(byz[k]), np.asarray(single_byz), rtol=1e-6)
+
+
+@pytest.mark.parametrize("name", sorted(atk.ATTACKS))
+def test_attacks_compile_once_per_shape(name):
+    options = {"rule": nnmjax.rule("nnm+cwtm", 2)} if name in atk.SEARCHING_ATTACKS else {}
+    options.update({"gaussian": {"key": jax.random.key(0)}, "adaptive": {"steps": 2}}.get(name, {}))
+    if name == "mimic":
+        state = atk.mimic_init(jax.random.key(0), 8)
+        outs = assert_compiles_once(lambda h: atk.mimic(h, 2, state=state)[0],
+                                    [(honest_data(s),) for s in range(2)])
+    else:
+        outs = assert_compiles_once(lambda h: atk.ATTACKS[name](h, 2, **options),
+                                    [(honest_data(s),) for s in range(2)])
+    assert all(o.shape == (2, 8) for o in outs)

@@ -15,6 +15,7 @@ from nnmjax.robust import aggregators as agg
 from nnmjax.robust import attacks as atk
 from nnmjax.robust import metrics
 from nnmjax.robust import preaggregators as pre
+from retrace import assert_compiles_once
 
 # --------------------------------------------------------------------------- references
 
@@ -278,19 +279,12 @@ def test_nnm_vmap_matches_loop():
         np.testing.assert_allclose(np.asarray(batched[i]), nnm_ref(xs[i], 2), rtol=1e-5, atol=1e-5)
 
 
-def test_nnm_jit_does_not_retrace():
-    traces = []
-
-    def counted(x):
-        traces.append(1)
-        return pre.nnm(x, 2)
-
-    fn = jax.jit(counted)
-    for seed in range(4):
-        fn(data(seed))
-    assert len(traces) == 1
-    fn(data(0, n=11))  # a new shape is a new trace
-    assert len(traces) == 2
+@pytest.mark.parametrize("name", sorted(pre.PREAGGREGATORS))
+def test_preaggregators_compile_once_per_shape(name):
+    key = {"key": jax.random.key(0)} if name == "bucketing" else {}
+    fn = pre.PREAGGREGATORS[name]
+    outs = assert_compiles_once(lambda x: fn(x, 2, **key), [(data(seed),) for seed in range(3)])
+    assert not np.allclose(outs[0], outs[1])
 
 
 def test_nnm_is_differentiable():
@@ -386,8 +380,9 @@ def test_bucketing_key_none_raises():
         pre.bucketing(data(0, n=10), 2, key=None)
 
 
-def test_bucketing_missing_key_raises_value_error():
-    with pytest.raises(ValueError, match="key"):
+def test_bucketing_missing_key_is_refused_at_the_call():
+    # the key is a required keyword-only argument (the API convention for randomized functions)
+    with pytest.raises(TypeError, match="key"):
         pre.bucketing(data(0, n=10), 2)
 
 

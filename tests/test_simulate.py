@@ -15,6 +15,7 @@ from nnmjax.optim import transforms as T
 from nnmjax.experiments.config import Config, load_config, parse_set
 from nnmjax.experiments.grid import run_grid
 from nnmjax.sim import build_experiment
+from retrace import assert_compiles_once
 
 TINY = ["steps=6", "eval_every=3", "seeds=[1]", "n=7", "f=2", "batch_size=5", "model='logreg'"]
 
@@ -65,9 +66,64 @@ def test_transform_errors():
         T.inject_attack("optimal_alie", 2)
 
 
+def test_transform_keys_are_required_where_they_are_drawn_from():
+    with pytest.raises(ValueError, match="randomized: pass key="):
+        T.inject_attack("gaussian", 2)
+    with pytest.raises(ValueError, match="randomized: pass key="):
+        T.robust_aggregate(nnmjax.rule("bucketing+cwtm", 1))
+    T.inject_attack("alie", 2)  # deterministic: no key needed
+    T.robust_aggregate(nnmjax.rule("cwtm", 1))
+
+
+_TRANSFORMS = {
+    "clip_by_worker_norm": lambda: T.clip_by_worker_norm(1.0),
+    "worker_momentum": lambda: T.worker_momentum(0.9, 6),
+    "inject_attack": lambda: T.inject_attack("optimal_alie", 2, rule=nnmjax.rule("nnm+cwtm", 2)),
+    "robust_aggregate": lambda: T.robust_aggregate(nnmjax.rule("bucketing+cwtm", 2),
+                                                   key=jax.random.key(1)),
+}
+
+
+@pytest.mark.parametrize("name", sorted(_TRANSFORMS))
+def test_transforms_compile_once_per_shape(name):
+    tx = _TRANSFORMS[name]()
+    params = {"w": jnp.zeros((3, 2)), "b": jnp.zeros(2)}
+    state = tx.init(params)
+
+    def grads(seed):
+        return jax.tree.map(lambda p: jax.random.normal(jax.random.key(seed), (6,) + p.shape),
+                            params)
+
+    outs = assert_compiles_once(lambda g, s: tx.update(g, s, params),
+                                [(grads(seed), state) for seed in range(3)])
+    assert not np.allclose(outs[0][0]["b"], outs[1][0]["b"])
+
+
 @pytest.fixture(scope="module")
 def tiny_config():
     return load_config(None, TINY + ["attacks=['alie']", "rules=['nnm+cwtm']", "baseline=false"])
+
+
+def test_the_simulators_chunk_compiles_once(tiny_config):
+    """The step is a pure function: vmapped over runs in a chunk it traces once, and an
+    Experiment compiles its chunk once for every chunk of one length."""
+    import functools
+
+    from nnmjax.sim.step import run_steps
+
+    exp = build_experiment(tiny_config, "optimal_alie", "bucketing+cwtm", [1, 2])
+    state = exp.init()
+    later, _ = exp.run_chunk(state, 2)
+    later, _ = exp.run_chunk(later, 2)
+    assert exp._run_chunk._cache_size() == 1
+    def chunk(state, data, hyper, steps):
+        return jax.vmap(functools.partial(run_steps, exp.spec), in_axes=(0, 0, 0, None))(
+            state, data, hyper, steps)
+
+    (_, (a, _)), (_, (b, _)) = assert_compiles_once(
+        chunk, [(state, exp.data, exp.hyper, 2), (later, exp.data, exp.hyper, 2)],
+        static_argnums=(3,))
+    assert not np.allclose(a, b)
 
 
 def test_vmapped_seeds_equal_one_by_one_and_repeatable(tiny_config):

@@ -2,6 +2,7 @@
 
 from .datasets import (
     DATASETS,
+    SOURCES,
     Dataset,
     DatasetNotFoundError,
     flip_horizontal,
@@ -23,6 +24,7 @@ from .partition import (
 
 __all__ = [
     "DATASETS",
+    "SOURCES",
     "Dataset",
     "DatasetNotFoundError",
     "flip_horizontal",

@@ -56,6 +56,7 @@ __all__ = [
     "Dataset",
     "DatasetNotFoundError",
     "DATASETS",
+    "SOURCES",
     "DEBIAN_FASHION_MNIST_DIR",
     "ENV_VAR",
     "load_dataset",
@@ -67,6 +68,8 @@ __all__ = [
 PathLike = Union[str, os.PathLike]
 
 DATASETS = ("digits", "mnist", "fashion_mnist", "cifar10")
+#: Where a dataset's files come from (:func:`load_dataset`'s ``source``).
+SOURCES = ("local", "tfds")
 ENV_VAR = "NNMJAX_DATA_DIR"
 DEBIAN_FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
 

@@ -21,23 +21,20 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 from nnmjax._suggest import did_you_mean
+from nnmjax.data import DATASETS, PARTITIONS, SOURCES
 from nnmjax.models import MODELS
+from nnmjax.optim.schedules import SCHEDULES
+from nnmjax.robust._checks import check_count
+from nnmjax.robust.attacks import ATTACKS, SEARCHES, SEARCHING_ATTACKS
 
 __all__ = ["Config", "RunSpec", "load_config", "load_grid", "expand_sweep", "parse_set", "QUICKSTART",
            "ATTACK_NAMES", "format_rule_options"]
 
-#: Every attack a config may name (``attacks``).
-ATTACK_NAMES = ("none", "sign_flipping", "foe", "alie", "optimal_foe", "optimal_alie", "adaptive",
-                "mimic", "inf", "gaussian", "label_flipping")
-#: How the optimal attacks (and the adaptive attack's start) pick ``eta``:
-#: :data:`nnmjax.robust.attacks.SEARCHES`.
-ATTACK_SEARCHES = ("grid", "byzfl")
-#: The attacks that search against the rule in use (``attack_search`` applies to them).
-SEARCHING_ATTACKS = ("optimal_alie", "optimal_foe", "adaptive")
-DATASETS = ("digits", "mnist", "fashion_mnist", "cifar10")
-SOURCES = ("local", "tfds")
-PARTITIONS = ("iid", "dirichlet", "dirichlet_per_class", "gamma_similarity", "extreme")
-SCHEDULES = ("constant", "paper_mnist", "paper_cifar")
+#: Every attack a config may name (``attacks``): ``"none"``, the attacks of
+#: :data:`nnmjax.robust.attacks.ATTACKS`, and the data attack ``"label_flipping"``.
+ATTACK_NAMES = ("none", *ATTACKS, "label_flipping")
+#: The algorithms of the simulator: robust D-SHB (Algorithm 3) and robust D-GD (Algorithm 1).
+ALGORITHMS = ("dshb", "dgd")
 
 
 @dataclass(frozen=True)
@@ -264,19 +261,20 @@ def _validate(c: Config):
     if c.source == "tfds" and c.dataset == "digits":
         _fail("source", "'digits' is bundled with scikit-learn; 'tfds' serves mnist, "
                         "fashion_mnist and cifar10")
-    _choice("algorithm", c.algorithm, ("dshb", "dgd"))
+    _choice("algorithm", c.algorithm, ALGORITHMS)
     _choice("partition", c.partition, PARTITIONS)
     _choice("lr_schedule", c.lr_schedule, SCHEDULES)
     for key in ("n", "steps", "batch_size", "eval_every"):
         v = getattr(c, key)
         if isinstance(v, bool) or not isinstance(v, int) or v < 1:
             _fail(key, f"must be a positive integer; got {v!r}")
-    if isinstance(c.f, bool) or not isinstance(c.f, int) or c.f < 0:
-        _fail("f", f"must be a non-negative integer; got {c.f!r}")
+    check_count(c.f, name="config key 'f':")
+    if c.tolerated_f is not None:
+        check_count(c.tolerated_f, name="config key 'tolerated_f':")
     if 2 * c.f >= c.n:
         _fail("f", f"needs 2f < n; got f={c.f}, n={c.n}")
     t = c.tolerated_f
-    if t is not None and (isinstance(t, bool) or not isinstance(t, int) or t < 0 or 2 * t >= c.n):
+    if t is not None and 2 * t >= c.n:
         _fail("tolerated_f", f"must be an integer with 0 <= tolerated_f and 2 tolerated_f < n "
                              f"(n={c.n}), or omitted; got {t!r}")
     if not c.alpha > 0:
@@ -295,7 +293,7 @@ def _validate(c: Config):
         v = getattr(c, key)
         if not isinstance(v, tuple) or not v:
             _fail(key, "must be a non-empty list")
-    _choice("attack_search", c.attack_search, ATTACK_SEARCHES)
+    _choice("attack_search", c.attack_search, SEARCHES)
     for a in c.attacks:
         _choice("attacks", a, ATTACK_NAMES)
     if not (isinstance(c.rule_options, tuple) and all(

@@ -17,7 +17,7 @@ from __future__ import annotations
 import time
 from collections import defaultdict
 from pathlib import Path
-from typing import NamedTuple, Sequence
+from typing import Mapping, NamedTuple, Sequence
 
 import jax
 import numpy as np
@@ -38,6 +38,18 @@ __all__ = ["run_grid", "pending_runs", "grid_runs", "program_groups", "memory_bu
 #: Share of the device memory (host RAM on CPU) one compiled group's worker data may take;
 #: larger groups are split into several programs.
 DATA_MEMORY_SHARE = 0.4
+
+
+def group_key(spec: RunSpec) -> tuple:
+    """The compiled program a run belongs to, ``(program_key(config), attack, rule)``: runs
+    with one key run vmapped together (:func:`~nnmjax.sim.program_key`)."""
+    return (program_key(spec.config), spec.attack, spec.rule)
+
+
+def dataset_of(datasets: Mapping, config: Config):
+    """``config``'s dataset among ``datasets`` (:func:`load_datasets`, keyed by
+    :attr:`~nnmjax.experiments.config.Config.data_source`)."""
+    return datasets[config.data_source]
 
 
 def grid_runs(configs: Config | Sequence[Config]) -> list[RunSpec]:
@@ -81,14 +93,13 @@ def program_groups(specs: Sequence[RunSpec], *, datasets=None, budget: int | Non
     ``budget`` bytes is cut into consecutive pieces that fit (at least one run each)."""
     groups: dict[tuple, list[RunSpec]] = defaultdict(list)
     for spec in specs:
-        groups[(program_key(spec.config), spec.attack, spec.rule)].append(spec)
+        groups[group_key(spec)].append(spec)
     if datasets is None:
         return list(groups.values())
     budget = memory_budget() if budget is None else budget
     out = []
     for group in groups.values():
-        c = group[0].config
-        ds = datasets[c.data_source]
+        ds = dataset_of(datasets, group[0].config)
         # a program pads every run's workers to the largest part of any of its runs
         alone = [worker_data_bytes([(s.config, s.seed)], s.attack, ds) for s in group]
         piece, largest = [], 0
@@ -114,7 +125,7 @@ def load_datasets(specs: Sequence[RunSpec]) -> dict:
     datasets = {}
     for spec in specs:
         if spec.config.data_source not in datasets:
-            datasets[spec.config.data_source] = spec.config.load_data()
+            datasets[spec.config.data_source] = spec.config.load_data()  # dataset_of reads it
     return datasets
 
 
@@ -123,7 +134,7 @@ def build_group(specs: Sequence[RunSpec], datasets: dict):
     :func:`program_groups` (its runs vmapped in this order)."""
     cfg = specs[0].config
     return build_experiment(cfg, specs[0].attack, specs[0].rule, [s.seed for s in specs],
-                            dataset=datasets[cfg.data_source],
+                            dataset=dataset_of(datasets, cfg),
                             settings=[s.config for s in specs])
 
 
@@ -149,9 +160,9 @@ def shard_slice(runs: Sequence[RunSpec], todo: Sequence[RunSpec], shard) -> list
     """The runs of ``todo`` in shard ``(i, k)``'s interleaved slice of the groups of the grid
     ``runs`` (:func:`grid_runs`)."""
     i, k = shard
-    every = list(dict.fromkeys((program_key(s.config), s.attack, s.rule) for s in runs))
+    every = list(dict.fromkeys(group_key(s) for s in runs))
     mine = set(every[i::k])
-    return [s for s in todo if (program_key(s.config), s.attack, s.rule) in mine]
+    return [s for s in todo if group_key(s) in mine]
 
 
 class PlannedGroup(NamedTuple):
@@ -313,19 +324,18 @@ def run_grid(config: Config | Sequence[Config], out_dir: Path | str, *, progress
         kappa = np.concatenate(kappas, axis=1)
         acc = np.stack(accs, axis=1)
         for i, spec in enumerate(specs):
-            record = {
-                "hash": spec.hash(),
-                "key": spec.record_key(),
-                "curves": {"loss": loss[i], "kappa_hat": kappa[i], "eval_steps": at,
-                           "test_acc": acc[i]},
-                "summary": {"max_test_acc": float(np.max(acc[i])),
-                            "final_test_acc": float(acc[i][-1]),
-                            "wall_s": wall, "steps_per_s": cfg.steps * len(specs) / wall,
-                            "vmapped_runs": len(specs)},
-                "machine": {"backend": jax.default_backend(),
-                            "device": jax.devices()[0].device_kind},
-                "code": code,
-            }
+            record = results.Record(
+                hash=spec.hash(),
+                key=spec.record_key(),
+                curves=results.Curves(loss=loss[i], kappa_hat=kappa[i], eval_steps=at,
+                                      test_acc=acc[i]),
+                summary=results.Summary(max_test_acc=float(np.max(acc[i])),
+                                        final_test_acc=float(acc[i][-1]), wall_s=wall,
+                                        steps_per_s=cfg.steps * len(specs) / wall,
+                                        vmapped_runs=len(specs)),
+                machine={"backend": jax.default_backend(), "device": jax.devices()[0].device_kind},
+                code=code,
+            )
             if writer:
                 results.write_record(out_dir, spec.hash(), record)
         if writer:

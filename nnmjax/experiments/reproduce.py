@@ -18,7 +18,6 @@ import numpy as np
 from nnmjax.experiments import grid, results
 from nnmjax.experiments.config import Config
 from nnmjax.experiments.provenance import source_digest
-from nnmjax.sim import program_key
 
 __all__ = ["Check", "check_grid"]
 
@@ -63,12 +62,12 @@ def check_grid(config: Config | Sequence[Config], out_dir: Path | str, *, attack
     evaluation point; default the first) and compare them with their records. Raises
     ``ValueError`` when no finished run matches or ``steps`` is not an evaluation point."""
     finished, _ = grid.pending_runs(config, out_dir)
-    chosen = {(program_key(s.config), s.attack, s.rule) for s in finished
+    chosen = {grid.group_key(s) for s in finished
               if (attack is None or s.attack == attack) and (rule is None or s.rule == rule)}
     if not chosen:
         raise ValueError(f"no finished run of attack={attack!r} rule={rule!r} in {out_dir}")
     # a group is rebuilt from every finished run of its (setting, attack, rule), as it ran
-    members = [s for s in finished if (program_key(s.config), s.attack, s.rule) in chosen]
+    members = [s for s in finished if grid.group_key(s) in chosen]
     datasets = grid.load_datasets(members)
     current = source_digest()
     checks = []

@@ -18,17 +18,51 @@ import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
 import numpy as np
 
-__all__ = ["CorruptRecordError", "OutputDirError", "check_out_dir", "check_writable",
+__all__ = ["Record", "Curves", "Summary", "CorruptRecordError", "OutputDirError", "check_out_dir", "check_writable",
            "atomic_write", "write_record", "read_record", "load_records", "write_summary",
            "SUMMARY_COLUMNS", "record_path"]
 
 SUMMARY_COLUMNS = ("dataset", "model", "algorithm", "n", "f", "partition", "alpha", "attack",
                    "rule", "seed", "steps", "max_test_acc", "final_test_acc", "run_wall_s",
                    "group_wall_s", "vmapped_runs", "steps_per_s", "hash")
+
+
+class Curves(TypedDict):
+    """A run's curves: the honest loss and ``kappa_hat`` at every step, test accuracy at
+    the evaluation steps."""
+
+    loss: list[float]
+    kappa_hat: list[float]
+    eval_steps: list[int]
+    test_acc: list[float]
+
+
+class Summary(TypedDict, total=False):
+    """A run's summary numbers; ``wall_s`` is its vmapped group's wall time, shared by
+    ``vmapped_runs`` runs (``vmapped_seeds`` in records written before that name)."""
+
+    max_test_acc: float
+    final_test_acc: float
+    wall_s: float
+    steps_per_s: float
+    vmapped_runs: int
+
+
+class Record(TypedDict):
+    """One run's record, ``DIR/runs/<hash>.json``: ``key`` is the run's full config key
+    (:meth:`~nnmjax.experiments.config.RunSpec.record_key`), ``machine`` the backend and
+    device it ran on, ``code`` the code's provenance (:func:`~nnmjax.experiments.provenance.code_info`)."""
+
+    hash: str
+    key: dict[str, Any]
+    curves: Curves
+    summary: Summary
+    machine: dict[str, str]
+    code: dict[str, Any]
 
 
 class CorruptRecordError(RuntimeError):
@@ -129,7 +163,7 @@ def plain(value: Any):
     return value
 
 
-def write_record(out_dir: Path | str, run_hash: str, record: dict[str, Any]) -> Path:
+def write_record(out_dir: Path | str, run_hash: str, record: Record) -> Path:
     """Atomically write ``record`` as ``DIR/runs/<run_hash>.json`` (non-finite floats -> null)."""
     path = record_path(out_dir, run_hash)
     text = json.dumps(plain(record), indent=1, sort_keys=True)
@@ -137,7 +171,7 @@ def write_record(out_dir: Path | str, run_hash: str, record: dict[str, Any]) -> 
     return path
 
 
-def read_record(path: Path | str) -> dict[str, Any]:
+def read_record(path: Path | str) -> Record:
     """Read one record; raise :class:`CorruptRecordError` naming the file if it is unreadable."""
     path = Path(path)
     try:
@@ -152,13 +186,13 @@ def read_record(path: Path | str) -> dict[str, Any]:
         ) from None
 
 
-def load_records(out_dir: Path | str) -> list[dict[str, Any]]:
+def load_records(out_dir: Path | str) -> list[Record]:
     """Every record under ``DIR/runs`` (sorted by file name)."""
     runs = Path(out_dir) / "runs"
     return [read_record(p) for p in sorted(runs.glob("*.json"))] if runs.is_dir() else []
 
 
-def write_summary(out_dir: Path | str, records: list[dict[str, Any]] | None = None) -> Path:
+def write_summary(out_dir: Path | str, records: list[Record] | None = None) -> Path:
     """Rebuild ``DIR/summary.csv`` (one row per run, :data:`SUMMARY_COLUMNS` first): a
     record's ``summary.wall_s`` (its vmapped group's) becomes ``group_wall_s``, and
     ``run_wall_s`` is that shared among the group's ``vmapped_runs`` runs."""

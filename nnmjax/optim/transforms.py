@@ -23,6 +23,7 @@ import jax.numpy as jnp
 import optax
 
 from nnmjax.robust import attacks as _attacks
+from nnmjax.robust._checks import check_count
 from nnmjax.robust.rules import Rule
 from nnmjax.scale.sharding import on_columns
 from nnmjax.optim.tree import num_workers as _count_workers
@@ -149,9 +150,17 @@ class InjectAttackState(NamedTuple):
     attack_state: Any
 
 
+def _state_key(key, randomized: bool, what: str) -> jax.Array:
+    """The key a transform's state starts from: required where the transform draws random
+    numbers (``ValueError`` before anything is traced); elsewhere it is only carried, never
+    drawn from, and defaults to ``jax.random.key(0)``."""
+    if key is None and randomized:
+        raise ValueError(f"{what} is randomized: pass key=jax.random.key(...)")
+    return jax.random.key(0) if key is None else key
+
+
 _STATEFUL = {"mimic"}
 _KEYED = {"gaussian"}
-_SEARCHING = {"optimal_alie", "optimal_foe", "adaptive"}
 
 
 def inject_attack(attack: str | Callable, f: int, *, key=None, rule: Rule | Callable | None = None,
@@ -167,7 +176,9 @@ def inject_attack(attack: str | Callable, f: int, *, key=None, rule: Rule | Call
     Args:
         attack: attack name, ``"none"``, or a callable ``(honest, f) -> (f, d)``.
         f: number of Byzantine rows, a non-negative ``int``.
-        key: ``jax.random`` key of the state (default ``jax.random.key(0)``).
+        key: ``jax.random`` key of the state, keyword-only; required for randomized and
+            stateful attacks (``gaussian``, ``mimic``, and the searching attacks against a
+            randomized rule), unused by the others.
         rule: the defence, required by ``"optimal_alie"``, ``"optimal_foe"`` and ``"adaptive"``.
         **options: keyword options of the attack.
 
@@ -188,15 +199,16 @@ def inject_attack(attack: str | Callable, f: int, *, key=None, rule: Rule | Call
         >>> rows["w"].shape, np.asarray(rows["w"][-1]).tolist()
         ((5, 3), [-1.0, -1.0, -1.0])
     """
-    if isinstance(f, bool) or not isinstance(f, int) or f < 0:
-        raise ValueError(f"f must be a non-negative integer; got {f!r}")
+    f = check_count(f)
     name = attack if isinstance(attack, str) else getattr(attack, "__name__", "custom")
     if isinstance(attack, str) and attack != "none" and attack not in _attacks.ATTACKS:
         raise ValueError(f"unknown attack {attack!r}; known: {', '.join(['none', *sorted(_attacks.ATTACKS)])}")
-    if name in _SEARCHING and rule is None:
+    if name in _attacks.SEARCHING_ATTACKS and rule is None:
         raise ValueError(f"{name} searches against the defence in use: pass rule=nnmjax.rule(...)")
     fn = _attacks.ATTACKS.get(name) if isinstance(attack, str) else attack
-    key = jax.random.key(0) if key is None else key
+    randomized = (name in _STATEFUL or name in _KEYED or (
+        name in _attacks.SEARCHING_ATTACKS and getattr(rule, "randomized", False)))
+    key = _state_key(key, randomized, f"inject_attack({name!r})")
 
     def init_fn(params):
         attack_state = None
@@ -216,7 +228,7 @@ def inject_attack(attack: str | Callable, f: int, *, key=None, rule: Rule | Call
             byz, attack_state = fn(x, f, state=attack_state, **options)
         elif name in _KEYED:
             byz = fn(x, f, key=k_use, **options)
-        elif name in _SEARCHING:
+        elif name in _attacks.SEARCHING_ATTACKS:
             byz = fn(x, f, rule=rule, key=k_use, **options)
         else:
             byz = fn(x, f, **options)
@@ -254,7 +266,8 @@ def robust_aggregate(rule: Rule | Callable, *, key=None, mesh=None,
 
     Args:
         rule: a :class:`nnmjax.robust.rules.Rule` or any callable ``(n, d) -> (d,)``.
-        key: ``jax.random`` key of the state (default ``jax.random.key(0)``).
+        key: ``jax.random`` key of the state, keyword-only; required when ``rule`` is
+            randomized (e.g. ``bucketing+...``), unused otherwise.
         mesh: optional ``jax.sharding.Mesh`` to run the rule on.
         axis: the mesh axis the columns are split over.
 
@@ -277,7 +290,7 @@ def robust_aggregate(rule: Rule | Callable, *, key=None, mesh=None,
     """
     randomized = getattr(rule, "randomized", False)
     stateful = isinstance(rule, Rule) and rule.stages[-1] == "cclip"
-    key = jax.random.key(0) if key is None else key
+    key = _state_key(key, randomized, f"robust_aggregate({getattr(rule, 'name', rule)!r})")
 
     def apply(x, k_use, *previous):
         kwargs = {"key": k_use} if randomized else {}

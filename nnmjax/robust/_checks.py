@@ -51,18 +51,32 @@ def keeps_dtype(fn):
     return wrapper
 
 
+def check_count(value, *, name: str = "f", where: str = "") -> int:
+    """``value`` as a non-negative ``int`` (NumPy integers accepted, ``bool`` refused).
+
+    The one check of a number of Byzantine workers (``f``, ``tolerated_f``) everywhere: rules,
+    attacks, transforms and configs.
+
+    Raises:
+        ValueError: ``"<name> must be a non-negative integer; got <value><where>"``.
+    """
+    try:
+        count = None if isinstance(value, bool) else operator.index(value)
+    except TypeError:
+        count = None
+    if count is None or count < 0:
+        raise ValueError(f"{name} must be a non-negative integer; got {value!r}{where}")
+    return count
+
+
 def check_f(f, n: int, *, rule: str, min_n=None) -> int:
-    """Validate the number of Byzantine inputs ``f`` against ``n`` inputs.
+    """Validate the number of Byzantine inputs ``f`` (:func:`check_count`) against ``n``
+    inputs.
 
     The default requirement is ``2f < n`` (no rule can be (f, kappa)-robust
     otherwise, paper Proposition 6); ``min_n(f)`` states a stronger bound.
     """
-    try:
-        f = operator.index(f)
-    except TypeError:
-        raise ValueError(f"f must be a non-negative integer; got {f!r} for {rule}") from None
-    if f < 0:
-        raise ValueError(f"f must be a non-negative integer; got f={f} for {rule}")
+    f = check_count(f, where=f" for {rule}")
     need = 2 * f + 1 if min_n is None else min_n(f)
     if n < need:
         raise ValueError(

@@ -27,7 +27,7 @@ from nnmjax.robust._checks import as_matrix, check_int
 
 __all__ = ["sign_flipping", "foe", "alie", "optimal_foe", "optimal_alie", "adaptive", "mimic", "inf",
            "gaussian", "MimicState", "mimic_init", "mimic_update", "alie_z_max", "ATTACKS",
-           "DEFAULT_ETAS", "BYZFL_LINE_SEARCH", "SEARCHES"]
+           "SEARCHING_ATTACKS", "DEFAULT_ETAS", "BYZFL_LINE_SEARCH", "SEARCHES"]
 
 #: The default search grid of the optimal attacks: 0 and 48 geometric steps from 1e-2 to 1e6
 #: (the float32 values of ``jnp.geomspace(1e-2, 1e6, 48)``, written out so that importing
@@ -199,7 +199,7 @@ def inf(honest, f: int):
     return jnp.full((f, honest.shape[1]), jnp.inf, honest.dtype)
 
 
-def gaussian(honest, f: int, *, key=None, mu: float = 0.0, sigma: float = 200.0):
+def gaussian(honest, f: int, *, key: jax.Array, mu: float = 0.0, sigma: float = 200.0):
     """Each Byzantine worker sends an independent draw of ``N(mu, sigma^2 I)``.
 
     Args:
@@ -641,6 +641,8 @@ def mimic(honest, f: int, *, state: MimicState, warmup: int = 1):
 #: Attack name -> function ``(honest: (h, d), f, **options) -> (f, d)`` (Mimic: and its state).
 ATTACKS = {
     "sign_flipping": sign_flipping, "foe": foe, "alie": alie, "optimal_foe": optimal_foe,
-    "optimal_alie": optimal_alie, "mimic": mimic, "inf": inf, "gaussian": gaussian,
-    "adaptive": adaptive,
+    "optimal_alie": optimal_alie, "adaptive": adaptive, "mimic": mimic, "inf": inf,
+    "gaussian": gaussian,
 }
+#: The attacks that search against the rule in use (they take ``rule=`` and ``search=``).
+SEARCHING_ATTACKS = ("optimal_alie", "optimal_foe", "adaptive")

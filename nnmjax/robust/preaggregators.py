@@ -122,7 +122,7 @@ def bucket_size(n: int, f: int) -> int:
 
 
 @keeps_dtype
-def bucketing(x, f: int, *, key=None, s: int | None = None):
+def bucketing(x, f: int, *, key: jax.Array, s: int | None = None):
     """Bucketing (Karimireddy et al., 2022; paper Appendix 10): average random buckets of rows.
 
     Shuffle the rows with a random permutation drawn from ``key``, then average consecutive
@@ -158,7 +158,8 @@ def bucketing(x, f: int, *, key=None, s: int | None = None):
     return _gram.combine(bucketing_matrix(x.shape[0], f, key=key, s=s, dtype=x.dtype), x)
 
 
-def bucketing_matrix(n: int, f: int, *, key=None, s: int | None = None, dtype=jnp.float32):
+def bucketing_matrix(n: int, f: int, *, key: jax.Array, s: int | None = None,
+                     dtype=jnp.float32):
     """The ``(ceil(n/s), n)`` weights ``W`` with ``bucketing(x, f, key=key, s=s) = W @ x``.
 
     Args:

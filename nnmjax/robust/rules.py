@@ -14,7 +14,7 @@ import jax
 
 from nnmjax.robust import aggregators as _agg
 from nnmjax.robust import preaggregators as _pre
-from nnmjax.robust._checks import as_matrix, work_dtype
+from nnmjax.robust._checks import as_matrix, check_count, work_dtype
 from nnmjax._suggest import did_you_mean
 
 __all__ = ["rule", "Rule", "RANDOMIZED", "known_names"]
@@ -107,8 +107,7 @@ class Rule:
         unknown_pre = sorted(set(pre_options) - set(pres))
         if unknown_pre:
             raise ValueError(f"pre_options names {unknown_pre}, which are not stages of {name!r}")
-        if not isinstance(f, int) or isinstance(f, bool) or f < 0:
-            raise ValueError(f"f must be a non-negative integer; got {f!r}")
+        f = check_count(f)
         _check_options(last, _agg.AGGREGATORS[last], options)
         for s in pres:
             _check_options(s, _pre.PREAGGREGATORS[s], pre_options.get(s, {}))
@@ -119,7 +118,7 @@ class Rule:
         self.pre_options = {k: dict(v) for k, v in pre_options.items()}
         self.randomized = any(s in RANDOMIZED for s in pres)
 
-    def __call__(self, x, key=None):
+    def __call__(self, x, *, key=None):
         """Aggregate the ``(n, d)`` rows ``x`` into one ``(d,)`` vector.
 
         Every stage computes in :func:`nnmjax.robust._checks.work_dtype` (float32 for narrower floats)
@@ -127,7 +126,8 @@ class Rule:
 
         Args:
             x: ``(n, d)`` array, one row per worker.
-            key: ``jax.random`` key, required when :attr:`randomized` (split once per random stage).
+            key: ``jax.random`` key, keyword-only; required when :attr:`randomized` (split
+                once per random stage).
 
         Returns:
             The ``(d,)`` aggregate.

@@ -1,0 +1,202 @@
+"""One step of robust D-SHB (paper Algorithm 3) or robust D-GD (Algorithm 1), as a pure
+function of a static :class:`StepSpec`, the run's state, its workers' data and its traced
+hyperparameters.
+
+A step computes every worker's loss and gradient with one ``jax.vmap`` (shared parameters,
+each worker its own minibatch), passes the stacked gradients through the server chain of
+:mod:`nnmjax.optim.transforms` (per-worker clipping -> worker momentum -> Byzantine
+injection), aggregates them with the robust rule, applies SGD with the schedule of
+:func:`learning_rate`, and returns the honest workers' mean loss and the
+empirical robustness ``kappa_hat`` of eq. (26).
+
+Examples:
+    >>> import functools, jax
+    >>> from nnmjax.experiments.config import Config
+    >>> from nnmjax.sim import build_experiment
+    >>> exp = build_experiment(Config(model="logreg", n=5, f=1, batch_size=4), "alie", "cwtm",
+    ...                        seeds=[1])
+    >>> one = jax.vmap(functools.partial(step, exp.spec), in_axes=(0, 0, 0))
+    >>> state, (loss, kappa) = one(exp.init(), exp.data, exp.hyper)
+    >>> int(state.step[0]), loss.shape
+    (1, (1,))
+"""
+from __future__ import annotations
+
+from typing import Any, Mapping, NamedTuple
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import optax
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from nnmjax.data import WorkerData, sample_batches
+from nnmjax.experiments.config import Config
+from nnmjax.models.losses import average_batch_stats, nll
+from nnmjax.optim import transforms
+from nnmjax.optim.tree import ravel_workers
+from nnmjax.optim.schedules import schedule
+from nnmjax.robust import metrics
+from nnmjax.robust.attacks import SEARCHING_ATTACKS
+from nnmjax.robust.rules import Rule
+
+__all__ = ["RunState", "StepSpec", "learning_rate", "server_chain", "worker_loss", "worker_grads", "init_state",
+           "step", "run_steps"]
+
+
+def learning_rate(config: Config, lr: float | jax.Array | None = None):
+    """The step-size schedule of ``config`` (:func:`nnmjax.optim.schedules.schedule` of its
+    ``lr_schedule``), with ``lr`` (a number or a traced per-run scalar) in place of
+    ``config.lr`` when given.
+
+    Examples:
+        >>> import jax.numpy as jnp
+        >>> from nnmjax.experiments.config import Config
+        >>> float(learning_rate(Config(lr=0.75, lr_schedule="paper_mnist"))(jnp.float32(50)))
+        0.375
+    """
+    return schedule(config.lr_schedule, config.lr if lr is None else lr)
+
+
+class RunState(NamedTuple):
+    """Everything a run carries between steps (vmapped over runs). ``model_state`` holds the
+    BatchNorm running statistics (``{}`` for models without)."""
+
+    params: Any
+    opt_state: Any
+    key: jax.Array
+    step: jax.Array
+    model_state: Any
+
+
+class StepSpec(NamedTuple):
+    """What a step is compiled for: the constants of one program.
+
+    ``defaults`` holds the step hyperparameters (``lr``, ``momentum``, ``weight_decay``,
+    ``clip``) shared by every run of the program; those that differ between runs are passed
+    to :func:`step` as traced per-run values instead.
+    """
+
+    config: Config
+    attack: str
+    rule: Rule
+    model: nn.Module
+    aggregate: optax.GradientTransformation
+    workers: int
+    defaults: Mapping[str, Any]
+    mesh: Mesh | None = None
+
+    @property
+    def label_flipping(self) -> bool:
+        """Whether the attack is label flipping with ``f > 0``: Byzantine workers hold data
+        (flipped labels) and compute honest-looking momenta; nothing is injected."""
+        return self.attack == "label_flipping" and self.config.f > 0
+
+    def hyperparameter(self, hyper: Mapping[str, jax.Array], key: str):
+        """This run's value of a step hyperparameter: traced when runs differ in it."""
+        return hyper[key] if key in hyper else self.defaults[key]
+
+
+def server_chain(spec: StepSpec, hyper: Mapping[str, jax.Array]
+                 ) -> tuple[optax.GradientTransformation, optax.GradientTransformation]:
+    """The server chain (clip -> worker momentum -> attack) and the SGD step, built from the
+    run's hyperparameters."""
+    c, value = spec.config, spec.hyperparameter
+    injected = "none" if spec.label_flipping else spec.attack
+    beta = value(hyper, "momentum") if c.algorithm == "dshb" else 0.0
+    options = ({"search": c.attack_search}
+               if spec.attack in SEARCHING_ATTACKS and c.attack_search != "grid" else {})
+    server = optax.chain(
+        transforms.clip_by_worker_norm(value(hyper, "clip")) if c.clip else optax.identity(),
+        transforms.worker_momentum(beta, c.n if spec.label_flipping else c.honest),
+        transforms.inject_attack(injected, c.f if injected != "none" else 0, rule=spec.rule,
+                                 key=jax.random.key(0), **options),
+    )
+    return server, optax.sgd(learning_rate(c, lr=value(hyper, "lr")))
+
+
+def worker_loss(model: nn.Module, params, model_state, key, x, y, mask=None, *,
+                weight_decay):
+    """One worker's training loss on its batch, ``nll + weight_decay / 2 * ||params||^2``
+    (BatchNorm on the batch's statistics, dropout from ``key``), and its updated BatchNorm
+    running statistics."""
+    variables = {"params": params, **model_state}
+    if model_state:
+        logp, new = model.apply(variables, x, train=True, mutable=list(model_state),
+                                rngs={"dropout": key})
+    else:
+        logp, new = model.apply(variables, x, train=True, rngs={"dropout": key}), {}
+    l2 = sum(jnp.sum(jnp.square(p)) for p in jax.tree.leaves(params))
+    return nll(logp, y, mask) + 0.5 * weight_decay * l2, new
+
+
+def worker_grads(spec: StepSpec, params, model_state, data: WorkerData, key, weight_decay):
+    """Every worker's loss and gradient (one vmap) and the new BatchNorm statistics: the
+    mean of the honest workers' updated running averages."""
+    c, w = spec.config, spec.workers
+    padded = data.y.shape[0]
+    k_batch, k_drop = jax.random.split(key)
+    drop = jax.random.split(k_drop, w)
+    drop = jnp.concatenate([drop] + [drop[:1]] * (padded - w))
+
+    def loss(params, model_state, key, x, y, mask=None):
+        return worker_loss(spec.model, params, model_state, key, x, y, mask,
+                           weight_decay=weight_decay)
+
+    grad = jax.value_and_grad(loss, has_aux=True)
+    if c.algorithm == "dgd":
+        mask = (jnp.arange(data.y.shape[1])[None, :] < data.counts[:, None]).astype(jnp.float32)
+        (losses, stats), grads = jax.vmap(grad, in_axes=(None, None, 0, 0, 0, 0))(
+            params, model_state, drop, data.x, data.y, mask)
+    else:
+        xb, yb = sample_batches(k_batch, data, c.batch_size, workers=w)
+        (losses, stats), grads = jax.vmap(grad, in_axes=(None, None, 0, 0, 0))(
+            params, model_state, drop, xb, yb)
+    if spec.mesh is not None and spec.mesh.shape["workers"] > 1:
+        # each device computed its own workers' gradients; drop the padding
+        by_worker = NamedSharding(spec.mesh, P("workers"))
+        grads = jax.lax.with_sharding_constraint(grads, by_worker)
+        losses, grads = losses[:w], jax.tree.map(lambda a: a[:w], grads)
+    stats = average_batch_stats(jax.tree.map(lambda a: a[: c.honest], stats))
+    return losses, grads, stats
+
+
+def init_state(spec: StepSpec, image_shape: tuple, key: jax.Array) -> RunState:
+    """A run's initial state: the model's initialisation and the chains' states, each drawn
+    from its own part of ``key``."""
+    k_model, k_server, k_agg, k_run = jax.random.split(key, 4)
+    variables = dict(spec.model.init(k_model, jnp.zeros((1,) + tuple(image_shape), jnp.float32)))
+    params = variables.pop("params")
+    server, sgd = server_chain(spec, {})
+    server_state = tuple(s._replace(key=k_server) if isinstance(s, transforms.InjectAttackState)
+                         else s for s in server.init(params))
+    agg = spec.aggregate.init(params)._replace(key=k_agg)
+    return RunState(params, (server_state, agg, sgd.init(params)), k_run,
+                    jnp.zeros((), jnp.int32), variables)
+
+
+def step(spec: StepSpec, state: RunState, data: WorkerData,
+         hyper: Mapping[str, jax.Array]) -> tuple[RunState, tuple[jax.Array, jax.Array]]:
+    """One step of one run; returns the new state and ``(honest mean loss, kappa_hat)``."""
+    server, agg, opt = state.opt_state
+    key, k_batch = jax.random.split(state.key)
+    losses, grads, model_state = worker_grads(spec, state.params, state.model_state, data,
+                                              k_batch, spec.hyperparameter(hyper, "weight_decay"))
+    chain, sgd = server_chain(spec, hyper)
+    rows, server = chain.update(grads, server, state.params)
+    aggregate, agg = spec.aggregate.update(rows, agg, state.params)
+    honest, _ = ravel_workers(rows)
+    honest = honest[: spec.config.honest]
+    flat, _ = ravel_workers(jax.tree.map(lambda a: a[None], aggregate))
+    kappa = metrics.kappa_hat(flat[0], honest)
+    updates, opt = sgd.update(aggregate, opt, state.params)
+    params = optax.apply_updates(state.params, updates)
+    new = RunState(params, (server, agg, opt), key, state.step + 1, model_state)
+    return new, (jnp.mean(losses[: spec.config.honest]), kappa)
+
+
+def run_steps(spec: StepSpec, state: RunState, data: WorkerData,
+              hyper: Mapping[str, jax.Array], steps: int):
+    """``steps`` steps of one run in a ``lax.scan``; returns the state and the per-step
+    ``(loss, kappa)``, each ``(steps,)``."""
+    return jax.lax.scan(lambda s, _: step(spec, s, data, hyper), state, None, length=steps)
