@@ -34,6 +34,8 @@ myst_heading_anchors = 3
 autodoc_mock_imports = ["torch", "tensorflow", "tensorflow_datasets", "byzfl"]
 autodoc_default_options = {"members": True, "member-order": "bysource"}
 autodoc_typehints = "description"
+# jaxtyping annotations render as written (``Real[ArrayLike, 'n d']``), not expanded
+autodoc_type_aliases = {name: name for name in ("Array", "ArrayLike", "PRNGKeyArray")}
 autodoc_preserve_defaults = True
 napoleon_google_docstring = True
 napoleon_numpy_docstring = True

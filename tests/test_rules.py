@@ -246,9 +246,9 @@ def test_randomized_rule_under_jit_and_vmap():
     xs = np.stack([data(s, n=10) for s in range(3)])
     keys = jax.random.split(jax.random.key(1), 3)
     jr = jax.jit(r)
-    batched = np.asarray(jax.jit(jax.vmap(r))(xs, keys))
+    batched = np.asarray(jax.jit(jax.vmap(lambda x, k: r(x, key=k)))(xs, keys))
     for i in range(3):
-        _close(batched[i], jr(xs[i], keys[i]))
+        _close(batched[i], jr(xs[i], key=keys[i]))
 
 
 def test_rule_is_differentiable():

@@ -129,6 +129,12 @@ class Dataset(NamedTuple):
       y_test: ``int32[M]`` test labels.
       num_classes: number of classes.
       name: dataset name (one of :data:`DATASETS`).
+
+    Examples:
+      >>> from nnmjax.data import load_dataset
+      >>> ds = load_dataset("digits")
+      >>> ds.name, ds.num_classes, ds.x_train.shape, ds.y_test.shape
+      ('digits', 10, (1437, 8, 8, 1), (360,))
     """
 
     x_train: np.ndarray
@@ -140,7 +146,27 @@ class Dataset(NamedTuple):
 
 
 class DatasetNotFoundError(FileNotFoundError):
-    """The dataset's files were not found; the message lists where we looked."""
+    """The dataset's files were not found; the message lists where we looked.
+
+    A ``FileNotFoundError``, raised by :func:`load_dataset`; the message also says how to get
+    the data.
+
+    Examples:
+      >>> import tempfile
+      >>> from nnmjax.data import DatasetNotFoundError, load_dataset
+      >>> with tempfile.TemporaryDirectory() as d:
+      ...     try:
+      ...         load_dataset("mnist", data_dir=d)
+      ...     except DatasetNotFoundError as e:
+      ...         print(str(e).replace(d, "DIR"))
+      dataset 'mnist': could not find the IDX files (train-images-idx3-ubyte[.gz], ...).
+      Looked in (data_dir):
+        - DIR
+        - DIR/mnist
+        - DIR/MNIST
+        - DIR/MNIST/raw
+      To get the data: put the four MNIST IDX files ...
+    """
 
 
 # --------------------------------------------------------------------------- IDX
@@ -165,8 +191,26 @@ def read_idx(path: PathLike) -> np.ndarray:
 
     The format (LeCun's MNIST page): a 4-byte magic ``0x00 0x00 <type> <ndim>``,
     ``ndim`` big-endian uint32 sizes, then the data in C order, big-endian.
-    Raises ``ValueError`` on a bad magic number, an unknown type code or a size
-    mismatch.
+
+    Args:
+      path: the file; read through gzip when its name ends in ``.gz``.
+
+    Returns:
+      The array, with the file's shape and element type (native byte order).
+
+    Raises:
+      ValueError: a bad magic number, an unknown type code or a size mismatch.
+
+    Examples:
+      >>> import os, tempfile
+      >>> import numpy as np
+      >>> from nnmjax.data import read_idx, write_idx
+      >>> with tempfile.TemporaryDirectory() as d:
+      ...     write_idx(os.path.join(d, "labels.gz"), np.array([[0, 1, 2], [3, 4, 5]], np.uint8))
+      ...     x = read_idx(os.path.join(d, "labels.gz"))
+      >>> x, x.dtype
+      (array([[0, 1, 2],
+             [3, 4, 5]], dtype=uint8), dtype('uint8'))
     """
     path = Path(path)
     with _open(path) as fh:
@@ -195,7 +239,28 @@ def read_idx(path: PathLike) -> np.ndarray:
 
 
 def write_idx(path: PathLike, array: np.ndarray) -> None:
-    """Writes ``array`` as an IDX file (gzip-compressed when ``path`` ends in ``.gz``)."""
+    """Writes ``array`` as an IDX file (gzip-compressed when ``path`` ends in ``.gz``).
+
+    Args:
+      path: the file to write (replaced when it exists).
+      array: the data; its dtype must have an IDX type code.
+
+    Raises:
+      ValueError: a dtype other than uint8, int8, int16, int32, float32 or float64.
+
+    Examples:
+      >>> import os, tempfile
+      >>> import numpy as np
+      >>> from nnmjax.data import read_idx, write_idx
+      >>> with tempfile.TemporaryDirectory() as d:
+      ...     write_idx(os.path.join(d, "x"), np.float32([[0.5, -1.0]]))
+      ...     print(read_idx(os.path.join(d, "x")), os.path.getsize(os.path.join(d, "x")))
+      [[ 0.5 -1. ]] 20
+      >>> write_idx("unused", np.zeros(2, np.int64))
+      Traceback (most recent call last):
+      ...
+      ValueError: array: dtype int64 has no IDX type code; valid dtypes are uint8, int8, ...
+    """
     path = Path(path)
     array = np.asarray(array)
     codes = {np.dtype(v).newbyteorder("="): k for k, v in _IDX_DTYPES.items()}
@@ -311,7 +376,21 @@ def _load_tfds(name: str, data_dir: Optional[PathLike]):
 
 
 def flip_horizontal(x: np.ndarray) -> np.ndarray:
-    """Mirrors NHWC (or NHW) images left-right: ``x[:, :, ::-1]``."""
+    """Mirrors NHWC (or NHW) images left-right: ``x[:, :, ::-1]``.
+
+    Args:
+      x: images ``[N, H, W, C]`` or ``[N, H, W]``.
+
+    Returns:
+      A C-contiguous copy with the width axis reversed.
+
+    Examples:
+      >>> import numpy as np
+      >>> from nnmjax.data import flip_horizontal
+      >>> flip_horizontal(np.arange(6).reshape(1, 2, 3))
+      array([[[2, 1, 0],
+              [5, 4, 3]]])
+    """
     return np.ascontiguousarray(x[:, :, ::-1])
 
 
@@ -370,6 +449,18 @@ def load_dataset(
       DatasetNotFoundError: (a ``FileNotFoundError``) local files are missing;
         the message lists every directory searched and how to get the data.
       ImportError: ``source="tfds"`` without ``tensorflow_datasets``.
+
+    Examples:
+      >>> from nnmjax.data import load_dataset
+      >>> ds = load_dataset("digits")
+      >>> ds.x_train.shape, ds.x_train.dtype, ds.y_train.dtype, ds.x_test.shape
+      ((1437, 8, 8, 1), dtype('float32'), dtype('int32'), (360, 8, 8, 1))
+      >>> round(float(ds.x_train.mean()), 4), round(float(ds.x_train.std()), 4)
+      (0.0, 1.0)
+      >>> load_dataset("digits", augment_flip=True).x_train.shape
+      (2874, 8, 8, 1)
+      >>> load_dataset("mnist", source="tfds")  # doctest: +SKIP
+      Dataset(x_train=array(...), ..., num_classes=10, name='mnist')
     """
     if name not in DATASETS:
         raise ValueError(f"name: unknown dataset {name!r}; valid names are {DATASETS}")

@@ -104,21 +104,85 @@ def _dirichlet(rng: np.random.Generator, alpha: float, size: int) -> np.ndarray:
 
 
 def iid(y, num_workers: int, *, seed: Seed = 0) -> list[np.ndarray]:
-    """Uniformly random split into near-equal chunks (sizes differ by at most 1)."""
+    """Uniformly random split into near-equal chunks (sizes differ by at most 1).
+
+    Args:
+      y: ``int[N]`` training labels (non-negative).
+      num_workers: the number of honest workers ``h``, ``1 <= h <= N``.
+      seed: an ``int`` or a ``numpy.random.Generator``; the same int gives the same split.
+
+    Returns:
+      ``num_workers`` sorted, pairwise disjoint, non-empty ``int64`` index arrays into ``y``.
+
+    Raises:
+      ValueError: ``y`` is not a 1-D array of non-negative integers, or ``num_workers`` is
+        not an integer in ``[1, N]``.
+
+    Examples:
+      >>> import numpy as np
+      >>> from nnmjax.data import iid
+      >>> parts = iid(np.array([0, 0, 0, 1, 1, 1, 2, 2, 2, 2]), 3, seed=0)
+      >>> [len(p) for p in parts], sorted(np.concatenate(parts).tolist()) == list(range(10))
+      ([4, 3, 3], True)
+    """
     y = _check(y, num_workers)
     rng = np.random.default_rng(seed)
     return _finish(np.array_split(rng.permutation(y.shape[0]), num_workers), rng)
 
 
 def extreme(y, num_workers: int, *, seed: Seed = 0) -> list[np.ndarray]:
-    """Sort by label (ties by index) and split contiguously; ``seed`` is unused."""
+    """Sort by label (ties by index) and split contiguously; ``seed`` is unused.
+
+    Args:
+      y: ``int[N]`` training labels (non-negative).
+      num_workers: the number of honest workers ``h``, ``1 <= h <= N``.
+      seed: unused (the split is deterministic).
+
+    Returns:
+      ``num_workers`` sorted, pairwise disjoint, non-empty ``int64`` index arrays into ``y``.
+
+    Raises:
+      ValueError: ``y`` is not a 1-D array of non-negative integers, or ``num_workers`` is
+        not an integer in ``[1, N]``.
+
+    Examples:
+      >>> import numpy as np
+      >>> from nnmjax.data import extreme
+      >>> y = np.array([2, 0, 1, 0, 2, 1, 0])
+      >>> [(p.tolist(), y[p].tolist()) for p in extreme(y, 3)]
+      [([1, 3, 6], [0, 0, 0]), ([2, 5], [1, 1]), ([0, 4], [2, 2])]
+    """
     y = _check(y, num_workers)
     order = np.argsort(y, kind="stable")
     return _finish(np.array_split(order, num_workers), np.random.default_rng(seed))
 
 
 def gamma_similarity(y, num_workers: int, *, gamma: float, seed: Seed = 0) -> list[np.ndarray]:
-    """A ``gamma`` fraction split iid, the rest sorted by label into contiguous shards."""
+    """A ``gamma`` fraction split iid, the rest sorted by label into contiguous shards.
+
+    Args:
+      y: ``int[N]`` training labels (non-negative).
+      num_workers: the number of honest workers ``h``, ``1 <= h <= N``.
+      gamma: the iid fraction, in ``[0, 1]`` (1: iid; 0: :func:`extreme`).
+      seed: an ``int`` or a ``numpy.random.Generator``; the same int gives the same split.
+
+    Returns:
+      ``num_workers`` sorted, pairwise disjoint, non-empty ``int64`` index arrays into ``y``.
+
+    Raises:
+      ValueError: ``y`` is not a 1-D array of non-negative integers, or ``num_workers`` is
+        not an integer in ``[1, N]``, or ``gamma`` is not in ``[0, 1]``.
+
+    Examples:
+      >>> import numpy as np
+      >>> from nnmjax.data import extreme, gamma_similarity
+      >>> y = np.array([0, 0, 0, 1, 1, 1, 2, 2, 2, 2])
+      >>> [len(p) for p in gamma_similarity(y, 3, gamma=0.5, seed=0)]
+      [4, 4, 2]
+      >>> [p.tolist() for p in gamma_similarity(y, 3, gamma=0.0)] == [
+      ...     p.tolist() for p in extreme(y, 3)]
+      True
+    """
     y = _check(y, num_workers)
     if gamma is None or not 0.0 <= gamma <= 1.0:
         raise ValueError(f"gamma: the iid fraction must be in [0, 1], got {gamma!r}")
@@ -133,7 +197,29 @@ def gamma_similarity(y, num_workers: int, *, gamma: float, seed: Seed = 0) -> li
 
 
 def dirichlet_per_class(y, num_workers: int, *, alpha: float, seed: Seed = 0) -> list[np.ndarray]:
-    """ByzFL's split: per class ``k``, ``p_k ~ Dir(alpha 1_h)`` cuts class ``k`` over workers."""
+    """ByzFL's split: per class ``k``, ``p_k ~ Dir(alpha 1_h)`` cuts class ``k`` over workers.
+
+    Args:
+      y: ``int[N]`` training labels (non-negative).
+      num_workers: the number of honest workers ``h``, ``1 <= h <= N``.
+      alpha: the Dirichlet concentration, finite and ``> 0`` (smaller: more heterogeneous).
+      seed: an ``int`` or a ``numpy.random.Generator``; the same int gives the same split.
+
+    Returns:
+      ``num_workers`` sorted, pairwise disjoint, non-empty ``int64`` index arrays into ``y``.
+
+    Raises:
+      ValueError: ``y`` is not a 1-D array of non-negative integers, or ``num_workers`` is
+        not an integer in ``[1, N]``, or ``alpha`` is not finite and positive.
+
+    Examples:
+      >>> import numpy as np
+      >>> from nnmjax.data import dirichlet_per_class
+      >>> y = np.repeat(np.arange(5), 20)
+      >>> parts = dirichlet_per_class(y, 4, alpha=0.5, seed=0)
+      >>> sum(len(p) for p in parts), min(len(p) for p in parts) >= 1
+      (100, True)
+    """
     y = _check(y, num_workers)
     alpha = _check_alpha(alpha)
     rng = np.random.default_rng(seed)
@@ -154,6 +240,31 @@ def dirichlet(y, num_workers: int, *, alpha: float, seed: Seed = 0) -> list[np.n
     is done exactly, in rounds: draw ``Multinomial(r, q_i)`` over the classes
     still available, keep ``min(draw, available)`` per class, redraw the ``r``
     overflowing samples from ``q_i`` restricted to the non-exhausted classes.
+
+    Args:
+      y: ``int[N]`` training labels (non-negative).
+      num_workers: the number of honest workers ``h``, ``1 <= h <= N``.
+      alpha: the Dirichlet concentration, finite and ``> 0`` (smaller: more heterogeneous).
+      seed: an ``int`` or a ``numpy.random.Generator``; the same int gives the same split.
+
+    Returns:
+      ``num_workers`` sorted, pairwise disjoint, non-empty ``int64`` index arrays into ``y``.
+
+    Raises:
+      ValueError: ``y`` is not a 1-D array of non-negative integers, or ``num_workers`` is
+        not an integer in ``[1, N]``, or ``alpha`` is not finite and positive.
+
+    Examples:
+      Every worker gets ``N // h`` samples; with a small ``alpha`` few classes each:
+
+      >>> import numpy as np
+      >>> from nnmjax.data import dirichlet
+      >>> y = np.repeat(np.arange(10), 30)
+      >>> parts = dirichlet(y, 7, alpha=0.1, seed=0)
+      >>> [len(p) for p in parts]
+      [42, 42, 42, 42, 42, 42, 42]
+      >>> all(len(np.unique(y[p])) < 10 for p in parts)
+      True
     """
     y = _check(y, num_workers)
     alpha = _check_alpha(alpha)
@@ -202,7 +313,33 @@ def partition(
     gamma: Optional[float] = 0.5,
     seed: Seed = 0,
 ) -> list[np.ndarray]:
-    """Dispatches to one of :data:`PARTITIONS` by name (``alpha``/``gamma`` where used)."""
+    """Dispatches to one of :data:`PARTITIONS` by name (``alpha``/``gamma`` where used).
+
+    Args:
+      y: ``int[N]`` training labels (non-negative).
+      num_workers: the number of honest workers ``h``, ``1 <= h <= N``.
+      method: one of :data:`PARTITIONS`.
+      alpha: the Dirichlet concentration of ``"dirichlet"`` and ``"dirichlet_per_class"``.
+      gamma: the iid fraction of ``"gamma_similarity"``.
+      seed: an ``int`` or a ``numpy.random.Generator``; the same int gives the same split.
+
+    Returns:
+      ``num_workers`` sorted, pairwise disjoint, non-empty ``int64`` index arrays into ``y``.
+
+    Raises:
+      ValueError: ``y`` is not a 1-D array of non-negative integers, or ``num_workers`` is
+        not an integer in ``[1, N]``, ``method`` is unknown, or the method's
+        ``alpha``/``gamma`` is out of range.
+
+    Examples:
+      >>> import numpy as np
+      >>> from nnmjax.data import partition
+      >>> y = np.array([0, 0, 0, 1, 1, 1, 2, 2, 2, 2])
+      >>> [p.tolist() for p in partition(y, 3, method="extreme")]
+      [[0, 1, 2, 3], [4, 5, 6], [7, 8, 9]]
+      >>> [len(p) for p in partition(y, 3, method="dirichlet", alpha=0.1, seed=0)]
+      [3, 3, 3]
+    """
     if method not in _FUNCS:
         raise ValueError(f"method: unknown partition {method!r}; valid partitions are {PARTITIONS}")
     if method in ("dirichlet", "dirichlet_per_class"):
@@ -216,6 +353,24 @@ def label_flip(y, num_classes: int):
     """Flipped labels ``num_classes - 1 - y`` (paper Appendix 14.3: ``l' = 9 - l``).
 
     Works on NumPy and JAX arrays (and inside ``jax.jit``).
+
+    Args:
+      y: integer labels in ``[0, num_classes)``, any shape.
+      num_classes: the number of classes ``K``, a positive integer.
+
+    Returns:
+      ``num_classes - 1 - y``, of ``y``'s array type.
+
+    Raises:
+      ValueError: ``num_classes`` is not a positive integer.
+
+    Examples:
+      >>> import jax, jax.numpy as jnp, numpy as np
+      >>> from nnmjax.data import label_flip
+      >>> label_flip(np.array([0, 3, 9]), 10)
+      array([9, 6, 0])
+      >>> jax.jit(lambda y: label_flip(y, 10))(jnp.array([0, 3, 9]))
+      Array([9, 6, 0], dtype=int32)
     """
     if isinstance(num_classes, bool) or int(num_classes) != num_classes or num_classes < 1:
         raise ValueError(f"num_classes: must be a positive integer, got {num_classes!r}")

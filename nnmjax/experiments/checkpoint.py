@@ -26,7 +26,16 @@ __all__ = ["Progress", "group_path", "save", "load", "peek"]
 
 class Progress(NamedTuple):
     """A group's curves after ``steps`` steps: ``loss``/``kappa`` ``(runs, steps)``,
-    ``acc`` ``(runs, len(at))`` at steps ``at``; ``wall_s`` spent so far."""
+    ``acc`` ``(runs, len(at))`` at steps ``at``; ``wall_s`` spent so far.
+
+    Attributes:
+        steps: the steps done.
+        loss: ``(runs, steps)`` honest training loss of every run at every step.
+        kappa: ``(runs, steps)`` ``kappa_hat`` of every run at every step.
+        acc: ``(runs, len(at))`` test accuracy at the evaluation steps ``at``.
+        at: the evaluation steps so far.
+        wall_s: the wall time spent on the group so far, in seconds.
+    """
 
     steps: int
     loss: np.ndarray
@@ -37,7 +46,21 @@ class Progress(NamedTuple):
 
 
 def group_path(out_dir: Path | str, run_hashes: Sequence[str]) -> Path:
-    """Where the checkpoint of the group of runs ``run_hashes`` lives."""
+    """Where the checkpoint of the group of runs ``run_hashes`` lives.
+
+    Args:
+        out_dir: the run directory.
+        run_hashes: the hashes of the group's runs, in any order.
+
+    Returns:
+        ``out_dir/partial/<digest>.npz``, ``<digest>`` 16 hex digits of the sorted hashes.
+
+    Examples:
+        >>> from nnmjax.experiments.checkpoint import group_path
+        >>> path = group_path("out", ["b2", "a1"])
+        >>> path == group_path("out", ["a1", "b2"]), path.parent.as_posix(), len(path.stem)
+        (True, 'out/partial', 16)
+    """
     digest = hashlib.sha256("\n".join(sorted(run_hashes)).encode()).hexdigest()[:16]
     return Path(out_dir) / "partial" / f"{digest}.npz"
 
@@ -47,7 +70,28 @@ def _is_key(leaf) -> bool:
 
 
 def save(path: Path, state, progress: Progress, *, source: str) -> None:
-    """Atomically write ``state`` (any pytree of arrays) and ``progress`` to ``path``."""
+    """Atomically write ``state`` (any pytree of arrays) and ``progress`` to ``path``.
+
+    Args:
+        path: the checkpoint file (:func:`group_path`); its directory is created.
+        state: the group's state, a pytree of arrays (typed PRNG keys included).
+        progress: the group's :class:`Progress`.
+        source: the code's ``source_sha256``; :func:`load` resumes only the same code.
+
+    Examples:
+        >>> import pathlib, tempfile
+        >>> import jax, jax.numpy as jnp, numpy as np
+        >>> from nnmjax.experiments import checkpoint
+        >>> state = {"w": jnp.arange(3.0), "key": jax.random.key(0)}
+        >>> curve = np.zeros((1, 2), np.float32)
+        >>> progress = checkpoint.Progress(2, curve, curve, np.ones((1, 1)), [2], 1.5)
+        >>> with tempfile.TemporaryDirectory() as d:
+        ...     path = pathlib.Path(d) / "partial" / "group.npz"
+        ...     checkpoint.save(path, state, progress, source="abc")
+        ...     (restored, back) = checkpoint.load(path, state, source="abc")
+        >>> restored["w"], back.steps, back.at, back.wall_s
+        (Array([0., 1., 2.], dtype=float32), 2, [2], 1.5)
+    """
     leaves = jax.tree.leaves(state)
     arrays = {f"leaf_{i}": np.asarray(jax.random.key_data(a) if _is_key(a) else a)
               for i, a in enumerate(leaves)}
@@ -65,7 +109,29 @@ def _discard(path: Path, why: str) -> None:
 
 def peek(path: Path, *, source: str | None) -> tuple[int, bool] | None:
     """``(steps, same_code)`` of the checkpoint at ``path`` (``None`` when there is none or
-    it is unreadable); one written by other code would be discarded, not resumed."""
+    it is unreadable); one written by other code would be discarded, not resumed.
+
+    Args:
+        path: the checkpoint file.
+        source: the current code's ``source_sha256``.
+
+    Returns:
+        ``(steps, same_code)``, or ``None``; the file is left as it is.
+
+    Examples:
+        >>> import pathlib, tempfile
+        >>> import jax.numpy as jnp, numpy as np
+        >>> from nnmjax.experiments import checkpoint
+        >>> curve = np.zeros((1, 4), np.float32)
+        >>> progress = checkpoint.Progress(4, curve, curve, np.ones((1, 1)), [4], 2.0)
+        >>> with tempfile.TemporaryDirectory() as d:
+        ...     path = pathlib.Path(d) / "group.npz"
+        ...     missing = checkpoint.peek(path, source="abc")
+        ...     checkpoint.save(path, {"w": jnp.zeros(2)}, progress, source="abc")
+        ...     found = checkpoint.peek(path, source="abc"), checkpoint.peek(path, source="new")
+        >>> missing, found
+        (None, ((4, True), (4, False)))
+    """
     try:
         with np.load(path, allow_pickle=False) as z:
             return int(z["steps"]), str(z["source"]) == source
@@ -76,7 +142,34 @@ def peek(path: Path, *, source: str | None) -> tuple[int, bool] | None:
 def load(path: Path, like, *, source: str):
     """``(state, progress)`` from the checkpoint at ``path``, each leaf placed like the same leaf
     of ``like`` (the group's initial state); ``None`` when there is none, or when it was written
-    by other code or for other shapes (then it is deleted, with a warning)."""
+    by other code or for other shapes (then it is deleted, with a warning).
+
+    Args:
+        path: the checkpoint file.
+        like: the group's initial state: the pytree structure, shapes, dtypes, shardings
+            and PRNG key implementations to restore.
+        source: the current code's ``source_sha256``.
+
+    Returns:
+        ``(state, progress)`` (a :class:`Progress`), or ``None``.
+
+    Examples:
+        A checkpoint written by other code is discarded (:func:`save` shows a resume):
+
+        >>> import pathlib, tempfile, warnings
+        >>> import jax.numpy as jnp, numpy as np
+        >>> from nnmjax.experiments import checkpoint
+        >>> curve = np.zeros((1, 2), np.float32)
+        >>> progress = checkpoint.Progress(2, curve, curve, np.ones((1, 1)), [2], 1.0)
+        >>> with tempfile.TemporaryDirectory() as d, warnings.catch_warnings(record=True) as w:
+        ...     path = pathlib.Path(d) / "group.npz"
+        ...     checkpoint.save(path, {"w": jnp.zeros(2)}, progress, source="old")
+        ...     print(checkpoint.load(path, {"w": jnp.zeros(2)}, source="new"), path.exists())
+        None False
+        >>> print(str(w[0].message).replace(d, "DIR"))
+        checkpoint DIR/group.npz discarded (written by other code); its group restarts from
+        step 0
+    """
     if not path.exists():
         return None
     try:

@@ -43,6 +43,26 @@ class Config:
 
     Defaults are the paper's MNIST/Fashion-MNIST setting (Table 3) on the embedded
     ``digits`` data with a small model.
+
+    Args:
+        **fields: any of the fields below, by name (each is described where it is
+            declared); the others keep their defaults.
+
+    Raises:
+        ValueError: a field of the wrong type, an unknown name (dataset, model, attack,
+            rule, ...) or a value out of range; the message names the key and what is
+            allowed.
+
+    Examples:
+        >>> from nnmjax.experiments.config import Config
+        >>> c = Config(model="logreg", n=5, f=1, attacks=("alie", "sign_flipping"),
+        ...            seeds=(1, 2))
+        >>> c.honest, c.rule_f, len(c.runs())
+        (4, 1, 4)
+        >>> Config(n=4, f=2)
+        Traceback (most recent call last):
+        ...
+        ValueError: config key 'f': needs 2f < n; got f=2, n=4
     """
 
     #: The dataset, ``"digits"`` (embedded, offline), ``"mnist"``, ``"fashion_mnist"`` or
@@ -135,11 +155,32 @@ class Config:
     @property
     def data_source(self) -> tuple:
         """``(dataset, data_dir, augment_flip, source)``: what :meth:`load_data` reads; runs
-        with the same one share the loaded data."""
+        with the same one share the loaded data.
+
+        Examples:
+            >>> from nnmjax.experiments.config import Config
+            >>> Config().data_source
+            ('digits', None, False, 'local')
+        """
         return (self.dataset, self.data_dir, self.augment_flip, self.source)
 
     def load_data(self):
-        """The config's :class:`nnmjax.data.Dataset` (:func:`nnmjax.data.load_dataset`)."""
+        """The config's :class:`nnmjax.data.Dataset` (:func:`nnmjax.data.load_dataset`).
+
+        Returns:
+            The preprocessed :class:`nnmjax.data.Dataset` of :attr:`data_source`.
+
+        Raises:
+            nnmjax.data.DatasetNotFoundError: the dataset's files are not where
+                :attr:`data_dir` (or the default locations) says.
+            ImportError: ``source = "tfds"`` without ``tensorflow_datasets``.
+
+        Examples:
+            >>> from nnmjax.experiments.config import Config
+            >>> ds = Config().load_data()
+            >>> ds.name, ds.x_train.shape, ds.num_classes
+            ('digits', (1437, 8, 8, 1), 10)
+        """
         from nnmjax.data import load_dataset
 
         return load_dataset(self.dataset, data_dir=self.data_dir, source=self.source,
@@ -147,16 +188,45 @@ class Config:
 
     @property
     def honest(self) -> int:
+        """The number of honest workers, ``n - f``.
+
+        Examples:
+            >>> from nnmjax.experiments.config import Config
+            >>> Config(n=17, f=4).honest
+            13
+        """
         return self.n - self.f
 
     @property
     def rule_f(self) -> int:
-        """The ``f`` the robust rules are built with: :attr:`tolerated_f`, else :attr:`f`."""
+        """The ``f`` the robust rules are built with: :attr:`tolerated_f`, else :attr:`f`.
+
+        Examples:
+            >>> from nnmjax.experiments.config import Config
+            >>> Config(f=4).rule_f, Config(f=4, tolerated_f=6).rule_f
+            (4, 6)
+        """
         return self.f if self.tolerated_f is None else self.tolerated_f
 
     def build_rule(self, name: str):
         """The :class:`nnmjax.robust.rules.Rule` ``name`` for :attr:`rule_f` inputs, with the
-        :attr:`rule_options` of its stages."""
+        :attr:`rule_options` of its stages.
+
+        Args:
+            name: the rule, ``pre+...+aggregator`` (:func:`nnmjax.robust.rules.rule`).
+
+        Returns:
+            The :class:`nnmjax.robust.rules.Rule`.
+
+        Raises:
+            ValueError: an unknown stage or option, or ``rule_f`` too large for the rule.
+
+        Examples:
+            >>> from nnmjax.experiments.config import Config
+            >>> c = Config(rules=("nnm+gm",), rule_options=(("gm", (("max_iter", 3),)),))
+            >>> c.build_rule("nnm+gm")
+            rule('nnm+gm', f=4, max_iter=3)
+        """
         from nnmjax.robust.rules import rule as make_rule
 
         options = {stage: dict(opts) for stage, opts in self.rule_options}
@@ -165,7 +235,20 @@ class Config:
         return make_rule(name, self.rule_f, pre_options=pre_options, **options.get(last, {}))
 
     def runs(self) -> list["RunSpec"]:
-        """Every (attack, rule, seed) of the grid, plus the fault-free mean baseline."""
+        """Every (attack, rule, seed) of the grid, plus the fault-free mean baseline.
+
+        Returns:
+            One :class:`RunSpec` per run, attack-major, then rule, then seed; with
+            :attr:`baseline`, one ``("none", "mean")`` run per seed on the ``n - f`` honest
+            workers last.
+
+        Examples:
+            >>> from nnmjax.experiments.config import Config
+            >>> c = Config(n=5, f=1, attacks=("alie",), rules=("cwtm", "nnm+cwtm"),
+            ...            baseline=True)
+            >>> [(s.attack, s.rule, s.config.n, s.config.f) for s in c.runs()]
+            [('alie', 'cwtm', 5, 1), ('alie', 'nnm+cwtm', 5, 1), ('none', 'mean', 4, 0)]
+        """
         specs = [RunSpec(self, a, r, s) for a in self.attacks for r in self.rules for s in self.seeds]
         if self.baseline:
             base = dataclasses.replace(self, f=0, n=self.honest, tolerated_f=None,
@@ -177,7 +260,20 @@ class Config:
 
 @dataclass(frozen=True)
 class RunSpec:
-    """One run of a grid: the shared config with one attack, rule and seed."""
+    """One run of a grid: the shared config with one attack, rule and seed.
+
+    Args:
+        config: the grid's :class:`Config`.
+        attack: the run's attack, one of ``config.attacks`` (or ``"none"``).
+        rule: the run's robust rule, one of ``config.rules`` (or ``"mean"``).
+        seed: the run's seed, one of ``config.seeds``.
+
+    Examples:
+        >>> from nnmjax.experiments.config import Config
+        >>> spec = Config(attacks=("alie",), seeds=(3,)).runs()[0]
+        >>> spec.attack, spec.rule, spec.seed
+        ('alie', 'nnm+cwtm', 3)
+    """
 
     config: Config
     attack: str
@@ -185,6 +281,23 @@ class RunSpec:
     seed: int
 
     def record_key(self) -> dict[str, Any]:
+        """The run's full config key, as stored in its record (``key``).
+
+        The config's fields without the grid's lists (``attacks``, ``rules``, ``seeds``),
+        ``baseline`` and ``mesh``, and without the optional fields left at their defaults
+        (``tolerated_f``, ``data_seed``, ``rule_options``, ``source``, ``attack_search``),
+        plus the run's ``attack``, ``rule`` and ``seed``.
+
+        Returns:
+            A JSON-able ``dict``; ``rule_options``, when set, as one string
+            (:func:`format_rule_options`).
+
+        Examples:
+            >>> from nnmjax.experiments.config import Config
+            >>> key = Config(attacks=("alie",)).runs()[0].record_key()
+            >>> key["attack"], key["rule"], key["seed"], key["n"], "attacks" in key
+            ('alie', 'nnm+cwtm', 1, 17, False)
+        """
         base = dataclasses.asdict(self.config)
         for k in ("attacks", "rules", "seeds", "baseline", "mesh"):
             base.pop(k)
@@ -200,12 +313,39 @@ class RunSpec:
         return {**base, "attack": self.attack, "rule": self.rule, "seed": self.seed}
 
     def hash(self) -> str:
+        """The run's identity: the first 16 hex digits of the SHA-256 of
+        :meth:`record_key` as sorted JSON; its record is ``runs/<hash>.json``.
+
+        Returns:
+            A 16-character hexadecimal string.
+
+        Examples:
+            >>> from nnmjax.experiments.config import Config
+            >>> a, b = Config(seeds=(1, 2)).runs()
+            >>> len(a.hash()), a.hash() == b.hash()
+            (16, False)
+            >>> Config(seeds=(1,), mesh=(("runs", 1),)).runs()[0].hash() == a.hash()
+            True
+        """
         blob = json.dumps(self.record_key(), sort_keys=True, default=list)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
 def format_rule_options(rule_options) -> str:
-    """``(("gm", (("max_iter", 3), ("nu", 0.1))),)`` -> ``"gm(max_iter=3, nu=0.1)"``."""
+    """``(("gm", (("max_iter", 3), ("nu", 0.1))),)`` -> ``"gm(max_iter=3, nu=0.1)"``.
+
+    Args:
+        rule_options: ``(stage, ((option, value), ...))`` pairs, as
+            :attr:`Config.rule_options` holds them.
+
+    Returns:
+        The stages as ``stage(option=value, ...)``, joined by ``"; "`` (``""`` for none).
+
+    Examples:
+        >>> from nnmjax.experiments.config import format_rule_options
+        >>> format_rule_options((("clipping", (("c", 1.0),)), ("gm", (("max_iter", 3),))))
+        'clipping(c=1.0); gm(max_iter=3)'
+    """
     return "; ".join(f"{stage}(" + ", ".join(f"{k}={v!r}" for k, v in opts) + ")"
                      for stage, opts in rule_options)
 
@@ -354,12 +494,45 @@ def _coerce(key: str, value: Any):
 
 
 def from_mapping(data: dict[str, Any]) -> Config:
-    """Build a :class:`Config` from a mapping (e.g. a parsed TOML file)."""
+    """Build a :class:`Config` from a mapping (e.g. a parsed TOML file).
+
+    Args:
+        data: config keys to values as TOML gives them: lists for the tuple fields,
+            tables for ``rule_options`` and ``mesh``, ``clip = false`` for no clipping.
+
+    Returns:
+        The validated :class:`Config`.
+
+    Raises:
+        ValueError: an unknown key (with a suggestion) or a bad value.
+
+    Examples:
+        >>> from nnmjax.experiments.config import from_mapping
+        >>> c = from_mapping({"rules": ["nnm+gm"], "clip": False,
+        ...                   "rule_options": {"gm": {"max_iter": 3}}})
+        >>> c.rules, c.clip, c.rule_options
+        (('nnm+gm',), None, (('gm', (('max_iter', 3),)),))
+    """
     return Config(**{k: _coerce(k, v) for k, v in data.items()})
 
 
 def parse_set(items: list[str]) -> dict[str, Any]:
-    """Parse ``key=value`` overrides whose values are TOML literals (bare words are strings)."""
+    """Parse ``key=value`` overrides whose values are TOML literals (bare words are strings).
+
+    Args:
+        items: the ``--set`` arguments, ``"key=value"`` each.
+
+    Returns:
+        ``{key: value}``, later items overriding earlier ones; keys are not checked here.
+
+    Raises:
+        ValueError: an item without ``=``.
+
+    Examples:
+        >>> from nnmjax.experiments.config import parse_set
+        >>> parse_set(["steps=200", 'rules=["nnm+cwtm"]', "model=mlp", "clip=false"])
+        {'steps': 200, 'rules': ['nnm+cwtm'], 'model': 'mlp', 'clip': False}
+    """
     out = {}
     for item in items:
         if "=" not in item:
@@ -390,7 +563,29 @@ def _read(path: str | Path | None) -> dict[str, Any]:
 def expand_sweep(base: dict[str, Any], sweep) -> list[dict[str, Any]]:
     """The points of a sweep: ``sweep`` is a table ``{key: value or [values]}`` or a list of
     such tables; each table contributes the product of its lists (scalars are one value),
-    applied on top of ``base``; the grid is the union of the tables' points, in order."""
+    applied on top of ``base``; the grid is the union of the tables' points, in order.
+
+    A list given to a key that is itself a list (``attacks``, ``rules``, ``seeds``) is one
+    value, not swept.
+
+    Args:
+        base: the keys every point shares.
+        sweep: a table ``{key: value or [values]}``, or a list of such tables.
+
+    Returns:
+        One mapping per point (``base`` updated with the point's values), unvalidated.
+
+    Raises:
+        ValueError: a table that is not a table, or an unknown key.
+
+    Examples:
+        >>> from nnmjax.experiments.config import expand_sweep
+        >>> expand_sweep({"steps": 10}, {"f": [1, 2], "alpha": [0.1, 1.0]})
+        [{'steps': 10, 'f': 1, 'alpha': 0.1}, {'steps': 10, 'f': 1, 'alpha': 1.0},
+         {'steps': 10, 'f': 2, 'alpha': 0.1}, {'steps': 10, 'f': 2, 'alpha': 1.0}]
+        >>> expand_sweep({}, [{"f": 1, "rules": ["cwtm", "gm"]}, {"f": [2, 3]}])
+        [{'f': 1, 'rules': ['cwtm', 'gm']}, {'f': 2}, {'f': 3}]
+    """
     import itertools
 
     tables = [sweep] if isinstance(sweep, dict) else list(sweep)
@@ -417,6 +612,31 @@ def load_grid(path: str | Path | None = None, overrides: list[str] | None = None
     ``--set key=value`` overrides apply to every point and take the key out of the sweep
     (``--set f=4`` on a file sweeping ``f`` runs ``f = 4`` only); ``--set 'sweep=[...]'``
     replaces the sweep. Duplicate points are dropped.
+
+    Args:
+        path: the TOML file; ``None``: :data:`QUICKSTART`.
+        overrides: ``--set`` items, ``"key=value"`` with TOML literal values
+            (:func:`parse_set`).
+
+    Returns:
+        The distinct configs, in sweep order (one when there is no sweep).
+
+    Raises:
+        FileNotFoundError: ``path`` does not exist.
+        ValueError: invalid TOML, an unknown key or a bad value.
+
+    Examples:
+        >>> import pathlib, tempfile
+        >>> from nnmjax.experiments.config import load_grid
+        >>> with tempfile.TemporaryDirectory() as d:
+        ...     path = pathlib.Path(d) / "grid.toml"
+        ...     _ = path.write_text('model = "logreg"\\n'
+        ...                         '[sweep]\\nf = [1, 2]\\nalpha = [0.1, 1]\\n')
+        ...     swept, pinned = load_grid(path), load_grid(path, ["f=3"])
+        >>> [(c.f, c.alpha) for c in swept]
+        [(1, 0.1), (1, 1.0), (2, 0.1), (2, 1.0)]
+        >>> [(c.model, c.f, c.alpha) for c in pinned]
+        [('logreg', 3, 0.1), ('logreg', 3, 1.0)]
     """
     data = _read(path)
     sweep = data.pop("sweep", None)
@@ -436,7 +656,29 @@ def load_grid(path: str | Path | None = None, overrides: list[str] | None = None
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
     """Read ``path`` (TOML; ``None`` gives the quickstart) and apply ``--set`` overrides; a file
-    whose sweep has several points needs :func:`load_grid`."""
+    whose sweep has several points needs :func:`load_grid`.
+
+    Args:
+        path: the TOML file; ``None``: :data:`QUICKSTART`.
+        overrides: ``--set`` items, ``"key=value"`` with TOML literal values.
+
+    Returns:
+        The one :class:`Config` the file describes.
+
+    Raises:
+        FileNotFoundError: ``path`` does not exist.
+        ValueError: invalid TOML, an unknown key, a bad value, or a sweep of several points.
+
+    Examples:
+        >>> from nnmjax.experiments.config import load_config
+        >>> c = load_config(None, ["steps=10", "model=logreg"])
+        >>> c.steps, c.model, c.attacks
+        (10, 'logreg', ('optimal_alie', 'sign_flipping'))
+        >>> load_config(None, ['sweep={f = [1, 2]}'])
+        Traceback (most recent call last):
+        ...
+        ValueError: None sweeps 2 settings; use load_grid
+    """
     configs = load_grid(path, overrides)
     if len(configs) > 1:
         raise ValueError(f"{path} sweeps {len(configs)} settings; use load_grid")

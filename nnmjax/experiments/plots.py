@@ -79,6 +79,12 @@ def _styled(fn):
 def attack_label(name: str) -> str:
     """A reader's name of an attack.
 
+    Args:
+        name: the attack's name in a config.
+
+    Returns:
+        Its :data:`ATTACK_TITLES` entry, else ``name`` with spaces, capitalised.
+
     Examples:
         >>> attack_label("optimal_alie"), attack_label("sign_flipping"), attack_label("x_y")
         ('ALIE (optimal η)', 'Sign flipping', 'X y')
@@ -89,6 +95,13 @@ def attack_label(name: str) -> str:
 def rule_label(name: str) -> str:
     """A reader's name of a rule, its stages joined by ``+``.
 
+    Args:
+        name: the rule, ``pre+...+aggregator``.
+
+    Returns:
+        Each stage's :data:`PRE_TITLES` or :data:`RULE_TITLES` entry (else its name), joined
+        by ``" + "``.
+
     Examples:
         >>> rule_label("nnm+cwtm"), rule_label("bucketing+krum"), rule_label("clipping+arc+gm")
         ('NNM + CWTM', 'Bucketing + Krum', 'Clipping + ARC + GM')
@@ -98,6 +111,12 @@ def rule_label(name: str) -> str:
 
 def field_label(name: str) -> str:
     """A reader's name of a setting field.
+
+    Args:
+        name: a config key.
+
+    Returns:
+        Its :data:`FIELD_TITLES` entry, else ``name`` with ``_`` as a space.
 
     Examples:
         >>> field_label("alpha"), field_label("lr"), field_label("batch_size")
@@ -118,6 +137,15 @@ def setting_title(setting: dict, extra=(), *, block: str | None = None, omit=())
     """A figure title: data set, ``f`` of ``n``, the partition and its parameter, then
     the fields ``extra`` (those that vary between settings) and the block's rule; fields in
     ``omit`` (e.g. a heat-map's axes) are left out.
+
+    Args:
+        setting: the setting's fields (a record's key without attack, rule and seed).
+        extra: further fields to show, when ``setting`` has them.
+        block: the base rule of the figure's block; ``None``: no block.
+        omit: fields not to show.
+
+    Returns:
+        The title, parts joined by ``", "``, then `` — <rule> block``.
 
     Examples:
         >>> s = {"dataset": "fashion_mnist", "n": 17, "f": 4, "partition": "dirichlet",
@@ -358,14 +386,53 @@ def _kappa(ax, curves, *, style, **kw):
 def accuracy_figure(records, *, title: str | None = None):
     """Paper Figure 4 style: one panel per attack (paper order), test accuracy (%) against
     the step for every rule (mean over seeds, min-max band), the fault-free baseline
-    dashed when among ``records``; one legend below the panels."""
+    dashed when among ``records``; one legend below the panels.
+
+    Args:
+        records: run records (``key`` and ``curves``) of one setting.
+        title: the figure's title (wrapped to its width); ``None``: none.
+
+    Returns:
+        The :class:`matplotlib.figure.Figure`.
+
+    Examples:
+        >>> from nnmjax.experiments.plots import accuracy_figure
+        >>> curves = {"loss": [1.0, 0.6, 0.5, 0.4], "kappa_hat": [0.9, 0.5, 0.4, 0.3],
+        ...           "eval_steps": [2, 4], "test_acc": [0.6, 0.8]}
+        >>> records = [{"key": {"n": 5, "f": 1, "attack": a, "rule": r, "seed": 1},
+        ...             "curves": curves}
+        ...            for a in ("alie", "sign_flipping") for r in ("cwtm", "nnm+cwtm")]
+        >>> fig = accuracy_figure(records, title="Digits, f = 1 of n = 5")
+        >>> [ax.get_title() for ax in fig.axes], [t.get_text() for t in fig.legends[0].texts]
+        (['ALIE', 'Sign flipping'], ['CWTM', 'NNM + CWTM'])
+    """
     return _panels(records, _acc, "Test accuracy (%)", ylim=(0, 100), title=title)
 
 
 @_styled
 def kappa_figure(records, *, title: str | None = None):
     """Paper Figure 2 style: one panel per attack, kappa-hat (eq. 26) against the step,
-    log scale with decimal ticks."""
+    log scale with decimal ticks.
+
+    Args:
+        records: run records (``key`` and ``curves``) of one setting; the fault-free
+            baseline (no ``kappa_hat``) is not drawn.
+        title: the figure's title (wrapped to its width); ``None``: none.
+
+    Returns:
+        The :class:`matplotlib.figure.Figure`.
+
+    Examples:
+        >>> from nnmjax.experiments.plots import kappa_figure
+        >>> curves = {"loss": [1.0, 0.6, 0.5, 0.4], "kappa_hat": [0.9, 0.5, 0.4, 0.3],
+        ...           "eval_steps": [2, 4], "test_acc": [0.6, 0.8]}
+        >>> records = [{"key": {"n": 5, "f": 1, "attack": a, "rule": r, "seed": 1},
+        ...             "curves": curves}
+        ...            for a in ("alie", "sign_flipping") for r in ("cwtm", "nnm+cwtm")]
+        >>> fig = kappa_figure(records)
+        >>> [(ax.get_title(), ax.get_yscale()) for ax in fig.axes]
+        [('ALIE', 'log'), ('Sign flipping', 'log')]
+    """
     return _panels(records, _kappa, r"$\hat\kappa_t$", log=True, title=title, baseline=False)
 
 
@@ -373,7 +440,21 @@ def plot_accuracy(records, path: Path | str, *, title: str | None = None) -> lis
     """:func:`accuracy_figure` written as ``path`` with suffix ``.pdf`` and ``.png``;
     returns ``[pdf, png]``.
 
+    Args:
+        records: run records (``key`` and ``curves``) of one setting.
+        path: the figure's file; its suffix is replaced by ``.pdf`` and ``.png``.
+        title: the figure's title; ``None``: none.
+
+    Returns:
+        ``[pdf, png]``, the paths written.
+
     Examples:
+        >>> from nnmjax.experiments.plots import plot_accuracy
+        >>> curves = {"loss": [1.0, 0.6, 0.5, 0.4], "kappa_hat": [0.9, 0.5, 0.4, 0.3],
+        ...           "eval_steps": [2, 4], "test_acc": [0.6, 0.8]}
+        >>> records = [{"key": {"n": 5, "f": 1, "attack": a, "rule": r, "seed": 1},
+        ...             "curves": curves}
+        ...            for a in ("alie", "sign_flipping") for r in ("cwtm", "nnm+cwtm")]
         >>> plot_accuracy(records, "plots/accuracy-cwtm.pdf")  # doctest: +SKIP
         [PosixPath('plots/accuracy-cwtm.pdf'), PosixPath('plots/accuracy-cwtm.png')]
     """
@@ -382,7 +463,26 @@ def plot_accuracy(records, path: Path | str, *, title: str | None = None) -> lis
 
 def plot_kappa(records, path: Path | str, *, title: str | None = None) -> list[Path]:
     """:func:`kappa_figure` written as ``path`` with suffix ``.pdf`` and ``.png``;
-    returns ``[pdf, png]``."""
+    returns ``[pdf, png]``.
+
+    Args:
+        records: run records (``key`` and ``curves``) of one setting.
+        path: the figure's file; its suffix is replaced by ``.pdf`` and ``.png``.
+        title: the figure's title; ``None``: none.
+
+    Returns:
+        ``[pdf, png]``, the paths written.
+
+    Examples:
+        >>> from nnmjax.experiments.plots import plot_kappa
+        >>> curves = {"loss": [1.0, 0.6, 0.5, 0.4], "kappa_hat": [0.9, 0.5, 0.4, 0.3],
+        ...           "eval_steps": [2, 4], "test_acc": [0.6, 0.8]}
+        >>> records = [{"key": {"n": 5, "f": 1, "attack": a, "rule": r, "seed": 1},
+        ...             "curves": curves}
+        ...            for a in ("alie", "sign_flipping") for r in ("cwtm", "nnm+cwtm")]
+        >>> plot_kappa(records, "plots/kappa-cwtm.pdf")  # doctest: +SKIP
+        [PosixPath('plots/kappa-cwtm.pdf'), PosixPath('plots/kappa-cwtm.png')]
+    """
     return save_figure(kappa_figure(records, title=title), path)
 
 
@@ -391,7 +491,31 @@ def plot_kappa(records, path: Path | str, *, title: str | None = None) -> list[P
 @_styled
 def worst_case_figure(records, *, row: str = "f", col: str = "alpha", title: str | None = None):
     """Heat-maps of the worst case over attacks (max test accuracy in %, mean over seeds),
-    one panel per rule, ``row`` (default ``f``) against ``col`` (default ``alpha``)."""
+    one panel per rule, ``row`` (default ``f``) against ``col`` (default ``alpha``).
+
+    Args:
+        records: run records (``key`` and ``summary``) of one setting swept over ``row``
+            and ``col``.
+        row: the field of the heat-maps' rows.
+        col: the field of the heat-maps' columns.
+        title: the figure's title (wrapped to its width); ``None``: none.
+
+    Returns:
+        The :class:`matplotlib.figure.Figure`, with a colour bar.
+
+    Raises:
+        ValueError: the records' settings differ in another field
+            (:func:`~nnmjax.experiments.table.worst_case_grid`).
+
+    Examples:
+        >>> from nnmjax.experiments.plots import worst_case_figure
+        >>> records = [{"key": {"n": 9, "f": f, "alpha": a, "attack": "alie", "rule": r,
+        ...                     "seed": 1}, "summary": {"max_test_acc": 0.8}}
+        ...            for f in (1, 2) for a in (0.1, 1.0) for r in ("cwtm", "nnm+cwtm")]
+        >>> fig = worst_case_figure(records)
+        >>> [ax.get_title() for ax in fig.axes[:2]], fig.axes[0].get_ylabel()
+        (['CWTM', 'NNM + CWTM'], 'f')
+    """
     from nnmjax.experiments.table import worst_case_grid
 
     rules, rows, cols, grid = worst_case_grid(records, row, col)
@@ -441,7 +565,30 @@ def _block_slots(rules):
 def plot_worst_case(records, path: Path | str, *, row: str = "f", col: str = "alpha",
                     title: str | None = None) -> list[Path]:
     """:func:`worst_case_figure` written as ``path`` with suffix ``.pdf`` and ``.png``;
-    returns ``[pdf, png]``."""
+    returns ``[pdf, png]``.
+
+    Args:
+        records: run records (``key`` and ``summary``) of one setting swept over ``row``
+            and ``col``.
+        path: the figure's file; its suffix is replaced by ``.pdf`` and ``.png``.
+        row: the field of the heat-maps' rows.
+        col: the field of the heat-maps' columns.
+        title: the figure's title; ``None``: none.
+
+    Returns:
+        ``[pdf, png]``, the paths written.
+
+    Raises:
+        ValueError: the records' settings differ in another field.
+
+    Examples:
+        >>> from nnmjax.experiments.plots import plot_worst_case
+        >>> records = [{"key": {"n": 9, "f": f, "alpha": a, "attack": "alie", "rule": r,
+        ...                     "seed": 1}, "summary": {"max_test_acc": 0.8}}
+        ...            for f in (1, 2) for a in (0.1, 1.0) for r in ("cwtm", "nnm+cwtm")]
+        >>> plot_worst_case(records, "plots/worst_case.pdf")  # doctest: +SKIP
+        [PosixPath('plots/worst_case.pdf'), PosixPath('plots/worst_case.png')]
+    """
     return save_figure(worst_case_figure(records, row=row, col=col, title=title), path)
 
 
@@ -461,7 +608,25 @@ def _png(fig, path, dpi):
 @_styled
 def save_figure(fig, path: Path | str, *, dpi: int = PNG_DPI) -> list[Path]:
     """Write ``fig`` as ``path`` with suffix ``.pdf`` (vector) and ``.png`` (``dpi``)
-    beside it; returns ``[pdf, png]``."""
+    beside it; returns ``[pdf, png]``.
+
+    Args:
+        fig: the :class:`matplotlib.figure.Figure`.
+        path: the figure's file; its suffix is replaced by ``.pdf`` and ``.png``, and its
+            directory is created.
+        dpi: the PNG's resolution.
+
+    Returns:
+        ``[pdf, png]``, the paths written.
+
+    Examples:
+        >>> from matplotlib.figure import Figure
+        >>> from nnmjax.experiments.plots import save_figure
+        >>> fig = Figure(figsize=(2, 2))
+        >>> _ = fig.subplots().plot([0, 1], [1, 0])
+        >>> save_figure(fig, "plots/line.svg")  # doctest: +SKIP
+        [PosixPath('plots/line.pdf'), PosixPath('plots/line.png')]
+    """
     pdf = Path(path).with_suffix(".pdf")
     pdf.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(pdf, bbox_inches="tight", pad_inches=0.03, metadata={"CreationDate": None})
@@ -480,9 +645,22 @@ def plot_all(records, out_dir: Path | str) -> list[Path]:
     settings vary in ``f`` or ``alpha`` only, ``worst_case.pdf`` / ``.png`` heat-maps.
     Returns every path written (PDF, then its PNG).
 
+    Args:
+        records: run records (``key``, ``curves`` and ``summary``) of a run directory.
+        out_dir: the directory to write into (created when missing).
+
+    Returns:
+        The paths written, each PDF followed by its PNG.
+
     Examples:
-        >>> [p.name for p in plot_all(records, "plots")][:2]  # doctest: +SKIP
-        ['accuracy-krum.pdf', 'accuracy-krum.png']
+        >>> from nnmjax.experiments.plots import plot_all
+        >>> curves = {"loss": [1.0, 0.6, 0.5, 0.4], "kappa_hat": [0.9, 0.5, 0.4, 0.3],
+        ...           "eval_steps": [2, 4], "test_acc": [0.6, 0.8]}
+        >>> records = [{"key": {"n": 5, "f": 1, "attack": a, "rule": r, "seed": 1},
+        ...             "curves": curves}
+        ...            for a in ("alie", "sign_flipping") for r in ("cwtm", "nnm+cwtm")]
+        >>> [p.name for p in plot_all(records, "plots")]  # doctest: +SKIP
+        ['accuracy-cwtm.pdf', 'accuracy-cwtm.png', 'kappa-cwtm.pdf', 'kappa-cwtm.png']
     """
     from nnmjax.experiments.table import block_rank, setting_groups, title_fields
 
@@ -524,7 +702,25 @@ def audit_figure(results):
     rule and its ``nnm+`` variant (solid, markers; an unbounded ratio as a triangle at the
     top edge), their proven bounds (dashed, Appendix 8 and Lemma 1) and Proposition 6's
     lower bound ``f / (n - 2f)`` (black), log scale; one legend below the panels.
-    ``results``: :class:`nnmjax.robust.audit.AuditResult` or their dicts."""
+    ``results``: :class:`nnmjax.robust.audit.AuditResult` or their dicts.
+
+    Args:
+        results: audit results (``rule``, ``n``, ``f``, ``worst_ratio``, ``bound``,
+            ``lower_bound`` are read).
+
+    Returns:
+        The :class:`matplotlib.figure.Figure`, one panel per aggregator.
+
+    Examples:
+        >>> from nnmjax.experiments.plots import audit_figure
+        >>> rows = [{"rule": r, "n": 10, "f": f, "worst_ratio": w, "bound": b,
+        ...          "lower_bound": f / (10 - 2 * f)}
+        ...         for r, f, w, b in [("cwtm", 1, 1.0, 2.0), ("cwtm", 2, 2.0, 4.0),
+        ...                            ("nnm+cwtm", 1, 0.5, 1.0), ("nnm+cwtm", 2, 0.9, 2.0)]]
+        >>> fig = audit_figure(rows)
+        >>> [(ax.get_title(), ax.get_xlabel(), ax.get_yscale()) for ax in fig.axes]
+        [('CWTM', 'f / n', 'log')]
+    """
     rows = [r if isinstance(r, dict) else r._asdict() for r in results]
     blocks = defaultdict(list)
     for r in rows:
@@ -585,6 +781,13 @@ def audit_figure(results):
 
 def plot_audit(results, path: Path | str) -> list[Path]:
     """:func:`audit_figure` written as PDF (vector) and PNG beside it; returns both paths.
+
+    Args:
+        results: audit results (:class:`nnmjax.robust.audit.AuditResult` or their dicts).
+        path: the figure's file; its suffix is replaced by ``.pdf`` and ``.png``.
+
+    Returns:
+        ``[pdf, png]``, the paths written.
 
     Examples:
         >>> rows = json.load(open("docs/audit/audit.json"))  # doctest: +SKIP

@@ -43,7 +43,15 @@ TITLE_FIELDS = ("dataset", "model", "algorithm", "n", "f", "tolerated_f", "parti
 
 class Table(NamedTuple):
     """One setting's table: ``cells[(rule, attack)] = (mean, std, seeds)`` of the max test
-    accuracy (``attack = "worst"``: the lowest-mean attack of that rule)."""
+    accuracy (``attack = "worst"``: the lowest-mean attack of that rule).
+
+    Attributes:
+        setting: the record fields the table's runs share (all but attack, rule, seeds).
+        blocks: ``(base rule, [rules])`` in table order.
+        attacks: the attack columns, in :data:`ATTACK_ORDER`.
+        cells: ``{(rule, attack): (mean, std, seeds)}``, ``attack = "worst"`` included.
+        baseline: ``(mean, std, seeds)`` of the fault-free baseline, or ``None``.
+    """
 
     setting: dict
     blocks: list[tuple[str, list[str]]]
@@ -57,7 +65,19 @@ def _ordered(names, order):
 
 
 def block_rank(base: str) -> tuple:
-    """Sort key of a block (base rule): the paper's order, then alphabetical."""
+    """Sort key of a block (base rule): the paper's order, then alphabetical.
+
+    Args:
+        base: the block's base rule (a rule's final aggregator).
+
+    Returns:
+        ``(position in BLOCK_ORDER, base)``, rules not in :data:`BLOCK_ORDER` after those.
+
+    Examples:
+        >>> from nnmjax.experiments.table import block_rank
+        >>> sorted(["multikrum", "cwtm", "zeno", "krum", "gm"], key=block_rank)
+        ['krum', 'gm', 'cwtm', 'multikrum', 'zeno']
+    """
     return (BLOCK_ORDER.index(base) if base in BLOCK_ORDER else len(BLOCK_ORDER), base)
 
 
@@ -77,7 +97,24 @@ def _setting(key: dict) -> tuple:
 
 def setting_groups(records: list[dict]) -> list[tuple[dict, list[dict]]]:
     """``(setting, records)`` pairs, the baseline records joined to every setting with the
-    same number of honest workers (and otherwise equal fields)."""
+    same number of honest workers (and otherwise equal fields).
+
+    Args:
+        records: run records (:class:`~nnmjax.experiments.results.Record`); only their
+            ``key`` is read.
+
+    Returns:
+        ``(setting, records)`` pairs sorted by setting; a setting is a record's ``key``
+        without attack, rule, seed and ``data_seed``. Baseline-only settings are left out.
+
+    Examples:
+        >>> from nnmjax.experiments.table import setting_groups
+        >>> records = [{"key": {"n": n, "f": f, "attack": a, "rule": r, "seed": 1}}
+        ...            for n, f, a, r in [(5, 1, "alie", "cwtm"), (6, 2, "alie", "cwtm"),
+        ...                               (4, 0, "none", "mean")]]
+        >>> [(s, [r["key"]["rule"] for r in rs]) for s, rs in setting_groups(records)]
+        [({'f': 1, 'n': 5}, ['cwtm', 'mean']), ({'f': 2, 'n': 6}, ['cwtm', 'mean'])]
+    """
     groups, baselines = defaultdict(list), defaultdict(list)
     for r in records:
         key = r["key"]
@@ -100,7 +137,30 @@ def _is_baseline(record) -> bool:
 
 
 def accuracy_tables(records: list[dict]) -> list[Table]:
-    """One :class:`Table` per setting among ``records`` (baseline-only settings excepted)."""
+    """One :class:`Table` per setting among ``records`` (baseline-only settings excepted).
+
+    Args:
+        records: run records (``key`` and ``summary.max_test_acc`` are read).
+
+    Returns:
+        The tables, in :func:`setting_groups` order.
+
+    Examples:
+        >>> from nnmjax.experiments.table import accuracy_tables
+        >>> accs = {("alie", "cwtm"): [0.60, 0.70], ("alie", "nnm+cwtm"): [0.80, 0.84],
+        ...         ("sign_flipping", "cwtm"): [0.90, 0.88],
+        ...         ("sign_flipping", "nnm+cwtm"): [0.86, 0.90], ("none", "mean"): [0.95, 0.97]}
+        >>> records = [{"key": {"dataset": "digits", "n": 5 - (a == "none"), "f": int(a != "none"),
+        ...                     "attack": a, "rule": r, "seed": s},
+        ...             "summary": {"max_test_acc": acc}}
+        ...            for (a, r), seeds in accs.items() for s, acc in enumerate(seeds, 1)]
+        >>> (table,) = accuracy_tables(records)
+        >>> table.setting, table.blocks, table.attacks
+        ({'dataset': 'digits', 'f': 1, 'n': 5}, [('cwtm', ['cwtm', 'nnm+cwtm'])],
+         ['alie', 'sign_flipping'])
+        >>> table.cells[("cwtm", "worst")], table.baseline
+        ((0.65, 0.05, 2), (0.96, 0.01, 2))
+    """
     tables = []
     for s, recs in setting_groups(records):
         by_cell = defaultdict(list)
@@ -124,13 +184,43 @@ def accuracy_tables(records: list[dict]) -> list[Table]:
 
 def title_fields(settings) -> list[str]:
     """The fields that name a setting among ``settings``: :data:`TITLE_FIELDS`, then any
-    other field whose value differs between them (e.g. ``lr`` in a learning-rate sweep)."""
+    other field whose value differs between them (e.g. ``lr`` in a learning-rate sweep).
+
+    Args:
+        settings: the settings (dicts) shown together.
+
+    Returns:
+        The field names, :data:`TITLE_FIELDS` first, the varying others sorted.
+
+    Examples:
+        >>> from nnmjax.experiments.table import TITLE_FIELDS, title_fields
+        >>> fields = title_fields([{"n": 5, "lr": 0.1, "clip": 2.0},
+        ...                        {"n": 5, "lr": 0.5, "clip": 2.0}])
+        >>> fields == [*TITLE_FIELDS, "lr"], fields[:4]
+        (True, ['dataset', 'model', 'algorithm', 'n'])
+    """
     settings = list(settings)
     others = sorted({k for s in settings for k in s} - set(TITLE_FIELDS))
     return [*TITLE_FIELDS, *(k for k in others if len({str(s.get(k)) for s in settings}) > 1)]
 
 
 def title(setting: dict, fields=TITLE_FIELDS) -> str:
+    """A table's title: ``field=value`` of the ``fields`` that ``setting`` has, in order.
+
+    Args:
+        setting: the table's setting.
+        fields: the fields to show (:func:`title_fields`).
+
+    Returns:
+        The fields joined by ``", "``.
+
+    Examples:
+        >>> from nnmjax.experiments.table import title
+        >>> title({"lr": 0.1, "dataset": "digits", "n": 5, "f": 1})
+        'dataset=digits, n=5, f=1'
+        >>> title({"lr": 0.1, "dataset": "digits"}, ["dataset", "lr"])
+        'dataset=digits, lr=0.1'
+    """
     return ", ".join(f"{k}={setting[k]}" for k in fields if k in setting)
 
 
@@ -157,7 +247,22 @@ def _fmt(cell, bold=False):
 def seeds_phrase(t: Table) -> str:
     """What a table's cells are over: ``"mean ± std over 5 seeds"``, ``"one seed"``, or
     ``"mean ± std, seeds: 1–5 per cell"`` when cells (or the baseline) differ in seeds. A
-    cell's "seeds" are its runs: every ``seed`` (and ``data_seed``, when a grid sets it)."""
+    cell's "seeds" are its runs: every ``seed`` (and ``data_seed``, when a grid sets it).
+
+    Args:
+        t: the table.
+
+    Returns:
+        The phrase.
+
+    Examples:
+        >>> from nnmjax.experiments.table import Table, seeds_phrase
+        >>> seeds_phrase(Table({}, [], ["alie"], {("cwtm", "alie"): (0.8, 0.1, 5)}, None))
+        'mean ± std over 5 seeds'
+        >>> seeds_phrase(Table({}, [], ["alie"], {("cwtm", "alie"): (0.8, 0.1, 5)},
+        ...                    (0.9, 0.0, 1)))
+        'mean ± std, seeds: 1–5 per cell'
+    """
     ks = {c[2] for c in t.cells.values()} | ({t.baseline[2]} if t.baseline else set())
     if ks == {1}:
         return "one seed"
@@ -203,7 +308,33 @@ def _baseline_line(t: Table) -> str:
 def format_markdown(records: list[dict]) -> str:
     """Markdown: per setting a title line (which says over how many seeds), and a table with
     one row per rule, one column per attack and the worst case; the best mean of each block
-    and column in bold. The numbers are those of :func:`format_text` and :func:`write_csv`."""
+    and column in bold. The numbers are those of :func:`format_text` and :func:`write_csv`.
+
+    Args:
+        records: run records (``key`` and ``summary.max_test_acc`` are read).
+
+    Returns:
+        The tables, separated by blank lines (``""`` for no records).
+
+    Examples:
+        >>> from nnmjax.experiments.table import format_markdown
+        >>> accs = {("alie", "cwtm"): [0.60, 0.70], ("alie", "nnm+cwtm"): [0.80, 0.84],
+        ...         ("sign_flipping", "cwtm"): [0.90, 0.88],
+        ...         ("sign_flipping", "nnm+cwtm"): [0.86, 0.90], ("none", "mean"): [0.95, 0.97]}
+        >>> records = [{"key": {"dataset": "digits", "n": 5 - (a == "none"), "f": int(a != "none"),
+        ...                     "attack": a, "rule": r, "seed": s},
+        ...             "summary": {"max_test_acc": acc}}
+        ...            for (a, r), seeds in accs.items() for s, acc in enumerate(seeds, 1)]
+        >>> print(format_markdown(records))
+        **dataset=digits, n=5, f=1** — max test accuracy (%), mean ± std over 2 seeds
+        <BLANKLINE>
+        | rule | alie | sign_flipping | worst case |
+        |---|---|---|---|
+        | cwtm | 65.00 ± 5.00 | **89.00 ± 1.00** | 65.00 ± 5.00 |
+        | nnm+cwtm | **82.00 ± 2.00** | 88.00 ± 2.00 | **82.00 ± 2.00** |
+        <BLANKLINE>
+        Fault-free baseline (mean, 4 honest workers): 96.00 ± 1.00
+    """
     out = []
     tables = accuracy_tables(records)
     fields = title_fields(t.setting for t in tables)
@@ -248,7 +379,28 @@ def _text_column(cells) -> list[str]:
 def align(head: list[str], blocks: list[list[list[str]]], right=None) -> list[str]:
     """Lines of a plain-text table: ``head``, a rule of dashes, then the rows of each block
     (a rule of dashes between blocks); columns two spaces apart, those whose index is in
-    ``right`` (default: all but the first) right-aligned, the others left-aligned."""
+    ``right`` (default: all but the first) right-aligned, the others left-aligned.
+
+    Args:
+        head: the column names.
+        blocks: blocks of rows, each row a list of cells (one per column).
+        right: the indices of the right-aligned columns; ``None``: all but the first.
+
+    Returns:
+        The lines, trailing spaces removed.
+
+    Examples:
+        >>> from nnmjax.experiments.table import align
+        >>> for line in align(["rule", "acc"], [[["cwtm", "65.0"], ["nnm+cwtm", "82.5"]],
+        ...                                     [["gm", "70"]]]):
+        ...     print(line)
+        rule       acc
+        --------  ----
+        cwtm      65.0
+        nnm+cwtm  82.5
+        --------  ----
+        gm          70
+    """
     rows = [r for b in blocks for r in b]
     widths = [max(len(str(x)) for x in col) for col in zip(head, *rows)]
     right = set(range(1, len(head))) if right is None else set(right)
@@ -269,7 +421,34 @@ def align(head: list[str], blocks: list[list[list[str]]], right=None) -> list[st
 def format_text(records: list[dict]) -> str:
     """The tables of :func:`format_markdown` as plain aligned text for a terminal: a plain
     title line, columns padded, the best cell of each block marked with :data:`BEST_MARK`
-    (legend below the table), the same numbers."""
+    (legend below the table), the same numbers.
+
+    Args:
+        records: run records (``key`` and ``summary.max_test_acc`` are read).
+
+    Returns:
+        The tables, separated by blank lines (``""`` for no records).
+
+    Examples:
+        >>> from nnmjax.experiments.table import format_text
+        >>> accs = {("alie", "cwtm"): [0.60, 0.70], ("alie", "nnm+cwtm"): [0.80, 0.84],
+        ...         ("sign_flipping", "cwtm"): [0.90, 0.88],
+        ...         ("sign_flipping", "nnm+cwtm"): [0.86, 0.90], ("none", "mean"): [0.95, 0.97]}
+        >>> records = [{"key": {"dataset": "digits", "n": 5 - (a == "none"), "f": int(a != "none"),
+        ...                     "attack": a, "rule": r, "seed": s},
+        ...             "summary": {"max_test_acc": acc}}
+        ...            for (a, r), seeds in accs.items() for s, acc in enumerate(seeds, 1)]
+        >>> print(format_text(records))
+        dataset=digits, n=5, f=1 — max test accuracy (%), mean ± std over 2 seeds
+        <BLANKLINE>
+        rule               alie  sign_flipping     worst case
+        --------  -------------  -------------  -------------
+        cwtm      65.00 ± 5.00   89.00 ± 1.00*  65.00 ± 5.00
+        nnm+cwtm  82.00 ± 2.00*  88.00 ± 2.00   82.00 ± 2.00*
+        * best in its block
+        <BLANKLINE>
+        Fault-free baseline (mean, 4 honest workers): 96.00 ± 1.00
+    """
     out = []
     tables = accuracy_tables(records)
     fields = title_fields(t.setting for t in tables)
@@ -295,7 +474,26 @@ def format_text(records: list[dict]) -> str:
 def markdown_as_text(md: str) -> str:
     """Markdown pipe tables in ``md`` (e.g. :func:`nnmjax.experiments.tuning.format_choices`) as plain
     aligned text (numeric columns right-aligned), ``**bold**`` markup dropped; other lines
-    as they are."""
+    as they are.
+
+    Args:
+        md: Markdown text.
+
+    Returns:
+        The text with its tables aligned (:func:`align`).
+
+    Examples:
+        >>> from nnmjax.experiments.table import markdown_as_text
+        >>> md = ["**Chosen**", "", "| rule | acc |", "|---|---|", "| **nnm+cwtm** | 82.5 |",
+        ...       "| cwtm | 65.0 |"]
+        >>> print(markdown_as_text("\\n".join(md)))
+        Chosen
+        <BLANKLINE>
+        rule       acc
+        --------  ----
+        nnm+cwtm  82.5
+        cwtm      65.0
+    """
     def plain(s):
         return re.sub(r"\*\*(.*?)\*\*", r"\1", s)
 
@@ -327,7 +525,35 @@ def write_csv(records: list[dict], path) -> None:
     """Every table in long form: setting fields, block, rule, attack (or ``worst`` /
     ``baseline``), mean and std of the max test accuracy in percent with the tables' 2
     decimals (``max_test_acc_mean_pct``, ``max_test_acc_std_pct``: empty for one seed), and
-    the number of seeds (``seeds``)."""
+    the number of seeds (``seeds``).
+
+    Args:
+        records: run records (``key`` and ``summary.max_test_acc`` are read).
+        path: the CSV file to write (replaced when it exists).
+
+    Examples:
+        >>> import os, tempfile
+        >>> from nnmjax.experiments.table import write_csv
+        >>> accs = {("alie", "cwtm"): [0.60, 0.70], ("alie", "nnm+cwtm"): [0.80, 0.84],
+        ...         ("sign_flipping", "cwtm"): [0.90, 0.88],
+        ...         ("sign_flipping", "nnm+cwtm"): [0.86, 0.90], ("none", "mean"): [0.95, 0.97]}
+        >>> records = [{"key": {"dataset": "digits", "n": 5 - (a == "none"), "f": int(a != "none"),
+        ...                     "attack": a, "rule": r, "seed": s},
+        ...             "summary": {"max_test_acc": acc}}
+        ...            for (a, r), seeds in accs.items() for s, acc in enumerate(seeds, 1)]
+        >>> with tempfile.TemporaryDirectory() as d:
+        ...     write_csv(records, os.path.join(d, "table.csv"))
+        ...     print(open(os.path.join(d, "table.csv")).read())
+        dataset,n,f,block,rule,attack,max_test_acc_mean_pct,max_test_acc_std_pct,seeds
+        digits,5,1,cwtm,cwtm,alie,65.00,5.00,2
+        digits,5,1,cwtm,cwtm,sign_flipping,89.00,1.00,2
+        digits,5,1,cwtm,cwtm,worst,65.00,5.00,2
+        digits,5,1,cwtm,nnm+cwtm,alie,82.00,2.00,2
+        digits,5,1,cwtm,nnm+cwtm,sign_flipping,88.00,2.00,2
+        digits,5,1,cwtm,nnm+cwtm,worst,82.00,2.00,2
+        digits,5,1,,mean,baseline,96.00,1.00,2
+        <BLANKLINE>
+    """
     import csv
 
     tables = accuracy_tables(records)
@@ -355,7 +581,33 @@ def write_csv(records: list[dict], path) -> None:
 def worst_case_grid(records: list[dict], row: str = "f", col: str = "alpha"):
     """``(rules, row_values, col_values, grid)`` with ``grid[rule]`` an array of the worst
     case over attacks (mean over seeds) per (``row``, ``col``) setting, NaN where not run;
-    settings that differ in other fields must not be mixed (``ValueError``)."""
+    settings that differ in other fields must not be mixed (``ValueError``).
+
+    Args:
+        records: run records of one setting swept over ``row`` and ``col``.
+        row: the field of the grid's rows.
+        col: the field of the grid's columns.
+
+    Returns:
+        ``(rules, row_values, col_values, grid)``: the rules in table order, the sorted
+        values of ``row`` and ``col``, and ``{rule: (len(rows), len(cols)) array}`` of
+        worst-case accuracies (fractions).
+
+    Raises:
+        ValueError: the settings differ in a field other than ``row``, ``col`` and ``n``.
+
+    Examples:
+        >>> from nnmjax.experiments.table import worst_case_grid
+        >>> records = [{"key": {"n": 9, "f": f, "alpha": a, "attack": "alie", "rule": "cwtm",
+        ...                     "seed": 1}, "summary": {"max_test_acc": acc}}
+        ...            for f, a, acc in [(1, 0.1, 0.8), (1, 1.0, 0.9), (2, 1.0, 0.7)]]
+        >>> rules, rows, cols, grid = worst_case_grid(records)
+        >>> rules, rows, cols
+        (['cwtm'], [1, 2], [0.1, 1.0])
+        >>> grid["cwtm"]
+        array([[0.8, 0.9],
+               [nan, 0.7]])
+    """
     tables = accuracy_tables(records)
     others = {tuple((k, v) for k, v in sorted(t.setting.items()) if k not in (row, col, "n"))
               for t in tables}

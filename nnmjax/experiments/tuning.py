@@ -39,7 +39,17 @@ _RUN = ("attack", "seed", "data_seed")
 
 class Choice(NamedTuple):
     """The chosen ``values`` of the tuned keys for ``rule`` in ``setting``, the worst case
-    they give, how many complete candidates were compared, and the incomplete ones left out."""
+    they give, how many complete candidates were compared, and the incomplete ones left out.
+
+    Attributes:
+        setting: the record fields the candidates share (all but the tuned keys, the
+            attack, the rule and the seeds).
+        rule: the rule tuned.
+        values: ``{key: chosen value}``.
+        worst: the chosen candidate's worst case over attacks (a fraction).
+        compared: the number of complete candidates compared.
+        incomplete: the candidates left out (``{key: value}`` each).
+    """
 
     setting: dict
     rule: str
@@ -52,7 +62,13 @@ class Choice(NamedTuple):
 class Tuned(NamedTuple):
     """:func:`tune`'s result: the chosen candidates' records (tuned keys dropped from their
     keys), one :class:`Choice` per tuned (setting, rule), and the ``(setting, rule)`` pairs
-    with no complete candidate."""
+    with no complete candidate.
+
+    Attributes:
+        records: the chosen candidates' records, the tuned keys dropped from their ``key``.
+        choices: one :class:`Choice` per tuned (setting, rule), in table order.
+        untuned: the ``(setting, rule)`` pairs with no complete candidate.
+    """
 
     records: list[dict]
     choices: list[Choice]
@@ -94,7 +110,35 @@ def _worst(records) -> float:
 def tune(records: Sequence[dict], keys: Sequence[str]) -> Tuned:
     """Choose, per setting and rule, the values of ``keys`` (among :data:`TUNABLE`) that
     maximise the worst case over attacks (module docstring); ``ValueError`` for keys that
-    are not tunable or not in the records."""
+    are not tunable or not in the records.
+
+    Args:
+        records: run records of a sweep over ``keys`` (``key`` and
+            ``summary.max_test_acc`` are read).
+        keys: the config keys tuned, among :data:`TUNABLE`.
+
+    Returns:
+        A :class:`Tuned`.
+
+    Raises:
+        ValueError: no key, a repeated key, a key not in :data:`TUNABLE`, or records
+            without one of ``keys``.
+
+    Examples:
+        ``lr = 0.5`` has the best worst case of the complete candidates; ``lr = 1.0`` lacks
+        the sign-flipping run and is left out:
+
+        >>> from nnmjax.experiments.tuning import tune
+        >>> acc = {(0.1, "alie"): 0.70, (0.1, "sign_flipping"): 0.90, (0.5, "alie"): 0.80,
+        ...        (0.5, "sign_flipping"): 0.85, (1.0, "alie"): 0.95}
+        >>> records = [{"key": {"n": 5, "f": 1, "lr": lr, "attack": a, "rule": "cwtm", "seed": 1},
+        ...             "summary": {"max_test_acc": v}} for (lr, a), v in acc.items()]
+        >>> (choice,) = tune(records, ["lr"]).choices
+        >>> choice.values, choice.worst, choice.compared, choice.incomplete
+        ({'lr': 0.5}, 0.8, 2, ({'lr': 1.0},))
+        >>> [r["key"]["attack"] for r in tune(records, ["lr"]).records]
+        ['alie', 'sign_flipping']
+    """
     keys = _check_keys(records, keys)
     groups = defaultdict(lambda: defaultdict(list))
     for r in records:
@@ -144,7 +188,26 @@ def _varying(settings) -> list[str]:
 
 def format_choices(tuned: Tuned) -> str:
     """Markdown: one row per tuned (setting, rule) with the chosen values, their worst case
-    and the candidates compared; then the rules not tuned."""
+    and the candidates compared; then the rules not tuned.
+
+    Args:
+        tuned: :func:`tune`'s result.
+
+    Returns:
+        The Markdown table (settings shown by the fields that differ between them), or
+        ``"No runs to tune."``.
+
+    Examples:
+        >>> from nnmjax.experiments.tuning import format_choices, tune
+        >>> acc = {(0.1, "alie"): 0.70, (0.1, "sign_flipping"): 0.90, (0.5, "alie"): 0.80,
+        ...        (0.5, "sign_flipping"): 0.85, (1.0, "alie"): 0.95}
+        >>> records = [{"key": {"n": 5, "f": 1, "lr": lr, "attack": a, "rule": "cwtm", "seed": 1},
+        ...             "summary": {"max_test_acc": v}} for (lr, a), v in acc.items()]
+        >>> print(format_choices(tune(records, ["lr"])))
+        | setting | rule | lr | worst case (%) | complete candidates | left out (incomplete) |
+        |---|---|---|---|---|---|
+        | - | cwtm | 0.5 | 80.00 | 2 | lr=1.0 |
+    """
     if not tuned.choices and not tuned.untuned:
         return "No runs to tune."
     keys = list(tuned.choices[0].values) if tuned.choices else []
@@ -164,7 +227,26 @@ def format_choices(tuned: Tuned) -> str:
 
 def write_choices_csv(tuned: Tuned, path) -> None:
     """One row per tuned (setting, rule): setting fields, rule, chosen values, worst case,
-    number of complete candidates compared, number left out."""
+    number of complete candidates compared, number left out.
+
+    Args:
+        tuned: :func:`tune`'s result.
+        path: the CSV file to write (replaced when it exists).
+
+    Examples:
+        >>> import os, tempfile
+        >>> from nnmjax.experiments.tuning import tune, write_choices_csv
+        >>> acc = {(0.1, "alie"): 0.70, (0.1, "sign_flipping"): 0.90, (0.5, "alie"): 0.80,
+        ...        (0.5, "sign_flipping"): 0.85, (1.0, "alie"): 0.95}
+        >>> records = [{"key": {"n": 5, "f": 1, "lr": lr, "attack": a, "rule": "cwtm", "seed": 1},
+        ...             "summary": {"max_test_acc": v}} for (lr, a), v in acc.items()]
+        >>> with tempfile.TemporaryDirectory() as d:
+        ...     write_choices_csv(tune(records, ["lr"]), os.path.join(d, "tuned.csv"))
+        ...     print(open(os.path.join(d, "tuned.csv")).read())
+        f,n,rule,lr,worst_max_test_acc,compared,incomplete
+        1,5,cwtm,0.5,0.8000,2,1
+        <BLANKLINE>
+    """
     fields = sorted({k for c in tuned.choices for k in c.setting})
     keys = list(tuned.choices[0].values) if tuned.choices else []
     with open(path, "w", newline="") as fh:

@@ -56,6 +56,23 @@ def torch_kernel_init(key, shape, dtype=jnp.float32):
 
     ``fan_in`` is the product of all but the last axis (``k*k*cin`` for a
     ``[k, k, cin, cout]`` kernel, ``din`` for a ``[din, dout]`` matrix).
+
+    Args:
+        key: a PRNG key.
+        shape: the weight's shape, input axes first, output axis last.
+        dtype: the weight's dtype.
+
+    Returns:
+        The weight, uniform in ``[-1/sqrt(fan_in), 1/sqrt(fan_in))``.
+
+    Examples:
+        A 5x5 kernel on one channel has ``fan_in = 25``, bound ``0.2``:
+
+        >>> import jax, jax.numpy as jnp
+        >>> from nnmjax.models import torch_kernel_init
+        >>> w = torch_kernel_init(jax.random.key(0), (5, 5, 1, 20))
+        >>> w.shape, bool(jnp.abs(w).max() <= 0.2)
+        ((5, 5, 1, 20), True)
     """
     bound = 1.0 / math.sqrt(math.prod(shape[:-1]))
     return jax.random.uniform(key, shape, dtype, -bound, bound)
@@ -71,7 +88,24 @@ def _torch_bias_init(fan_in: int) -> Callable:
 
 
 def dense_torch_init(features: int, fan_in: int, name: str | None = None) -> nn.Dense:
-    """``nn.Dense`` with PyTorch's ``Linear`` initialization for ``fan_in`` inputs."""
+    """``nn.Dense`` with PyTorch's ``Linear`` initialization for ``fan_in`` inputs.
+
+    Args:
+        features: the number of outputs.
+        fan_in: the number of inputs, which sets the bias's bound ``1/sqrt(fan_in)``.
+        name: the module's name; ``None``: flax's default (``Dense_<i>``).
+
+    Returns:
+        The ``flax.linen.Dense`` module.
+
+    Examples:
+        >>> import jax, jax.numpy as jnp
+        >>> from nnmjax.models import dense_torch_init
+        >>> layer = dense_torch_init(3, 64, name="fc")
+        >>> shapes = jax.eval_shape(layer.init, jax.random.key(0), jnp.ones((1, 64)))
+        >>> layer.name, jax.tree.map(lambda s: s.shape, shapes["params"])
+        ('fc', {'bias': (3,), 'kernel': (64, 3)})
+    """
     return nn.Dense(features, kernel_init=torch_kernel_init,
                     bias_init=_torch_bias_init(fan_in), name=name)
 
@@ -95,6 +129,30 @@ class Conv5(nn.Module):
     (absent when ``use_bias=False``) match ``flax.linen.Conv(features, (k, k),
     strides=s, padding=((p, p), (p, p)))``; ``impl`` picks the formulation (see the module
     docstring for timings). Input ``[..., H, W, cin]``.
+
+    Args:
+        features: the output channels ``cout``.
+        kernel_size: the kernel's side ``k``.
+        impl: the formulation, one of :data:`CONV_IMPLS` but ``"flax"``.
+        stride: the stride ``s``.
+        padding: the zeros added on each side ``p``.
+        use_bias: add the bias ``b``.
+
+    Raises:
+        ValueError: (when applied) an unknown ``impl``, or a padded input smaller than the
+            kernel.
+
+    Examples:
+        A 3x3 kernel of ones on padded ones counts each output's window inside the image:
+
+        >>> import jax.numpy as jnp
+        >>> from nnmjax.models import Conv5
+        >>> params = {"params": {"kernel": jnp.ones((3, 3, 1, 1)), "bias": jnp.zeros(1)}}
+        >>> Conv5(1, kernel_size=3, padding=1).apply(params, jnp.ones((1, 4, 4, 1)))[0, ..., 0]
+        Array([[4., 6., 6., 4.],
+               [6., 9., 9., 6.],
+               [6., 9., 9., 6.],
+               [4., 6., 6., 4.]], dtype=float32)
     """
 
     features: int
@@ -142,7 +200,22 @@ class Conv5(nn.Module):
 
 
 def max_pool2(x: Array) -> Array:
-    """2x2, stride-2 max pooling of ``[..., H, W, C]`` via reshape + max (floor on odd sizes)."""
+    """2x2, stride-2 max pooling of ``[..., H, W, C]`` via reshape + max (floor on odd sizes).
+
+    Args:
+        x: inputs ``[..., H, W, C]``.
+
+    Returns:
+        ``[..., H // 2, W // 2, C]``, the maximum of each 2x2 window (a last odd row or
+        column is dropped).
+
+    Examples:
+        >>> import jax.numpy as jnp
+        >>> from nnmjax.models import max_pool2
+        >>> max_pool2(jnp.arange(25.0).reshape(1, 5, 5, 1))[0, ..., 0]
+        Array([[ 6.,  8.],
+               [16., 18.]], dtype=float32)
+    """
     H2, W2 = x.shape[-3] // 2, x.shape[-2] // 2
     x = x[..., : 2 * H2, : 2 * W2, :]
     x = x.reshape(x.shape[:-3] + (H2, 2, W2, 2, x.shape[-1]))

@@ -98,14 +98,45 @@ class _Block(nn.Module):
 
 
 class BasicBlock(_Block):
-    """``relu(BN(conv3(relu(BN(conv3_stride(x))))) + S(x))``, ``planes`` output channels."""
+    """``relu(BN(conv3(relu(BN(conv3_stride(x))))) + S(x))``, ``planes`` output channels.
+
+    Args:
+        planes: the block's width; its output has ``planes`` channels.
+        stride: the stride of its 3x3 convolution (and of the shortcut's 1x1).
+        impl: the convolution formulation, as :class:`nnmjax.models.Conv5`'s.
+
+    Examples:
+        A stride-2 block halves the side; the width changes, so the shortcut is a
+        convolution:
+
+        >>> import jax, jax.numpy as jnp
+        >>> from nnmjax.models.resnet import BasicBlock
+        >>> block, x = BasicBlock(8, stride=2), jnp.zeros((1, 8, 8, 4))
+        >>> variables = jax.eval_shape(block.init, jax.random.key(0), x)
+        >>> sorted(variables["params"]), jax.eval_shape(block.apply, variables, x).shape
+        (['bn1', 'bn2', 'conv1', 'conv2', 'shortcut_0', 'shortcut_1'], (1, 4, 4, 8))
+    """
 
     expansion = 1
     layers = ((3, 1, True), (3, 1, False))
 
 
 class Bottleneck(_Block):
-    """``relu(BN(conv1(relu(BN(conv3_stride(relu(BN(conv1(x)))))))) + S(x))``, ``4 planes`` out."""
+    """``relu(BN(conv1(relu(BN(conv3_stride(relu(BN(conv1(x)))))))) + S(x))``, ``4 planes`` out.
+
+    Args:
+        planes: the block's width; its output has ``4 * planes`` channels.
+        stride: the stride of its 3x3 convolution (and of the shortcut's 1x1).
+        impl: the convolution formulation, as :class:`nnmjax.models.Conv5`'s.
+
+    Examples:
+        >>> import jax, jax.numpy as jnp
+        >>> from nnmjax.models.resnet import Bottleneck
+        >>> block, x = Bottleneck(8), jnp.zeros((1, 8, 8, 4))
+        >>> variables = jax.eval_shape(block.init, jax.random.key(0), x)
+        >>> jax.eval_shape(block.apply, variables, x).shape
+        (1, 8, 8, 32)
+    """
 
     expansion = 4
     layers = ((1, 1, False), (3, 1, True), (1, 4, False))
@@ -116,6 +147,24 @@ class ResNet(nn.Module):
 
     Submodules are named as ByzFL's (``conv1``, ``bn1``, ``layer{s}_{b}`` for block ``b``
     of stage ``s``, ``linear``), so a PyTorch ``state_dict`` maps on name by name.
+
+    Args:
+        block: :class:`BasicBlock` or :class:`Bottleneck`.
+        stage_sizes: the number of blocks of each of the four stages.
+        num_classes: the number of classes.
+        impl: the convolution formulation.
+
+    Examples:
+        ResNet-18 on 32x32 RGB images has ByzFL's parameter count:
+
+        >>> import jax, jax.numpy as jnp
+        >>> from nnmjax.models import param_count
+        >>> from nnmjax.models.resnet import RESNETS, ResNet
+        >>> block, stages = RESNETS["resnet18"]
+        >>> model, x = ResNet(block=block, stage_sizes=stages), jnp.zeros((2, 32, 32, 3))
+        >>> variables = jax.eval_shape(model.init, jax.random.key(0), x)
+        >>> param_count(variables["params"]), jax.eval_shape(model.apply, variables, x).shape
+        (11173962, (2, 10))
     """
 
     block: type

@@ -97,6 +97,41 @@ def from_torch(name: str, state_dict: Mapping[str, Any], *, num_classes: int = 1
 
     ``state_dict``: ByzFL's model's ``state_dict()`` (torch tensors or arrays). Raises
     ``ValueError`` naming the keys that are missing, unexpected, or of the wrong shape.
+
+    Args:
+        name: the model, one of :data:`TORCH_NAMES`.
+        state_dict: ByzFL's ``state_dict()``, PyTorch names and layouts.
+        num_classes: the model's number of classes.
+        input_shape: ``(H, W, C)`` of one image.
+
+    Returns:
+        ``{"params": ..., "batch_stats": ...}`` (``batch_stats`` only for models with
+        BatchNorm), float32 arrays for ``model.apply``.
+
+    Raises:
+        ValueError: ``name`` has no PyTorch counterpart, or ``state_dict`` does not fit the
+            model (missing, unexpected or misshapen arrays).
+
+    Examples:
+        ByzFL's ``fc_mnist`` (``_f1``, ``_f2``) on 8x8 images; weights become transposed
+        kernels:
+
+        >>> import jax
+        >>> from nnmjax.models.torch_weights import from_torch
+        >>> import numpy as np
+        >>> rng = np.random.default_rng(0)
+        >>> state_dict = {"_f1.weight": rng.normal(size=(100, 64)), "_f1.bias": np.zeros(100),
+        ...               "_f2.weight": rng.normal(size=(10, 100)), "_f2.bias": np.zeros(10)}
+        >>> variables = from_torch("byzfl_fc_mnist", state_dict, input_shape=(8, 8, 1))
+        >>> jax.tree.map(lambda a: a.shape, variables["params"]["Dense_0"])
+        {'bias': (100,), 'kernel': (64, 100)}
+        >>> del state_dict["_f2.bias"]
+        >>> from_torch("byzfl_fc_mnist", state_dict, input_shape=(8, 8, 1))
+        Traceback (most recent call last):
+        ...
+        ValueError: state_dict: does not fit 'byzfl_fc_mnist' on (8, 8, 1) images with 10
+        classes: 1 arrays missing, unexpected or misshapen, e.g. ["['params']['Dense_1']['bias']
+        None (want (10,))"]
     """
     want = _template(name, num_classes, input_shape)
     renames, flatten = TORCH_NAMES[name][1], _flatten_spec(name, want)
@@ -133,6 +168,31 @@ def to_torch(name: str, variables: Mapping[str, Any], *, num_classes: int = 10,
     The inverse of :func:`from_torch`; load it with
     ``ref.load_state_dict({k: torch.from_numpy(v) for k, v in sd.items()})``. BatchNorm's
     ``num_batches_tracked`` counters, which we do not keep, are 0.
+
+    Args:
+        name: the model, one of :data:`TORCH_NAMES`.
+        variables: the model's ``{"params": ..., "batch_stats": ...}``.
+        num_classes: the model's number of classes.
+        input_shape: ``(H, W, C)`` of one image.
+
+    Returns:
+        ``{PyTorch name: NumPy array}`` in PyTorch's layouts.
+
+    Raises:
+        ValueError: ``name`` has no PyTorch counterpart, or ``variables`` do not fit the
+            model.
+
+    Examples:
+        >>> import numpy as np
+        >>> from nnmjax.models.torch_weights import from_torch, to_torch
+        >>> import numpy as np
+        >>> rng = np.random.default_rng(0)
+        >>> state_dict = {"_f1.weight": rng.normal(size=(100, 64)), "_f1.bias": np.zeros(100),
+        ...               "_f2.weight": rng.normal(size=(10, 100)), "_f2.bias": np.zeros(10)}
+        >>> variables = from_torch("byzfl_fc_mnist", state_dict, input_shape=(8, 8, 1))
+        >>> back = to_torch("byzfl_fc_mnist", variables, input_shape=(8, 8, 1))
+        >>> sorted(back), all(np.allclose(back[k], state_dict[k]) for k in state_dict)
+        (['_f1.bias', '_f1.weight', '_f2.bias', '_f2.weight'], True)
     """
     want = _template(name, num_classes, input_shape)
     _check_fits(name, variables, want, num_classes, input_shape)

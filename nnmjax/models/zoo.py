@@ -37,9 +37,9 @@ ByzFL's models are here too (see :func:`make_model`): ``byzfl_fc_mnist``,
 Examples:
     >>> import jax, jax.numpy as jnp
     >>> model = make_model("paper_cnn", 10, (28, 28, 1))
-    >>> params = model.init(jax.random.key(0), jnp.zeros((1, 28, 28, 1)))["params"]
+    >>> shapes = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, 28, 28, 1)))
     >>> from nnmjax.models import param_count
-    >>> param_count(params)
+    >>> param_count(shapes["params"])
     176050
 """
 
@@ -68,6 +68,22 @@ class PaperCNN(nn.Module):
 
     ``impl`` selects the convolution formulation and ``pool`` the max pooling
     (all share one parameter tree). Returns log-probabilities ``[B, num_classes]``.
+
+    Args:
+        num_classes: the number of classes.
+        impl: the convolution formulation, one of :data:`~nnmjax.models.layers.CONV_IMPLS`.
+        pool: the max pooling, one of :data:`~nnmjax.models.layers.POOL_IMPLS`.
+        channels: the output channels of the two convolutions.
+
+    Examples:
+        >>> import jax, jax.numpy as jnp
+        >>> from nnmjax.models import PaperCNN, param_count
+        >>> model, x = PaperCNN(channels=(20, 50)), jnp.zeros((2, 28, 28, 1))
+        >>> variables = jax.eval_shape(model.init, jax.random.key(0), x)
+        >>> param_count(variables["params"]), jax.eval_shape(model.apply, variables, x).shape
+        (431080, (2, 10))
+        >>> param_count(jax.eval_shape(PaperCNN().init, jax.random.key(0), x)["params"])
+        176050
     """
 
     num_classes: int = 10
@@ -94,6 +110,22 @@ class CifarCNN(nn.Module):
     ``C(64)-R-B-C(64)-R-B-M-D-C(128)-R-B-C(128)-R-B-M-D-L(128)-R-D-L(10)-S``.
     ``train=True`` uses batch statistics (``mutable=["batch_stats"]``) and
     dropout (needs ``rngs={"dropout": key}``).
+
+    Args:
+        num_classes: the number of classes.
+        dropout_rate: the dropout probability.
+        impl: the convolution formulation, one of :data:`~nnmjax.models.layers.CONV_IMPLS`.
+        pool: the max pooling, one of :data:`~nnmjax.models.layers.POOL_IMPLS`.
+
+    Examples:
+        >>> import jax, jax.numpy as jnp
+        >>> from nnmjax.models import CifarCNN, param_count
+        >>> model, x = CifarCNN(), jnp.zeros((2, 32, 32, 3))
+        >>> variables = jax.eval_shape(model.init, jax.random.key(0), x)
+        >>> param_count(variables["params"]), jax.eval_shape(model.apply, variables, x).shape
+        (789706, (2, 10))
+        >>> param_count(variables["batch_stats"])
+        768
     """
 
     num_classes: int = 10
@@ -128,6 +160,19 @@ class ByzflCifarCNN(nn.Module):
     ``4*4*200 = 3200`` (in HWC order; ByzFL flattens CHW, a fixed permutation of the first
     linear layer's rows). 2,324,630 parameters on 32x32 RGB images; no BatchNorm or
     dropout. ByzFL returns logits; we return their ``log_softmax``.
+
+    Args:
+        num_classes: the number of classes.
+        impl: the convolution formulation, one of :data:`~nnmjax.models.layers.CONV_IMPLS`.
+        pool: the max pooling, one of :data:`~nnmjax.models.layers.POOL_IMPLS`.
+
+    Examples:
+        >>> import jax, jax.numpy as jnp
+        >>> from nnmjax.models import ByzflCifarCNN, param_count
+        >>> model, x = ByzflCifarCNN(), jnp.zeros((2, 32, 32, 3))
+        >>> variables = jax.eval_shape(model.init, jax.random.key(0), x)
+        >>> param_count(variables["params"]), jax.eval_shape(model.apply, variables, x).shape
+        (2324630, (2, 10))
     """
 
     num_classes: int = 10
@@ -147,7 +192,23 @@ class ByzflCifarCNN(nn.Module):
 
 
 class LogisticRegression(nn.Module):
-    """Multinomial logistic regression: ``log_softmax(W flatten(x) + b)``."""
+    """Multinomial logistic regression: ``log_softmax(W flatten(x) + b)``.
+
+    Args:
+        num_classes: the number of classes.
+
+    Examples:
+        With zero weights every class is equally likely, ``log(1/3)``:
+
+        >>> import jax, jax.numpy as jnp
+        >>> from nnmjax.models import LogisticRegression
+        >>> model, x = LogisticRegression(num_classes=3), jnp.ones((2, 8, 8, 1))
+        >>> shapes = jax.eval_shape(model.init, jax.random.key(0), x)
+        >>> zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
+        >>> model.apply(zeros, x)
+        Array([[-1.0986123, -1.0986123, -1.0986123],
+               [-1.0986123, -1.0986123, -1.0986123]], dtype=float32)
+    """
 
     num_classes: int = 10
 
@@ -159,7 +220,22 @@ class LogisticRegression(nn.Module):
 
 
 class MLP(nn.Module):
-    """One-hidden-layer perceptron: ``L(hidden)-R-L(num_classes)-S`` on flattened inputs."""
+    """One-hidden-layer perceptron: ``L(hidden)-R-L(num_classes)-S`` on flattened inputs.
+
+    Args:
+        num_classes: the number of classes.
+        hidden: the width of the hidden layer.
+
+    Examples:
+        >>> import jax, jax.numpy as jnp
+        >>> from nnmjax.models import MLP
+        >>> model, x = MLP(num_classes=3, hidden=4), jnp.ones((2, 8, 8, 1))
+        >>> variables = jax.eval_shape(model.init, jax.random.key(0), x)
+        >>> jax.tree.map(lambda s: s.shape, variables["params"])
+        {'Dense_0': {'bias': (4,), 'kernel': (64, 4)}, 'Dense_1': {'bias': (3,), 'kernel': (4, 3)}}
+        >>> jax.eval_shape(model.apply, variables, x).shape
+        (2, 3)
+    """
 
     num_classes: int = 10
     hidden: int = 64
@@ -203,6 +279,31 @@ def make_model(name: str, num_classes: int = 10,
 
     ``input_shape`` is ``(H, W, C)`` of one image and is checked against the
     architecture; ``options`` go to the module (e.g. ``impl="xla"``, ``hidden=128``).
+
+    Args:
+        name: one of :data:`MODELS`.
+        num_classes: the number of classes, an integer ``>= 2``.
+        input_shape: ``(H, W, C)`` of one image.
+        **options: further fields of the module.
+
+    Returns:
+        The (uninitialised) flax module; it maps ``[B, H, W, C]`` images to
+        log-probabilities ``[B, num_classes]``.
+
+    Raises:
+        ValueError: an unknown ``name``, ``num_classes < 2``, or an ``input_shape`` that is
+            not ``(H, W, C)`` or too small for the architecture.
+
+    Examples:
+        >>> from nnmjax.models import make_model
+        >>> model = make_model("byzfl_fc_mnist", 10, (8, 8, 1))
+        >>> type(model).__name__, model.hidden
+        ('MLP', 100)
+        >>> make_model("paper_cnn", 10, (8, 8, 1))
+        Traceback (most recent call last):
+        ...
+        ValueError: input_shape: paper_cnn needs images of at least 16x16; got (8, 8, 1). For
+        8x8 digits use 'logreg', 'mlp' or 'byzfl_fc_mnist'.
     """
     if name not in MODELS:
         raise ValueError(f"name: unknown model {name!r}; valid models are {MODELS}")

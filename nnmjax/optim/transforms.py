@@ -21,6 +21,7 @@ from typing import Any, Callable, NamedTuple
 import jax
 import jax.numpy as jnp
 import optax
+from jaxtyping import Array, Float, PRNGKeyArray
 
 from nnmjax.robust import attacks as _attacks
 from nnmjax.robust._checks import check_count
@@ -38,7 +39,7 @@ def _concrete(value) -> bool:
     return not isinstance(value, jax.core.Tracer)
 
 
-def clip_by_worker_norm(max_norm: float) -> optax.GradientTransformation:
+def clip_by_worker_norm(max_norm: float | Float[Array, ""]) -> optax.GradientTransformation:
     """Rescale each worker's update to global l2 norm at most ``max_norm``.
 
     ``g_i <- g_i min(1, max_norm / ||g_i||)``, ``||g_i||`` over all leaves of worker ``i``
@@ -88,7 +89,8 @@ class WorkerMomentumState(NamedTuple):
     momentum: Any
 
 
-def worker_momentum(beta: float, num_workers: int) -> optax.GradientTransformation:
+def worker_momentum(beta: float | Float[Array, ""],
+                    num_workers: int) -> optax.GradientTransformation:
     """Local momentum of each honest worker (paper eq. 3).
 
     ``m_t^(i) = beta m_{t-1}^(i) + (1 - beta) g_t^(i)``, ``m_0 = 0``. Emits the momenta.
@@ -163,8 +165,9 @@ _STATEFUL = {"mimic"}
 _KEYED = {"gaussian"}
 
 
-def inject_attack(attack: str | Callable, f: int, *, key=None, rule: Rule | Callable | None = None,
-                  **options) -> optax.GradientTransformation:
+def inject_attack(attack: str | Callable, f: int, *, key: PRNGKeyArray | None = None,
+                  rule: Rule | Callable | None = None,
+                  **options: Any) -> optax.GradientTransformation:
     """Append ``f`` Byzantine rows computed from the honest ones: ``(h, ...) -> (h + f, ...)``.
 
     ``attack`` is a name of :data:`nnmjax.robust.attacks.ATTACKS` (or a callable
@@ -251,7 +254,7 @@ class RobustAggregateState(NamedTuple):
     previous: Any
 
 
-def robust_aggregate(rule: Rule | Callable, *, key=None, mesh=None,
+def robust_aggregate(rule: Rule | Callable, *, key: PRNGKeyArray | None = None, mesh=None,
                      axis: str = "workers") -> optax.GradientTransformation:
     """Aggregate stacked worker updates ``(n, ...) -> (...)`` with ``rule``.
 

@@ -7,14 +7,17 @@ per-worker structure (without the worker axis).
 """
 from __future__ import annotations
 
+from typing import Any, Callable
+
 import jax
 import jax.numpy as jnp
 from jax.flatten_util import ravel_pytree
+from jaxtyping import Array, ArrayLike, Shaped
 
 __all__ = ["ravel_workers", "num_workers"]
 
 
-def num_workers(tree) -> int:
+def num_workers(tree: Any) -> int:
     """The common leading-axis size ``n`` of the leaves of ``tree``.
 
     Args:
@@ -41,7 +44,8 @@ def num_workers(tree) -> int:
     return sizes.pop()
 
 
-def ravel_workers(tree):
+def ravel_workers(tree: Any) -> tuple[Shaped[Array, "n d"],
+                                      Callable[[Shaped[ArrayLike, " d"]], Any]]:
     """Flatten a worker-stacked pytree to an ``(n, d)`` matrix, one row per worker.
 
     Args:

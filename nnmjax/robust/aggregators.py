@@ -18,7 +18,7 @@ rule                          time                                        memory
 ============================  ==========================================  =====================
 mean                          one pass                                    ``O(d)``
 cwmed, cwtm, meamed           ``n <= 64``: one fused pass through a       ``O(d)``
-                              sorting network (``robust/_order.py``),
+                              sorting network (module ``_order``),
                               ``O(n log^2 n)`` min/max per coordinate;
                               ``n <= 128``: the network in stages;        ``O(n d)``
                               ``n > 128``: ``jnp.sort`` along workers     ``O(n d)``
@@ -45,6 +45,7 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+from jaxtyping import Array, ArrayLike, Float, Real
 
 from nnmjax.robust import _gram, _order
 from nnmjax.robust._checks import as_matrix, check_f, check_int, check_positive, keeps_dtype
@@ -62,7 +63,7 @@ def _prepare(x, f, rule, min_n=None):
 
 
 @keeps_dtype
-def mean(x, f: int = 0):
+def mean(x: Real[ArrayLike, "n d"], f: int = 0) -> Float[Array, " d"]:
     """Average of the rows, ``(1/n) sum_i x_i``.
 
     Not robust (kappa is unbounded for f >= 1; ``nnmjax audit`` finds infinite ratios).
@@ -98,7 +99,7 @@ def _rows(x):
 
 
 @keeps_dtype
-def cwmed(x, f: int = 0):
+def cwmed(x: Real[ArrayLike, "n d"], f: int = 0) -> Float[Array, " d"]:
     """Coordinate-wise median (paper eq. 13).
 
     ``[CWMed(x)]_k = Median(x_1k, ..., x_nk)``; the two middle values are averaged for even
@@ -133,7 +134,7 @@ def cwmed(x, f: int = 0):
 
 
 @keeps_dtype
-def cwtm(x, f: int):
+def cwtm(x: Real[ArrayLike, "n d"], f: int) -> Float[Array, " d"]:
     """Coordinate-wise trimmed mean (paper Appendix 8.1.1).
 
     Per coordinate, drop the ``f`` smallest and ``f`` largest values and average the
@@ -168,7 +169,7 @@ def cwtm(x, f: int):
 
 
 @keeps_dtype
-def meamed(x, f: int):
+def meamed(x: Real[ArrayLike, "n d"], f: int) -> Float[Array, " d"]:
     """Mean around the median (Xie et al., 2018).
 
     Per coordinate, the average of the ``m = n - f`` values closest to the coordinate-wise
@@ -228,7 +229,7 @@ def meamed(x, f: int):
 
 
 @keeps_dtype
-def krum(x, f: int):
+def krum(x: Real[ArrayLike, "n d"], f: int) -> Float[Array, " d"]:
     """Krum in the paper's variant (Appendix 8.1.2).
 
     Output ``x_k`` with ``k = argmin_i sum_{j in N_i} ||x_i - x_j||^2``, ``N_i`` the ``n - f``
@@ -267,7 +268,7 @@ def _krum_scores(sqdist, f):
 
 
 @keeps_dtype
-def multikrum(x, f: int, *, m: int | None = None):
+def multikrum(x: Real[ArrayLike, "n d"], f: int, *, m: int | None = None) -> Float[Array, " d"]:
     """Multi-Krum (Blanchard et al., 2017): average of the ``m`` rows with the lowest Krum scores.
 
     The Krum score of ``x_i`` is the sum of squared distances to its ``n - f`` nearest rows
@@ -309,8 +310,8 @@ def multikrum(x, f: int, *, m: int | None = None):
 
 
 @keeps_dtype
-def gm(x, f: int = 0, *, nu: float = 1e-6, max_iter: int = 200, tol: float = 1e-6,
-       init: str = "medoid"):
+def gm(x: Real[ArrayLike, "n d"], f: int = 0, *, nu: float = 1e-6, max_iter: int = 200,
+       tol: float = 1e-6, init: str = "medoid") -> Float[Array, " d"]:
     """Geometric median ``argmin_z sum_i ||z - x_i||`` (paper Appendix 8.1.3).
 
     Computed by smoothed Weiszfeld (Pillutla et al., 2022):
@@ -400,7 +401,7 @@ def _sqdist_to(x, v):
 
 
 @keeps_dtype
-def monna(x, f: int, *, idx: int = 0):
+def monna(x: Real[ArrayLike, "n d"], f: int, *, idx: int = 0) -> Float[Array, " d"]:
     """MoNNA (Farhadkhani et al., 2023): average of the ``n - f`` nearest neighbours of ``x[idx]``.
 
     The trusted row ``x[idx]`` is included among its neighbours; ties to the lower index.
@@ -440,7 +441,8 @@ def monna(x, f: int, *, idx: int = 0):
 
 
 @keeps_dtype
-def cclip(x, f: int = 0, *, tau: float = 100.0, n_iter: int = 1, init=None):
+def cclip(x: Real[ArrayLike, "n d"], f: int = 0, *, tau: float = 100.0, n_iter: int = 1,
+          init: Real[ArrayLike, " d"] | None = None) -> Float[Array, " d"]:
     """Centered clipping (Karimireddy et al., 2021).
 
     ``n_iter`` iterations from ``init`` (default the origin; in training, the previous
@@ -496,7 +498,7 @@ def cclip(x, f: int = 0, *, tau: float = 100.0, n_iter: int = 1, init=None):
 
 
 @keeps_dtype
-def mda(x, f: int, *, max_subsets: int = 200_000):
+def mda(x: Real[ArrayLike, "n d"], f: int, *, max_subsets: int = 200_000) -> Float[Array, " d"]:
     """Minimum-diameter averaging (El Mhamdi et al., 2018; Rousseeuw's MVE idea).
 
     The average of the ``n - f`` rows whose largest pairwise distance is smallest:
@@ -541,7 +543,7 @@ def mda(x, f: int, *, max_subsets: int = 200_000):
 
 
 @keeps_dtype
-def smea(x, f: int, *, max_subsets: int = 200_000):
+def smea(x: Real[ArrayLike, "n d"], f: int, *, max_subsets: int = 200_000) -> Float[Array, " d"]:
     """Smallest maximum eigenvalue averaging (Allouah et al., 2024).
 
     The average of the ``n - f`` rows whose empirical covariance has the smallest top
@@ -585,7 +587,7 @@ def smea(x, f: int, *, max_subsets: int = 200_000):
 
 
 @keeps_dtype
-def caf(x, f: int):
+def caf(x: Real[ArrayLike, "n d"], f: int) -> Float[Array, " d"]:
     """Covariance-bound agnostic filter (Allouah et al., 2024).
 
     With weights ``c`` (all 1), while ``sum(c) > n - 2f``: ``mu = sum c_i x_i / sum c``;

@@ -16,11 +16,12 @@ on data (:func:`nnmjax.data.label_flip`).
 from __future__ import annotations
 
 import math
-from typing import Callable, NamedTuple
+from typing import Callable, NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
 import optax
+from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray, Real
 
 from nnmjax.robust import _subspace
 from nnmjax.robust._checks import as_matrix, check_int
@@ -60,7 +61,7 @@ def _repeat(v, f):
     return jnp.broadcast_to(v, (f,) + v.shape)
 
 
-def sign_flipping(honest, f: int):
+def sign_flipping(honest: Real[ArrayLike, "h d"], f: int) -> Float[Array, "f d"]:
     """Sign flipping: every Byzantine worker sends ``-s``, ``s`` the honest mean.
 
     Args:
@@ -85,7 +86,7 @@ def sign_flipping(honest, f: int):
     return _repeat(-jnp.mean(honest, axis=0), f)
 
 
-def foe(honest, f: int, *, eta: float = 3.0):
+def foe(honest: Real[ArrayLike, "h d"], f: int, *, eta: float = 3.0) -> Float[Array, "f d"]:
     """Fall of Empires / inner-product manipulation (Xie et al., 2020): ``(1 - eta) s``.
 
     The default ``eta = 3`` sends ``-2 s`` (ByzFL's ``InnerProductManipulation(tau=2)`` is
@@ -123,7 +124,7 @@ def _std(honest):
     return jnp.std(honest, axis=0, ddof=1)
 
 
-def alie(honest, f: int, *, eta: float = 1.5):
+def alie(honest: Real[ArrayLike, "h d"], f: int, *, eta: float = 1.5) -> Float[Array, "f d"]:
     """A little is enough (Baruch et al., 2019): ``s + eta * sigma``.
 
     ``sigma`` is the unbiased (``ddof=1``) coordinate-wise standard deviation of the honest
@@ -174,7 +175,7 @@ def alie_z_max(n: int, f: int) -> float:
     return NormalDist().inv_cdf((n - s) / n)
 
 
-def inf(honest, f: int):
+def inf(honest: Real[ArrayLike, "h d"], f: int) -> Float[Array, "f d"]:
     """Every Byzantine worker sends ``+inf`` in every coordinate.
 
     Args:
@@ -199,7 +200,8 @@ def inf(honest, f: int):
     return jnp.full((f, honest.shape[1]), jnp.inf, honest.dtype)
 
 
-def gaussian(honest, f: int, *, key: jax.Array, mu: float = 0.0, sigma: float = 200.0):
+def gaussian(honest: Real[ArrayLike, "h d"], f: int, *, key: PRNGKeyArray, mu: float = 0.0,
+             sigma: float = 200.0) -> Float[Array, "f d"]:
     """Each Byzantine worker sends an independent draw of ``N(mu, sigma^2 I)``.
 
     Args:
@@ -320,9 +322,12 @@ def _search(honest, f, rule, etas, direction, refine, zooms, brackets, key):
     return _repeat(s + eta * direction, f), eta
 
 
-def optimal_alie(honest, f: int, *, rule: Callable, key=None, search: str = "grid",
-                 etas=DEFAULT_ETAS, refine: int = 8, zooms: int = 8, brackets: int = 3,
-                 return_eta: bool = False):
+def optimal_alie(honest: Real[ArrayLike, "h d"], f: int, *, rule: Callable,
+                 key: PRNGKeyArray | None = None, search: str = "grid",
+                 etas: Sequence[float] | Real[ArrayLike, " k"] = DEFAULT_ETAS,
+                 refine: int = 8, zooms: int = 8, brackets: int = 3,
+                 return_eta: bool = False
+                 ) -> Float[Array, "f d"] | tuple[Float[Array, "f d"], Float[Array, ""]]:
     """ALIE with ``eta`` chosen to maximise ``||rule(honest ++ byz) - s||``.
 
     ``search="grid"``: the whole grid ``etas`` in one vmapped call, then, around each of
@@ -376,9 +381,12 @@ def optimal_alie(honest, f: int, *, rule: Callable, key=None, search: str = "gri
     return (byz, eta) if return_eta else byz
 
 
-def optimal_foe(honest, f: int, *, rule: Callable, key=None, search: str = "grid",
-                etas=DEFAULT_ETAS, refine: int = 8, zooms: int = 8, brackets: int = 3,
-                return_eta: bool = False):
+def optimal_foe(honest: Real[ArrayLike, "h d"], f: int, *, rule: Callable,
+                key: PRNGKeyArray | None = None, search: str = "grid",
+                etas: Sequence[float] | Real[ArrayLike, " k"] = DEFAULT_ETAS,
+                refine: int = 8, zooms: int = 8, brackets: int = 3,
+                return_eta: bool = False
+                ) -> Float[Array, "f d"] | tuple[Float[Array, "f d"], Float[Array, ""]]:
     """FOE, ``(1 - eta) s``, with ``eta`` chosen like :func:`optimal_alie`.
 
     ByzFL's line search runs over its factor ``tau = eta - 1`` (``InnerProductManipulation``
@@ -402,9 +410,10 @@ def optimal_foe(honest, f: int, *, rule: Callable, key=None, search: str = "grid
     return (byz, eta) if return_eta else byz
 
 
-def adaptive(honest, f: int, *, rule: Callable, key=None, steps: int = 8, lr: float = 0.25,
+def adaptive(honest: Real[ArrayLike, "h d"], f: int, *, rule: Callable,
+             key: PRNGKeyArray | None = None, steps: int = 8, lr: float = 0.25,
              constraint: str | None = None, radius: float | None = None,
-             search: str = "grid"):
+             search: str = "grid") -> Float[Array, "f d"]:
     """Byzantine rows that differentiate through the defence.
 
     Projected gradient ascent of ``||rule(honest ++ B) - s||^2`` over the ``f`` rows ``B``
@@ -539,7 +548,7 @@ class MimicState(NamedTuple):
     target: jax.Array
 
 
-def mimic_init(key, d: int, dtype=jnp.float32) -> MimicState:
+def mimic_init(key: PRNGKeyArray, d: int, dtype=jnp.float32) -> MimicState:
     """Initial Mimic state with a random unit direction drawn from ``key``.
 
     Args:
@@ -562,7 +571,8 @@ def mimic_init(key, d: int, dtype=jnp.float32) -> MimicState:
                       z / jnp.linalg.norm(z), jnp.zeros((), jnp.int32))
 
 
-def mimic_update(state: MimicState, honest, *, warmup: int = 1) -> MimicState:
+def mimic_update(state: MimicState, honest: Real[ArrayLike, "h d"], *,
+                 warmup: int = 1) -> MimicState:
     """One step of Karimireddy et al.'s (2022) Mimic heuristic (their ``MimicVariantAttacker``).
 
     During the first ``warmup`` steps (``t = state.step``) track the honest mean
@@ -605,7 +615,8 @@ def mimic_update(state: MimicState, honest, *, warmup: int = 1) -> MimicState:
     return MimicState(t + 1, mu, z, target)
 
 
-def mimic(honest, f: int, *, state: MimicState, warmup: int = 1):
+def mimic(honest: Real[ArrayLike, "h d"], f: int, *, state: MimicState,
+          warmup: int = 1) -> tuple[Float[Array, "f d"], MimicState]:
     """Mimic: every Byzantine worker copies the honest worker chosen by Karimireddy et al.'s heuristic.
 
     The target is chosen by :func:`mimic_update`; start from :func:`mimic_init`.

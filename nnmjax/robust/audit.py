@@ -45,6 +45,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from jaxtyping import ArrayLike, Bool, Real
 
 from nnmjax.robust import metrics
 from nnmjax.robust.rules import Rule, rule as make_rule
@@ -147,7 +148,9 @@ def proven_bound(name: str, n: int, f: int) -> float | None:
         return None
 
 
-def ratio(output, x, f: int, *, honest=None, max_subsets: int = 50_000):
+def ratio(output: Real[ArrayLike, " d"], x: Real[ArrayLike, "n d"], f: int, *,
+          honest: Bool[ArrayLike, " n"] | None = None,
+          max_subsets: int = 50_000) -> tuple[float, Bool[np.ndarray, " n"]]:
     """Definition 2's worst ratio of one output over every ``S`` of size ``n - f``.
 
     ``max_S ||output - xbar_S||^2 / ((1/|S|) sum_{i in S} ||x_i - xbar_S||^2)`` over every

@@ -5,6 +5,7 @@ import itertools
 import math
 
 import jax.numpy as jnp
+from jaxtyping import Array, ArrayLike, Float, Real
 
 from nnmjax.robust._checks import as_matrix, check_f
 
@@ -19,7 +20,8 @@ def _ratio(output, rows):
     return jnp.where(err == 0, 0.0, err / spread)
 
 
-def kappa_hat(output, honest, *, squared: bool = False):
+def kappa_hat(output: Real[ArrayLike, " d"], honest: Real[ArrayLike, "h d"], *,
+              squared: bool = False) -> Float[Array, ""]:
     """Empirical robustness coefficient of an aggregate (paper eq. 26).
 
     ``kappa_hat^2 = ||R - m_bar||^2 / ((1/|H|) sum_{i in H} ||m_i - m_bar||^2)`` with ``m_bar``
@@ -55,7 +57,8 @@ def kappa_hat(output, honest, *, squared: bool = False):
     return r if squared else jnp.sqrt(r)
 
 
-def worst_case_kappa(output, x, f: int, *, max_subsets: int = 100_000):
+def worst_case_kappa(output: Real[ArrayLike, " d"], x: Real[ArrayLike, "n d"], f: int, *,
+                     max_subsets: int = 100_000) -> Float[Array, ""]:
     """The smallest kappa for which ``(x, output)`` satisfies Definition 2.
 
     ``max_S ||F(x) - mean_S||^2 / ((1/|S|) sum_{i in S} ||x_i - mean_S||^2)`` over every

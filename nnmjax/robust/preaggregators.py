@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray, Real
 
 from nnmjax.robust import _gram
 from nnmjax.robust._checks import (as_matrix, check_f, check_int, check_positive, keeps_dtype,
@@ -18,7 +19,7 @@ __all__ = ["nnm", "mixing_matrix", "bucketing", "bucketing_matrix", "clipping", 
 
 
 @keeps_dtype
-def nnm(x, f: int):
+def nnm(x: Real[ArrayLike, "n d"], f: int) -> Float[Array, "n d"]:
     """Nearest Neighbor Mixing (paper Algorithm 2, eq. 1): mix each row with its neighbours.
 
     Each ``x_i`` becomes the average of its ``n - f`` nearest rows in Euclidean distance,
@@ -64,7 +65,7 @@ def nnm(x, f: int):
     return jnp.where(geo.far[:, None], x, mixed)
 
 
-def mixing_matrix(x, f: int):
+def mixing_matrix(x: Real[ArrayLike, "n d"], f: int) -> Float[Array, "n n"]:
     """The ``(n, n)`` NNM weights ``W`` with ``nnm(x, f) = W @ x`` (for finite rows).
 
     ``W_ij = 1/(n-f)`` if ``x_j`` is among the ``n - f`` nearest rows of ``x_i`` (itself
@@ -122,7 +123,8 @@ def bucket_size(n: int, f: int) -> int:
 
 
 @keeps_dtype
-def bucketing(x, f: int, *, key: jax.Array, s: int | None = None):
+def bucketing(x: Real[ArrayLike, "n d"], f: int, *, key: PRNGKeyArray,
+              s: int | None = None) -> Float[Array, "m d"]:
     """Bucketing (Karimireddy et al., 2022; paper Appendix 10): average random buckets of rows.
 
     Shuffle the rows with a random permutation drawn from ``key``, then average consecutive
@@ -158,8 +160,8 @@ def bucketing(x, f: int, *, key: jax.Array, s: int | None = None):
     return _gram.combine(bucketing_matrix(x.shape[0], f, key=key, s=s, dtype=x.dtype), x)
 
 
-def bucketing_matrix(n: int, f: int, *, key: jax.Array, s: int | None = None,
-                     dtype=jnp.float32):
+def bucketing_matrix(n: int, f: int, *, key: PRNGKeyArray, s: int | None = None,
+                     dtype=jnp.float32) -> Float[Array, "m n"]:
     """The ``(ceil(n/s), n)`` weights ``W`` with ``bucketing(x, f, key=key, s=s) = W @ x``.
 
     Args:
@@ -196,7 +198,7 @@ def bucketing_matrix(n: int, f: int, *, key: jax.Array, s: int | None = None,
 
 
 @keeps_dtype
-def clipping(x, f: int = 0, *, c: float = 2.0):
+def clipping(x: Real[ArrayLike, "n d"], f: int = 0, *, c: float = 2.0) -> Float[Array, "n d"]:
     """Static clipping: ``x_i <- x_i * min(1, c / ||x_i||)``.
 
     Rows with non-finite norm become 0.
@@ -242,7 +244,7 @@ def _scale_rows(x, threshold):
 
 
 @keeps_dtype
-def arc(x, f: int):
+def arc(x: Real[ArrayLike, "n d"], f: int) -> Float[Array, "n d"]:
     """Adaptive robust clipping (Allouah et al., 2024): clip the ``floor(2f (n-f) / n)`` largest rows.
 
     The ``k`` largest-norm rows are clipped to the norm of the largest unclipped row (ByzFL's

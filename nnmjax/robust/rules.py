@@ -11,6 +11,7 @@ import inspect
 from typing import Any, Mapping
 
 import jax
+from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray, Real
 
 from nnmjax.robust import aggregators as _agg
 from nnmjax.robust import preaggregators as _pre
@@ -118,7 +119,8 @@ class Rule:
         self.pre_options = {k: dict(v) for k, v in pre_options.items()}
         self.randomized = any(s in RANDOMIZED for s in pres)
 
-    def __call__(self, x, *, key=None):
+    def __call__(self, x: Real[ArrayLike, "n d"], *,
+                 key: PRNGKeyArray | None = None) -> Float[Array, " d"]:
         """Aggregate the ``(n, d)`` rows ``x`` into one ``(d,)`` vector.
 
         Every stage computes in :func:`nnmjax.robust._checks.work_dtype` (float32 for narrower floats)
@@ -164,7 +166,7 @@ class Rule:
 
 
 def rule(name: str, f: int, *, pre_options: Mapping[str, Mapping[str, Any]] | None = None,
-         **options) -> Rule:
+         **options: Any) -> Rule:
     """Build the rule named ``name`` for ``f`` Byzantine inputs.
 
     ``name`` is e.g. ``"cwtm"``, ``"nnm+cwtm"``, ``"bucketing+krum"`` or ``"arc+nnm+gm"``:
