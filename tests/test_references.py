@@ -11,9 +11,9 @@ ROOT = Path(__file__).resolve().parents[1]
 #: A relative path to a file of a kind the repository holds, as text cites it.
 PATH = re.compile(r"(?<![\w/.:~<$-])((?:\.{1,2}/)?(?:[\w.-]+/)+[\w.-]+"
                   r"\.(?:py|md|toml|ipynb|sh|json|csv|png|pdf|txt))\b")
-#: Paths that name what a command writes (``DIR/``, ``out/``, ``plots/`` under an output
+#: Paths that name what a command writes (``DIR/``, ``out/``, ``plots/``, ``runs/`` in an output
 #: directory) or a file of another package (ByzFL's sources), not a file of this repository.
-NOT_HERE = ("DIR/", "out/", "plots/", "byzfl/")
+NOT_HERE = ("DIR/", "out/", "plots/", "runs/", "byzfl/")
 
 
 def _tracked() -> list[str]:

@@ -9,8 +9,8 @@ Examples:
     >>> import numpy as np
     >>> from nnmjax.experiments.config import Config
     >>> place = Placement(experiment_mesh(Config()))      # no mesh: plain device arrays
-    >>> place.fetch(place.put(np.arange(3.0)))
-    array([0., 1., 2.])
+    >>> place.fetch(place.put(np.arange(3, dtype=np.float32)))
+    array([0., 1., 2.], dtype=float32)
 """
 from __future__ import annotations
 
