@@ -41,9 +41,10 @@ def main():
         cfg = load_config(None, TINY + [mesh])
         exp = build_experiment(cfg, "label_flipping", "nnm+cwtm", [1, 2, 3])
         state = exp.init()
-        out[name]["data_devices"] = len(exp.data.x.sharding.device_set)
-        out[name]["data_shape"] = list(exp.data.y.shape)
-        out[name]["data_block"] = list(exp.data.y.addressable_shards[0].data.shape)
+        index = exp.data.index.index  # each run's workers' rows of the shared training set
+        out[name]["data_devices"] = len(index.sharding.device_set)
+        out[name]["data_shape"] = list(index.shape)
+        out[name]["data_block"] = list(index.addressable_shards[0].data.shape)
         out[name]["state_devices"] = len(jax.tree.leaves(state.params)[0].sharding.device_set)
         state, (loss, _) = exp.run_chunk(state, 2)
         out[name]["chunk_shape"] = list(np.asarray(loss).shape)

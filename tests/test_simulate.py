@@ -110,6 +110,7 @@ def test_the_simulators_chunk_compiles_once(tiny_config):
     import functools
 
     from nnmjax.sim.step import run_steps
+    from nnmjax.sim.worker_data import RUN_AXES
 
     exp = build_experiment(tiny_config, "optimal_alie", "bucketing+cwtm", [1, 2])
     state = exp.init()
@@ -117,7 +118,7 @@ def test_the_simulators_chunk_compiles_once(tiny_config):
     later, _ = exp.run_chunk(later, 2)
     assert exp._run_chunk._cache_size() == 1
     def chunk(state, data, hyper, steps):
-        return jax.vmap(functools.partial(run_steps, exp.spec), in_axes=(0, 0, 0, None))(
+        return jax.vmap(functools.partial(run_steps, exp.spec), in_axes=(0, RUN_AXES, 0, None))(
             state, data, hyper, steps)
 
     (_, (a, _)), (_, (b, _)) = assert_compiles_once(
@@ -169,13 +170,13 @@ def test_data_seed_fixes_the_partition_across_seeds(tiny_config):
 
     same = build_experiment(dataclasses.replace(tiny_config, data_seed=7), "alie", "cwtm", [1, 2])
     own = build_experiment(tiny_config, "alie", "cwtm", [1, 2])
-    data = jax.tree.map(np.asarray, (same.data, own.data))
+    data = jax.tree.map(np.asarray, (same.data.index, own.data.index))  # each run's rows
     for a in jax.tree.leaves(data[0]):
         np.testing.assert_array_equal(a[0], a[1])  # one partition for both seeds
     assert not all(np.array_equal(b[0], b[1]) for b in jax.tree.leaves(data[1]))  # each its own
     settings = [dataclasses.replace(tiny_config, data_seed=d) for d in (7, 8)]
     mixed = build_experiment(tiny_config, "alie", "cwtm", [1, 1], settings=settings)
-    first = jax.tree.leaves(jax.tree.map(np.asarray, mixed.data))
+    first = jax.tree.leaves(jax.tree.map(np.asarray, mixed.data.index))
     np.testing.assert_array_equal(first[0][0], jax.tree.leaves(data[0])[0][0])
     with pytest.raises(ValueError, match="data_seed"):
         load_config(None, ["data_seed=1.5"])

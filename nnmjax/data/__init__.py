@@ -10,7 +10,8 @@ from .datasets import (
     read_idx,
     write_idx,
 )
-from .device import WorkerData, flip_worker_labels, gather_workers, sample_batches, to_worker_arrays
+from .device import (WorkerData, WorkerIndex, flip_worker_labels, gather_indexed, gather_workers,
+                     sample_batches, sample_indexed_batches, to_worker_arrays, worker_index)
 from .partition import (
     PARTITIONS,
     dirichlet,
@@ -32,6 +33,10 @@ __all__ = [
     "read_idx",
     "write_idx",
     "WorkerData",
+    "WorkerIndex",
+    "worker_index",
+    "sample_indexed_batches",
+    "gather_indexed",
     "flip_worker_labels",
     "gather_workers",
     "sample_batches",

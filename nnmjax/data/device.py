@@ -1,10 +1,17 @@
-"""Per-worker data held on device as padded stacked arrays, and jittable sampling.
+"""Per-worker data on device, and jittable sampling of the workers' minibatches.
 
-Worker ``i``'s ``counts[i]`` samples sit in rows ``0..counts[i]-1`` of
-``x[i]``/``y[i]``; rows past ``counts[i]`` are zero padding and are never
-sampled. Memory is ``h * max_i counts[i]`` rows, so very unequal partitions
-(e.g. ``dirichlet_per_class`` at small ``alpha``) pay for the largest worker;
-the default ``dirichlet`` partition has equal sizes and no padding.
+Two forms:
+
+- :class:`WorkerIndex` (what the simulator uses): the training set is held **once** on the
+  device and each worker holds the indices of its rows, ``int32[h, m_max]`` (worker ``i``
+  valid in columns ``< counts[i]``), and whether its labels are flipped. A run's data then
+  costs ``4 h m_max`` bytes, about a thousandth of the images it points to, so many runs
+  share one copy of the dataset (:func:`worker_index`, :func:`sample_indexed_batches`).
+- :class:`WorkerData`: each worker's rows copied, padded stacked arrays ``[h, m_max, ...]``
+  (:func:`to_worker_arrays`, :func:`sample_batches`).
+
+Both draw the same minibatch indices from the same key, so they give the same batches.
+Rows past ``counts[i]`` are padding and are never sampled.
 """
 
 from __future__ import annotations
@@ -17,7 +24,8 @@ import numpy as np
 
 from .partition import label_flip
 
-__all__ = ["WorkerData", "to_worker_arrays", "gather_workers", "sample_batches", "flip_worker_labels"]
+__all__ = ["WorkerData", "WorkerIndex", "to_worker_arrays", "gather_workers", "worker_index",
+           "sample_batches", "sample_indexed_batches", "gather_indexed", "flip_worker_labels"]
 
 
 class WorkerData(NamedTuple):
@@ -32,6 +40,52 @@ class WorkerData(NamedTuple):
     x: jax.Array
     y: jax.Array
     counts: jax.Array
+
+
+class WorkerIndex(NamedTuple):
+    """Each worker's rows of one training set held once on the device.
+
+    Attributes:
+      index: ``int32[h, m_max]`` rows of the training set worker ``i`` holds, valid in
+        columns ``< counts[i]`` (padding columns hold 0 and are never sampled).
+      counts: ``int32[h]`` number of valid rows per worker, all ``>= 1``.
+      flipped: ``bool[h]`` whether worker ``i``'s labels are flipped (``l -> C - 1 - l``:
+        the label-flipping attack's Byzantine workers).
+    """
+
+    index: jax.Array
+    counts: jax.Array
+    flipped: jax.Array
+
+
+def worker_index(parts: Sequence[np.ndarray], *, rows: Optional[int] = None,
+                 flip_from: Optional[int] = None):
+    """NumPy ``(index, counts, flipped)`` of the workers holding ``parts``, each padded to
+    ``rows`` columns (default: the largest part). An empty part is a padding worker: one
+    "valid" row (row 0 of the training set), so it can be sampled like any worker and
+    then discarded.
+
+    Args:
+      parts: one index array per worker.
+      rows: columns per worker after padding.
+      flip_from: workers from this index on have flipped labels (``None``: none).
+
+    Returns:
+      ``(int32[h, rows], int32[h], bool[h])``, the fields of :class:`WorkerIndex`.
+
+    Examples:
+      >>> import numpy as np
+      >>> index, counts, flipped = worker_index([np.array([3, 5]), np.array([7])], flip_from=1)
+      >>> index.tolist(), counts.tolist(), flipped.tolist()
+      ([[3, 5], [7, 0]], [2, 1], [False, True])
+    """
+    counts = np.array([max(p.size, 1) for p in parts], dtype=np.int32)
+    rows = int(counts.max()) if rows is None else rows
+    index = np.zeros((len(parts), rows), dtype=np.int32)
+    for i, p in enumerate(parts):
+        index[i, : p.size] = p
+    first = len(parts) if flip_from is None else flip_from
+    return index, counts, np.arange(len(parts)) >= first
 
 
 def to_worker_arrays(x, y, parts: Sequence[np.ndarray]) -> WorkerData:
@@ -138,13 +192,76 @@ def sample_batches(key: jax.Array, data: WorkerData, batch_size: int, *,
       >>> xb.shape, set(yb[0].tolist()) <= {0, 1, 2}, yb[1].tolist()
       ((2, 4, 1), True, [4, 4, 4, 4])
     """
-    h = data.y.shape[0]
-    w = h if workers is None else workers
-    idx = jax.random.randint(key, (w, batch_size), 0, data.counts[:w, None])
-    idx = jnp.pad(idx, [(0, h - w), (0, 0)])
+    idx = _draw(key, data.counts, batch_size, workers)
     xb = jax.vmap(lambda xi, ii: xi[ii])(data.x, idx)
     yb = jnp.take_along_axis(data.y, idx, axis=1)
     return xb, yb
+
+
+def _draw(key: jax.Array, counts: jax.Array, batch_size: int, workers: Optional[int]):
+    """``idx[i, j] ~ Uniform{0, ..., counts[i] - 1}`` for the first ``workers`` workers, 0
+    for the rest: the columns of each worker's minibatch."""
+    h = counts.shape[0]
+    w = h if workers is None else workers
+    idx = jax.random.randint(key, (w, batch_size), 0, counts[:w, None])
+    return jnp.pad(idx, [(0, h - w), (0, 0)])
+
+
+def _labels(y: jax.Array, flipped: jax.Array, num_classes: int) -> jax.Array:
+    """Labels ``y`` (``[h, ...]``), flipped on the workers where ``flipped``."""
+    flip = flipped.reshape(flipped.shape + (1,) * (y.ndim - 1))
+    return jnp.where(flip, label_flip(y, num_classes), y).astype(jnp.int32)
+
+
+def sample_indexed_batches(key: jax.Array, x: jax.Array, y: jax.Array, index: WorkerIndex,
+                           batch_size: int, *, num_classes: int,
+                           workers: Optional[int] = None):
+    """Each worker's minibatch from the shared training set ``(x, y)``: the same draws as
+    :func:`sample_batches` on the workers' copied rows, so the same batches.
+
+    Args:
+      key: a PRNG key.
+      x: ``[N, ...]`` training inputs, held once.
+      y: ``int32[N]`` training labels.
+      index: the workers' :class:`WorkerIndex`.
+      batch_size: rows per worker ``b``.
+      num_classes: ``C``, for the flipped labels ``C - 1 - l``.
+      workers: the number of workers that draw; ``None``: all ``h``.
+
+    Returns:
+      ``(xb, yb)``: ``[h, b, ...]`` inputs and ``int32[h, b]`` labels.
+
+    Examples:
+      >>> import jax, numpy as np
+      >>> x, y = np.arange(5, dtype=np.float32)[:, None] * 10, np.arange(5)
+      >>> parts = [np.array([0, 1, 2]), np.array([4])]
+      >>> index = WorkerIndex(*worker_index(parts))
+      >>> xb, yb = sample_indexed_batches(jax.random.key(0), x, y, index, 4, num_classes=5)
+      >>> same = sample_batches(jax.random.key(0), to_worker_arrays(x, y, parts), 4)
+      >>> bool((xb == same[0]).all() and (yb == same[1]).all())
+      True
+    """
+    idx = _draw(key, index.counts, batch_size, workers)
+    rows = jnp.take_along_axis(index.index, idx, axis=1)
+    return jnp.asarray(x)[rows], _labels(jnp.asarray(y)[rows], index.flipped, num_classes)
+
+
+def gather_indexed(x: jax.Array, y: jax.Array, index: WorkerIndex, *,
+                   num_classes: int) -> WorkerData:
+    """Every worker's rows of the shared training set as :class:`WorkerData` (all rows
+    at once, as full-batch gradient descent uses them).
+
+    Examples:
+      >>> import numpy as np
+      >>> x, y = np.arange(5, dtype=np.float32)[:, None], np.arange(5)
+      >>> index = WorkerIndex(*worker_index([np.array([1, 2]), np.array([4])], flip_from=1))
+      >>> data = gather_indexed(x, y, index, num_classes=5)
+      >>> data.x[..., 0].tolist(), data.y.tolist(), data.counts.tolist()
+      ([[1.0, 2.0], [4.0, 0.0]], [[1, 2], [0, 4]], [2, 1])
+    """
+    return WorkerData(jnp.asarray(x)[index.index],
+                      _labels(jnp.asarray(y)[index.index], index.flipped, num_classes),
+                      index.counts)
 
 
 def flip_worker_labels(

@@ -40,8 +40,8 @@ from nnmjax.sim.evaluate import EVAL_CHUNK, evaluate_accuracy
 from nnmjax.sim.placement import Placement, experiment_mesh, spans_processes
 from nnmjax.sim.program import STEP_KEYS, VMAPPED_KEYS, program_key
 from nnmjax.sim.step import RunState, StepSpec, init_state, learning_rate, run_steps
-from nnmjax.sim.worker_data import (data_workers, place_worker_data, worker_data_bytes,
-                                    worker_parts)
+from nnmjax.sim.worker_data import (RUN_AXES, data_workers, place_worker_data,
+                                    worker_data_bytes, worker_parts)
 
 __all__ = ["Experiment", "RunState", "learning_rate", "build_experiment", "experiment_mesh",
            "spans_processes", "program_key", "worker_data_bytes", "EVAL_CHUNK", "VMAPPED_KEYS"]
@@ -70,7 +70,8 @@ class Experiment:
 
     Attributes:
         spec: the step's constants (:class:`~nnmjax.sim.step.StepSpec`).
-        data: every run's workers' data, ``(runs, workers, rows, ...)``.
+        data: the training set (once) and every run's workers' rows of it
+            (:class:`~nnmjax.sim.worker_data.RunData`).
         hyper: the per-run values of the step hyperparameters that differ between runs.
 
     Examples:
@@ -121,11 +122,11 @@ class Experiment:
             # the state keys are placeholders: init_state draws each run's own
             aggregate=transforms.robust_aggregate(
                 self.rule, key=jax.random.key(0), mesh=self.mesh if place.workers > 1 else None),
-            workers=self.workers,
+            workers=self.workers, num_classes=ds.num_classes,
             defaults={k: getattr(self.settings[0], k) for k in STEP_KEYS}, mesh=self.mesh)
         runs = None if self.mesh is None else "runs"
         self._vmapped_chunk = jax.vmap(functools.partial(run_steps, self.spec),
-                                       in_axes=(0, 0, 0, None), spmd_axis_name=runs)
+                                       in_axes=(0, RUN_AXES, 0, None), spmd_axis_name=runs)
         # on a mesh, jitted by init() once the state's layout is known
         self._run_chunk = None if self.mesh else jax.jit(self._vmapped_chunk, static_argnums=3)
         self._evaluate = jax.jit(jax.vmap(functools.partial(evaluate_accuracy, self.model),

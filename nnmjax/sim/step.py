@@ -15,7 +15,8 @@ Examples:
     >>> from nnmjax.sim import build_experiment
     >>> exp = build_experiment(Config(model="logreg", n=5, f=1, batch_size=4), "alie", "cwtm",
     ...                        seeds=[1])
-    >>> one = jax.vmap(functools.partial(step, exp.spec), in_axes=(0, 0, 0))
+    >>> from nnmjax.sim.worker_data import RUN_AXES   # the training set shared by the runs
+    >>> one = jax.vmap(functools.partial(step, exp.spec), in_axes=(0, RUN_AXES, 0))
     >>> state, (loss, kappa) = one(exp.init(), exp.data, exp.hyper)
     >>> int(state.step[0]), loss.shape
     (1, (1,))
@@ -30,7 +31,7 @@ import jax.numpy as jnp
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from nnmjax.data import WorkerData, sample_batches
+from nnmjax.data import gather_indexed, sample_indexed_batches
 from nnmjax.experiments.config import Config
 from nnmjax.models.losses import average_batch_stats, nll
 from nnmjax.optim import transforms
@@ -39,6 +40,7 @@ from nnmjax.optim.schedules import schedule
 from nnmjax.robust import metrics
 from nnmjax.robust.attacks import SEARCHING_ATTACKS
 from nnmjax.robust.rules import Rule
+from nnmjax.sim.worker_data import RunData
 
 __all__ = ["RunState", "StepSpec", "learning_rate", "server_chain", "worker_loss", "worker_grads", "init_state",
            "step", "run_steps"]
@@ -83,6 +85,7 @@ class StepSpec(NamedTuple):
     model: nn.Module
     aggregate: optax.GradientTransformation
     workers: int
+    num_classes: int
     defaults: Mapping[str, Any]
     mesh: Mesh | None = None
 
@@ -130,11 +133,11 @@ def worker_loss(model: nn.Module, params, model_state, key, x, y, mask=None, *,
     return nll(logp, y, mask) + 0.5 * weight_decay * l2, new
 
 
-def worker_grads(spec: StepSpec, params, model_state, data: WorkerData, key, weight_decay):
+def worker_grads(spec: StepSpec, params, model_state, data: RunData, key, weight_decay):
     """Every worker's loss and gradient (one vmap) and the new BatchNorm statistics: the
     mean of the honest workers' updated running averages."""
     c, w = spec.config, spec.workers
-    padded = data.y.shape[0]
+    padded = data.index.counts.shape[0]
     k_batch, k_drop = jax.random.split(key)
     drop = jax.random.split(k_drop, w)
     drop = jnp.concatenate([drop] + [drop[:1]] * (padded - w))
@@ -145,11 +148,13 @@ def worker_grads(spec: StepSpec, params, model_state, data: WorkerData, key, wei
 
     grad = jax.value_and_grad(loss, has_aux=True)
     if c.algorithm == "dgd":
-        mask = (jnp.arange(data.y.shape[1])[None, :] < data.counts[:, None]).astype(jnp.float32)
+        every = gather_indexed(data.x, data.y, data.index, num_classes=spec.num_classes)
+        mask = (jnp.arange(every.y.shape[1])[None, :] < every.counts[:, None]).astype(jnp.float32)
         (losses, stats), grads = jax.vmap(grad, in_axes=(None, None, 0, 0, 0, 0))(
-            params, model_state, drop, data.x, data.y, mask)
+            params, model_state, drop, every.x, every.y, mask)
     else:
-        xb, yb = sample_batches(k_batch, data, c.batch_size, workers=w)
+        xb, yb = sample_indexed_batches(k_batch, data.x, data.y, data.index, c.batch_size,
+                                        num_classes=spec.num_classes, workers=w)
         (losses, stats), grads = jax.vmap(grad, in_axes=(None, None, 0, 0, 0))(
             params, model_state, drop, xb, yb)
     if spec.mesh is not None and spec.mesh.shape["workers"] > 1:
@@ -175,7 +180,7 @@ def init_state(spec: StepSpec, image_shape: tuple, key: jax.Array) -> RunState:
                     jnp.zeros((), jnp.int32), variables)
 
 
-def step(spec: StepSpec, state: RunState, data: WorkerData,
+def step(spec: StepSpec, state: RunState, data: RunData,
          hyper: Mapping[str, jax.Array]) -> tuple[RunState, tuple[jax.Array, jax.Array]]:
     """One step of one run; returns the new state and ``(honest mean loss, kappa_hat)``."""
     server, agg, opt = state.opt_state
@@ -195,7 +200,7 @@ def step(spec: StepSpec, state: RunState, data: WorkerData,
     return new, (jnp.mean(losses[: spec.config.honest]), kappa)
 
 
-def run_steps(spec: StepSpec, state: RunState, data: WorkerData,
+def run_steps(spec: StepSpec, state: RunState, data: RunData,
               hyper: Mapping[str, jax.Array], steps: int):
     """``steps`` steps of one run in a ``lax.scan``; returns the state and the per-step
     ``(loss, kappa)``, each ``(steps,)``."""
