@@ -112,7 +112,7 @@ def test_the_simulators_chunk_compiles_once(tiny_config):
     from nnmjax.sim.step import run_steps
     from nnmjax.sim.worker_data import RUN_AXES
 
-    exp = build_experiment(tiny_config, "optimal_alie", "bucketing+cwtm", [1, 2])
+    exp = build_experiment(tiny_config, "alie", "bucketing+cwtm", [1, 2])
     state = exp.init()
     later, _ = exp.run_chunk(state, 2)
     later, _ = exp.run_chunk(later, 2)

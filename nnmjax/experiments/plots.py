@@ -462,27 +462,8 @@ def plot_accuracy(records, path: Path | str, *, title: str | None = None) -> lis
 
 
 def plot_kappa(records, path: Path | str, *, title: str | None = None) -> list[Path]:
-    """:func:`kappa_figure` written as ``path`` with suffix ``.pdf`` and ``.png``;
-    returns ``[pdf, png]``.
-
-    Args:
-        records: run records (``key`` and ``curves``) of one setting.
-        path: the figure's file; its suffix is replaced by ``.pdf`` and ``.png``.
-        title: the figure's title; ``None``: none.
-
-    Returns:
-        ``[pdf, png]``, the paths written.
-
-    Examples:
-        >>> from nnmjax.experiments.plots import plot_kappa
-        >>> curves = {"loss": [1.0, 0.6, 0.5, 0.4], "kappa_hat": [0.9, 0.5, 0.4, 0.3],
-        ...           "eval_steps": [2, 4], "test_acc": [0.6, 0.8]}
-        >>> records = [{"key": {"n": 5, "f": 1, "attack": a, "rule": r, "seed": 1},
-        ...             "curves": curves}
-        ...            for a in ("alie", "sign_flipping") for r in ("cwtm", "nnm+cwtm")]
-        >>> plot_kappa(records, "plots/kappa-cwtm.pdf")  # doctest: +SKIP
-        [PosixPath('plots/kappa-cwtm.pdf'), PosixPath('plots/kappa-cwtm.png')]
-    """
+    """:func:`kappa_figure` written as ``path`` with suffix ``.pdf`` and ``.png``; returns
+    ``[pdf, png]``. Arguments, result and example as :func:`plot_accuracy`'s."""
     return save_figure(kappa_figure(records, title=title), path)
 
 
