@@ -734,6 +734,34 @@ def test_sorted_rows_matches_numpy(n, monkeypatch):
     np.testing.assert_array_equal(np.asarray(jax.jit(_sorted)(x)), want)
 
 
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16", "float32"])
+def test_sort_columns_keys_every_dtype(dtype):
+    """The integer-key sort of the n > NETWORK_MAX_N path equals NumPy's sort of the
+    sanitised values in each float dtype: signed zeros, subnormals, the dtype's extremes,
+    +-inf and NaN (to the top), ties."""
+    dt = jnp.dtype(dtype)
+    info = jnp.finfo(dt)
+    special = [0.0, -0.0, float(info.tiny) / 4, -float(info.tiny) / 4, float(info.max),
+               -float(info.max), np.inf, -np.inf, np.nan, 1.0, 1.0, -1.0]
+    rng = np.random.default_rng(7)
+    x = rng.choice(np.array(special + list(rng.normal(size=20)), np.float32), size=(140, 9))
+    xd = jnp.asarray(x, dt)
+    big = float(info.max)
+    want = np.sort(np.nan_to_num(np.asarray(xd, np.float32), nan=big, posinf=big, neginf=-big),
+                   axis=0)
+    got = jax.jit(_order.sort_columns)(xd)
+    assert got.dtype == dt
+    np.testing.assert_array_equal(np.asarray(got, np.float32), want)
+
+
+def test_sort_columns_derivative_is_the_permutation():
+    x = jnp.asarray(np.random.default_rng(3).normal(size=(140, 5)), jnp.float32)
+    w = jnp.arange(140.0)[:, None]
+    got = jax.grad(lambda x: jnp.sum(w * _order.sort_columns(x)))(x)
+    want = jax.grad(lambda x: jnp.sum(w * jnp.sort(x, axis=0)))(x)
+    np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
+
+
 @pytest.mark.parametrize("n", range(1, 19))
 def test_batcher_network_sorts_every_01_input(n):
     """0-1 principle: a comparator network sorts everything iff it sorts all 2^n 0-1 inputs."""

@@ -21,7 +21,8 @@ cwmed, cwtm, meamed           ``n <= 64``: one fused pass through a       ``O(d)
                               sorting network (module ``_order``),
                               ``O(n log^2 n)`` min/max per coordinate;
                               ``n <= 128``: the network in stages;        ``O(n d)``
-                              ``n > 128``: ``jnp.sort`` along workers     ``O(n d)``
+                              ``n > 128``: a sort of integer keys         ``O(n d)``
+                              (``_order.sort_columns``)
 krum, multikrum, gm, nnm,     the ``n x n`` Gram matrix, ``O(n^2 d)``     ``O(n^2 + n C)``
 mda, smea, caf                (a loop over blocks of ``C`` columns,
                               ``C = 2^19 / n`` clipped to [1024,
