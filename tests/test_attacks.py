@@ -354,7 +354,7 @@ def test_optimal_attack_ignores_non_finite_outputs():
 
 FAST_RULES = ["nnm+cwtm", "cwtm", "krum", "gm", "multikrum", "nnm+krum", "nnm+gm",
               "bucketing+krum", "bucketing+cwmed", "nnm+meamed", "mean", "monna", "mda",
-              "smea", "nnm+bucketing+cwtm", "clipping+cwtm", "caf"]
+              "smea", "nnm+bucketing+cwtm", "clipping+cwtm", "caf", "cwmed"]
 
 
 @pytest.mark.parametrize("name", FAST_RULES)
@@ -381,6 +381,59 @@ def test_optimal_attack_fast_paths_equal_direct_evaluation(name):
 
         slow = jax.jit(jax.vmap(direct))(etas)
         np.testing.assert_allclose(np.asarray(fast), np.asarray(slow), rtol=2e-3, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["cwtm", "cwmed"])
+@pytest.mark.parametrize("h,f,rule_f", [(13, 4, 4), (9, 8, 8), (12, 5, 5), (13, 4, 2), (5, 1, 1),
+                                        (3, 3, 1), (2, 5, 3), (1, 0, 0)])
+def test_window_closed_form_equals_the_rule(name, h, f, rule_f):
+    """The closed form of CWTM / CWMed with f inserted copies equals the rule on the stacked
+    rows: ties among honest values and with the copies (integer columns), every rank of the
+    copies (eta of both signs, up to 1e6), rule_f below f, h < f, even and odd n."""
+    from nnmjax.robust import _subspace
+
+    if name == "cwtm" and 2 * rule_f >= h + f:
+        pytest.skip("cwtm needs 2 f < n")
+    rng = np.random.default_rng(h * 100 + f * 10 + rule_f)
+    d = 40
+    hs = rng.integers(-3, 4, size=(h, d)) + rng.normal(size=(h, d)) * (rng.random((h, d)) < 0.5)
+    hs = jnp.asarray(hs, jnp.float32)
+    a = jnp.asarray(np.where(rng.random(d) < 0.2, 0.0, rng.normal(size=d)), jnp.float32)
+    rule = nnmjax.rule(name, rule_f)
+    s = jnp.mean(hs, axis=0)
+    fn = _subspace.window_residual_fn(hs, a, f, rule_f, name)
+    for eta in (0.0, 0.3, 1.0, 2.5, 10.0, 1e6, -2.0, -1e6):
+        x = jnp.concatenate([hs, jnp.broadcast_to(s + eta * a, (f, d))])
+        np.testing.assert_allclose(np.asarray(fn(jnp.float32(eta))), np.asarray(rule(x) - s),
+                                   rtol=1e-5, atol=1e-5 * max(1.0, abs(eta)))
+    etas = jnp.asarray([0.0, 0.5, 3.0, 1e6], jnp.float32)
+    blocked = _subspace.window_damage_fn(hs, a, f, rule_f, name, block=16)(etas)  # 40 = 16+16+8
+    whole = jnp.stack([jnp.sum(jnp.square(fn(e))) for e in etas])
+    np.testing.assert_allclose(np.asarray(blocked), np.asarray(whole), rtol=1e-6)
+
+
+@pytest.mark.parametrize("attack", ["optimal_alie", "optimal_foe"])
+@pytest.mark.parametrize("name", ["cwtm", "cwmed"])
+def test_window_search_as_damaging_as_the_rule_evaluated(attack, name):
+    """The closed-form search picks an eta at least as damaging, under the rule itself, as
+    the same search evaluating the rule on the stacked rows (a plain callable), on normal,
+    tied (integer), offset (1e2 + 0.1 N) and heavy-tailed (Cauchy) honest rows."""
+    rng = np.random.default_rng(len(attack) + 3 * len(name))
+    h, f, d = 13, 4, 64
+    cases = jnp.asarray(np.stack([rng.normal(size=(h, d)),
+                                  rng.integers(-2, 3, size=(h, d)).astype(float),
+                                  rng.normal(size=(h, d)) * 0.1 + 100.0,
+                                  rng.standard_cauchy(size=(h, d))]), jnp.float32)
+    rule = nnmjax.rule(name, f)
+    fn = getattr(atk, attack)
+    fast = jax.jit(jax.vmap(lambda x: fn(x, f, rule=rule)))(cases)
+    direct = jax.jit(jax.vmap(lambda x: fn(x, f, rule=lambda y: rule(y))))(cases)
+
+    def damage(hs, byz):
+        return float(jnp.sum(jnp.square(rule(jnp.concatenate([hs, byz])) - jnp.mean(hs, 0))))
+
+    for hs, a, b in zip(cases, fast, direct):
+        assert damage(hs, a) >= damage(hs, b) * (1 - 1e-5) - 1e-6
 
 
 def test_optimal_attack_randomized_rule_needs_key():

@@ -22,12 +22,13 @@ evaluated on the stacked inputs as they are. The three agree to float32 round-of
 """
 from __future__ import annotations
 
+import functools
 from typing import Callable
 
 import jax
 import jax.numpy as jnp
 
-from nnmjax.robust import _gram
+from nnmjax.robust import _gram, _order
 from nnmjax.robust import aggregators as _agg
 from nnmjax.robust import preaggregators as _pre
 from nnmjax.robust.rules import RANDOMIZED, Rule
@@ -39,6 +40,102 @@ EQUIVARIANT = frozenset({"nnm", "bucketing", "mean", "krum", "multikrum", "gm", 
                          "monna", "smea"})
 #: Coordinate-wise (translation equivariant) aggregators.
 COORDINATEWISE = frozenset({"cwmed", "cwtm", "meamed"})
+#: Coordinate-wise aggregators that average a fixed window of ranks (closed form below).
+WINDOWED = frozenset({"cwmed", "cwtm"})
+
+
+def windowed(rule) -> bool:
+    """Whether ``rule`` is a lone CWTM or CWMed :class:`~nnmjax.robust.rules.Rule` (the
+    closed form of :func:`window_residual_fn` applies)."""
+    return isinstance(rule, Rule) and len(rule.stages) == 1 and rule.stages[0] in WINDOWED
+
+
+def _window(name: str, n: int, rule_f: int) -> tuple[int, int]:
+    """The ranks ``[a, b)`` (0-based, ascending) that aggregator ``name`` averages among
+    ``n`` values per coordinate: CWTM ``[f, n - f)``; CWMed the middle one or two."""
+    if name == "cwtm":
+        return rule_f, n - rule_f
+    return (n - 1) // 2, n // 2 + 1
+
+
+def window_residual_fn(honest, direction, f: int, rule_f: int, name: str):
+    """``eta -> rule(honest ++ f x (s + eta a)) - s`` for ``rule`` CWTM or CWMed, in closed
+    form from the sorted centred honest columns: no sort per evaluation.
+
+    Per coordinate, with ``c_0 <= ... <= c_{h-1}`` the sorted centred honest values and
+    ``v = eta a`` the Byzantine value, honest ``c_i`` has rank ``i`` among the ``n = h + f``
+    values if ``c_i < v``, else ``i + f``. For the window of ranks ``[a, b)`` the rule
+    averages, with ``A_i = [a <= i < b]``, ``B_i = [a - f <= i < b - f]`` and
+    ``D_i = A_i - B_i``,
+
+        ``(b - a) F = sum_i B_i c_i + (b - a - sum_i B_i) v - sum_i D_i max(v - c_i, 0)``
+
+    (the ``v`` copies fill the window's remaining ranks; ties place the equal values
+    either way with the same sum). ``D_i`` is non-zero for at most ``2 min(f, b - a)``
+    ranks, so one evaluation is that many hinges per coordinate. The hinges are taken at
+    ``u = clip(v, c_0, c_{h-1})`` and the part of ``v`` beyond the honest range is added
+    with its exact (static) coefficient, ``max(v - c_i, 0) = max(u - c_i, 0) +
+    max(v - c_{h-1}, 0)``, so a large ``eta`` cancels nothing: past the honest range the
+    output of CWTM is exactly constant, as the rule's is. A candidate whose arithmetic
+    overflows gives a non-finite residual, which the searches never choose.
+    """
+    rows = _order.sorted_rows(honest - jnp.mean(honest, axis=0))
+    rows = jnp.stack(rows) if isinstance(rows, list) else rows
+    evaluate = _window_evaluator(honest.shape[0], f, rule_f, name)
+    a_dir = direction.astype(honest.dtype)
+    return lambda eta: evaluate(rows, a_dir, eta)
+
+
+def window_damage_fn(honest, direction, f: int, rule_f: int, name: str, *, block: int = 4096):
+    """``etas (k,) -> ||residual(eta)||^2`` of :func:`window_residual_fn`, every ``eta`` of
+    a block of ``block`` columns at a time (one pass over the sorted honest columns for
+    all candidates, instead of one per candidate)."""
+    h, d = honest.shape
+    rows = _order.sorted_rows(honest - jnp.mean(honest, axis=0))
+    rows = jnp.stack(rows) if isinstance(rows, list) else rows
+    evaluate = _window_evaluator(h, f, rule_f, name)
+    block = min(block, d)
+    pad = (-d) % block  # zero columns: zero residual
+    rows = jnp.pad(rows, ((0, 0), (0, pad))).reshape(h, -1, block).transpose(1, 0, 2)
+    a_dir = jnp.pad(direction.astype(honest.dtype), (0, pad)).reshape(-1, block)
+
+    def damage(etas):
+        def one_block(args):
+            r, a = args
+            res = jax.vmap(lambda eta: evaluate(r, a, eta))(etas)
+            return jnp.sum(jnp.square(res), axis=1)
+
+        return jnp.sum(jax.lax.map(one_block, (rows, a_dir)), axis=0)
+
+    return damage
+
+
+def _window_evaluator(h: int, f: int, rule_f: int, name: str):
+    """``(sorted centred honest rows (h, d), a (d,), eta) -> residual (d,)``, the closed
+    form of :func:`window_residual_fn` with its static coefficients."""
+    a, b = _window(name, h + f, rule_f)
+    wa = [int(a <= i < b) for i in range(h)]
+    wb = [int(a - f <= i < b - f) for i in range(h)]
+    free = b - a - sum(wb)  # the coefficient of v inside the honest range
+    beyond = b - a - sum(wa)  # ... and past its top
+    signed = [(i, wa[i] - wb[i]) for i in range(h) if wa[i] != wb[i]]
+    kept = [i for i in range(h) if wb[i]]
+
+    def evaluate(rows, a_dir, eta):
+        v = eta * a_dir
+        top = rows[h - 1]
+        u = jnp.clip(v, rows[0], top)
+        total = functools.reduce(jnp.add, [rows[i] for i in kept], jnp.zeros_like(v))
+        if free:
+            total = total + free * jnp.minimum(v, top)
+        if beyond:
+            total = total + beyond * jnp.maximum(v - top, 0.0)
+        for i, sign in signed:
+            hinge = jnp.maximum(u - rows[i], 0.0)
+            total = total - hinge if sign > 0 else total + hinge
+        return total / (b - a)
+
+    return evaluate
 
 
 def _mixing(stage: str, x, f: int, key, options):
@@ -87,6 +184,8 @@ def residual_fn(honest, direction, f: int, rule: Callable, *, key=None):
         if all(st in EQUIVARIANT for st in rule.stages) and rule.options.get("init") != "zero":
             hc, ac = coordinates(honest - s, direction)
             return (lambda eta: call(rule, _stack(hc, eta * ac, f), key)), True
+        if windowed(rule):
+            return window_residual_fn(honest, direction, f, rule.f, last), False
         if last in COORDINATEWISE and all(st in ("nnm", "bucketing") for st in pres):
             return _mixed_coordinatewise(honest, direction, f, rule, key), False
 

@@ -263,15 +263,23 @@ def _line_search(damage, *, start, evals, delta, ratio):
 
 def _damage_fn(honest, direction, f, rule, key):
     """``etas (k,) -> ||rule(honest ++ f x (s + eta direction)) - s||^2`` for each ``eta``
-    (``-1`` when not finite), on the fastest exact path
-    (:func:`nnmjax.robust._subspace.residual_fn`)."""
-    residual, small = _subspace.residual_fn(honest, direction, f, rule, key=key)
+    (``-1`` when not finite), on the fastest exact path: the closed form for CWTM and
+    CWMed (:func:`nnmjax.robust._subspace.window_damage_fn`), else
+    :func:`nnmjax.robust._subspace.residual_fn`."""
+    if _subspace.windowed(rule):
+        squares = _subspace.window_damage_fn(honest, direction, f, rule.f, rule.stages[0])
+    else:
+        residual, small = _subspace.residual_fn(honest, direction, f, rule, key=key)
+
+        def squares(etas):
+            # Residuals over d are made one eta at a time (lax.map) and reduced afterwards:
+            # a vmapped batch, or a reduction fused into the rule, defeats the rule's fusion
+            # on CPU.
+            r = jax.vmap(residual)(etas) if small else jax.lax.map(residual, etas)
+            return jnp.sum(jnp.square(r), axis=1)
 
     def damage(etas):
-        # Residuals over d are made one eta at a time (lax.map) and reduced afterwards: a
-        # vmapped batch, or a reduction fused into the rule, defeats the rule's fusion on CPU.
-        r = jax.vmap(residual)(etas) if small else jax.lax.map(residual, etas)
-        err = jnp.sum(jnp.square(r), axis=1)
+        err = squares(etas)
         return jnp.where(jnp.isfinite(err), err, -1.0)
 
     return damage
