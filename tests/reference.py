@@ -21,7 +21,7 @@ import numpy as np
 
 __all__ = ["mean", "cwmed", "cwtm", "meamed", "krum", "krum_scores", "multikrum", "gm",
            "gm_objective", "gm_grad_sum", "mda", "monna", "cclip", "caf", "smea", "nnm",
-           "worst_case_kappa", "kappa_bound", "REFERENCES", "rule"]
+           "cge", "bulyan", "worst_case_kappa", "kappa_bound", "REFERENCES", "rule"]
 
 
 def _f64(x):
@@ -99,6 +99,30 @@ def multikrum(x, f, m=None):
     m = n - f if m is None else m
     order = np.argsort(krum_scores(x, f), kind="stable")[:m]
     return x[order].mean(axis=0)
+
+
+def cge(x, f):
+    """The mean of the ``n - f`` rows of least Euclidean norm (ties to the lower index)."""
+    x = _f64(x)
+    norms = np.array([math.sqrt(float(np.sum(r * r))) for r in x])
+    return x[np.argsort(norms, kind="stable")[: x.shape[0] - f]].mean(axis=0)
+
+
+def bulyan(x, f):
+    """El Mhamdi et al. (2018): ``n - 2f`` rounds of Krum (score: the ``max(r - f - 2, 1)`` nearest
+    other remaining rows, ``r`` remaining; ties to the lower index), each winner removed,
+    then per coordinate the mean of the ``n - 4f`` picked values closest to their median."""
+    x = _f64(x)
+    n = x.shape[0]
+    d2 = _sqdist(x)
+    remaining, picked = list(range(n)), []
+    for _ in range(n - 2 * f):
+        k = max(len(remaining) - f - 2, 1)
+        scores = [sum(sorted(d2[i, j] for j in remaining if j != i)[:k]) for i in remaining]
+        best = remaining[int(np.argmin(scores))]
+        picked.append(best)
+        remaining.remove(best)
+    return meamed(x[picked], 2 * f)
 
 
 def gm_objective(z, x):
@@ -242,7 +266,7 @@ def nnm_matrix(x, f):
 REFERENCES = {
     "mean": mean, "cwmed": cwmed, "cwtm": cwtm, "gm": gm, "krum": krum,
     "multikrum": multikrum, "mda": mda, "meamed": meamed, "cclip": cclip,
-    "monna": monna, "caf": caf, "smea": smea,
+    "monna": monna, "caf": caf, "smea": smea, "cge": cge, "bulyan": bulyan,
 }
 
 

@@ -54,6 +54,12 @@ def column_sum(fn, arrays, width: int):
     return out
 
 
+def row_norms(x):
+    """``||x_i||``, ``inf`` for rows with non-finite entries or an overflowing norm."""
+    norm = jnp.sqrt(dsum(jnp.sum(jnp.square(x), axis=1)))
+    return jnp.where(jnp.isfinite(norm), norm, jnp.inf)
+
+
 def gram(x, centre=None):
     """``(x - centre)(x - centre)^T``, accumulated over column blocks (the centred copy of
     a block exists only in cache)."""

@@ -44,16 +44,19 @@ at ``(17, 1e7)`` about 0.7 GB for ``x`` and under 0.7 GB more.
 """
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 from jaxtyping import Array, ArrayLike, Float, Real
 
 from nnmjax.robust import _gram, _order
+from nnmjax.robust.detection import dnc, signguard
 from nnmjax.robust._checks import as_matrix, check_f, check_int, check_positive, keeps_dtype
 from nnmjax.robust._shard import dsum
 
 __all__ = ["mean", "cwmed", "cwtm", "gm", "krum", "multikrum", "mda", "meamed",
-           "cclip", "monna", "caf", "smea", "AGGREGATORS"]
+           "cclip", "monna", "caf", "smea", "cge", "bulyan", "dnc", "signguard", "AGGREGATORS"]
 
 
 def _prepare(x, f, rule, min_n=None):
@@ -215,17 +218,25 @@ def meamed(x: Real[ArrayLike, "n d"], f: int) -> Float[Array, " d"]:
         [1. 1. 1.]
     """
     x, f = _prepare(x, f, "meamed")
+    return mean(x) if f == 0 else _closest_to_median(x, x.shape[0] - f)
+
+
+def _closest_to_median(x, m: int):
+    """Per coordinate, the mean of the ``m`` values closest to the median (``1 <= m <= n``;
+    the window rule of :func:`meamed`, also Bulyan's aggregation with ``m = n - 2f``)."""
     n = x.shape[0]
-    if f == 0:
-        return mean(x)
-    m = n - f
+    f = n - m
     s = _order.sorted_rows(x)
     med = s[n // 2] if n % 2 else 0.5 * s[n // 2 - 1] + 0.5 * s[n // 2]
-    total = _order.sum_rows(s, f, m)
-    for j in range(f):
-        # halves: sanitised extremes (+-max of the dtype) must not overflow the comparison
-        shift = 0.5 * s[j] + 0.5 * s[j + m] < med
-        total = total + jnp.where(shift, s[j + m], s[j])
+    # halves: sanitised extremes (+-max of the dtype) must not overflow the comparison
+    shift = [0.5 * s[j] + 0.5 * s[j + m] < med for j in range(f)]  # true exactly for j < k*
+    total = _order.sum_rows(s, f, m) if f < m else 0.0  # ranks always in the window
+    for i in range(n):
+        # s[i] is in the window [k*, k* + m) iff i >= k* (not shift[i]) and i - m < k*
+        # (shift[i - m]); for i >= f the first holds, for i < m the second
+        conditions = ([] if i >= f else [~shift[i]]) + ([] if i < m else [shift[i - m]])
+        if conditions:
+            total = total + jnp.where(functools.reduce(jnp.logical_and, conditions), s[i], 0.0)
     return total / m
 
 
@@ -687,6 +698,108 @@ def caf(x: Real[ArrayLike, "n d"], f: int) -> Float[Array, " d"]:
 
 #: CAF's exact eigenpairs (``eigh``, O(n^3) per round) up to this many rows; power
 #: iterations (O(n^2) each) past it.
+@keeps_dtype
+def cge(x: Real[ArrayLike, "n d"], f: int) -> Float[Array, " d"]:
+    """Comparative gradient elimination (Liu, Gupta and Vaidya, 2021; ByzPy's CGE).
+
+    Sort the rows by Euclidean norm and average the ``n - f`` smallest:
+    ``CGE(x) = (1/(n-f)) sum_{i in K} x_i``, ``K`` the ``n - f`` rows of least
+    ``||x_i||``, ties to the lower index. Not translation equivariant: it presumes honest
+    inputs of comparable norms near zero (gradients). A row with a non-finite norm is
+    eliminated first.
+
+    No robustness coefficient is proven in the sense of Definition 2 (the paper's rules are
+    translation equivariant; CGE is not): ``nnmjax audit`` reports what it finds.
+
+    Args:
+        x: ``(n, d)`` array, one row per worker (integers are cast to float32).
+        f: number of Byzantine rows to tolerate; needs ``2f < n``.
+
+    Returns:
+        The ``(d,)`` aggregate, in ``x``'s floating dtype (float32 for integer ``x``).
+
+    Raises:
+        ValueError: if ``x`` is not a non-empty real ``(n, d)`` array, or ``f`` is not an
+            integer with ``0 <= f`` and ``2f < n``.
+
+    Examples:
+        The row of norm ``sqrt(243)`` is eliminated:
+
+        >>> import jax.numpy as jnp, numpy as np
+        >>> from nnmjax import aggregators
+        >>> x = jnp.array([[0, 1, 2], [1, 0, 1], [2, 2, 0], [1, 1, 1], [9, -9, 9]], jnp.float32)
+        >>> print(np.round(np.asarray(aggregators.cge(x, 1)), 4))
+        [1. 1. 1.]
+    """
+    x, f = _prepare(x, f, "cge")
+    n = x.shape[0]
+    norms = _gram.row_norms(x)
+    keep = jnp.argsort(norms, stable=True)[: n - f]
+    c = jnp.zeros((n,), x.dtype).at[keep].set(1.0 / (n - f))
+    return _gram.combine(c, x, far=jnp.isinf(norms))
+
+
+@keeps_dtype
+def bulyan(x: Real[ArrayLike, "n d"], f: int) -> Float[Array, " d"]:
+    """Bulyan (El Mhamdi, Guerraoui and Rouhault, ICML 2018) over Krum.
+
+    Selection: ``theta = n - 2f`` times, pick the Krum winner among the rows not yet picked
+    (``argmin_i`` of the sum of squared distances to its ``max(r - f - 2, 1)`` nearest
+    other remaining rows, ``r`` the number remaining; ties to the lower index) and remove
+    it, as Flower's ``aggregate_bulyan``.
+    Aggregation: per coordinate, the average of the ``beta = theta - 2f`` selected values
+    closest to their median (:func:`meamed` of the selection with ``2f``). Needs
+    ``n >= 4f + 3``. Rows with a non-finite norm are infinitely far and never picked while
+    a finite row remains.
+
+    No robustness coefficient in the sense of Definition 2 is proven; ``nnmjax audit``
+    reports what it finds.
+
+    Args:
+        x: ``(n, d)`` array, one row per worker (integers are cast to float32).
+        f: number of Byzantine rows to tolerate; needs ``n >= 4f + 3``.
+
+    Returns:
+        The ``(d,)`` aggregate, in ``x``'s floating dtype (float32 for integer ``x``).
+
+    Raises:
+        ValueError: if ``x`` is not a non-empty real ``(n, d)`` array, or ``f`` is not an
+            integer with ``0 <= f`` and ``n >= 4f + 3``.
+
+    Examples:
+        With ``n = 7``, ``f = 1``: five rows are picked (the far row is not), and each
+        coordinate averages the three picked values closest to its median:
+
+        >>> import jax.numpy as jnp, numpy as np
+        >>> from nnmjax import aggregators
+        >>> x = jnp.array([[0, 1, 2], [1, 0, 1], [2, 2, 0], [1, 1, 1], [1, 2, 1], [0, 1, 1],
+        ...                [9, -9, 9]], jnp.float32)
+        >>> print(np.round(np.asarray(aggregators.bulyan(x, 1)), 4))
+        [1. 1. 1.]
+    """
+    x, f = _prepare(x, f, "bulyan", min_n=lambda f: 4 * f + 3)
+    n = x.shape[0]
+    theta = n - 2 * f
+    sqdist = _gram.Geometry(x).sqdist
+    others = jnp.where(jnp.eye(n, dtype=bool), jnp.inf, sqdist)
+
+    def pick(t, carry):
+        chosen, order = carry
+        dist = jnp.where(chosen[None, :], jnp.inf, others)  # distances to remaining rows
+        k = jnp.maximum(n - t - f - 2, 1)  # r - f - 2 neighbours (at least 1), r = n - t
+        near = jnp.sort(dist, axis=1)
+        score = jnp.sum(jnp.where(jnp.arange(n)[None, :] < k, near, 0.0), axis=1)
+        score = jnp.where(chosen | jnp.isnan(score), jnp.inf, score)
+        i = jnp.argmin(score)
+        # only infinite scores left (far rows): the first row not yet picked
+        i = jnp.where(jnp.isinf(score[i]), jnp.argmin(chosen), i)
+        return chosen.at[i].set(True), order.at[t].set(i)
+
+    _, order = jax.lax.fori_loop(0, theta, pick, (jnp.zeros((n,), bool),
+                                                  jnp.zeros((theta,), jnp.int32)))
+    return _closest_to_median(x[order], theta - 2 * f)
+
+
 CAF_EIGH_MAX_N = 128
 CAF_POWER_ITERS = 100
 
@@ -695,5 +808,6 @@ CAF_POWER_ITERS = 100
 AGGREGATORS = {
     "mean": mean, "cwmed": cwmed, "cwtm": cwtm, "gm": gm, "krum": krum,
     "multikrum": multikrum, "mda": mda, "meamed": meamed, "cclip": cclip,
-    "monna": monna, "caf": caf, "smea": smea,
+    "monna": monna, "caf": caf, "smea": smea, "cge": cge, "bulyan": bulyan,
+    "dnc": dnc, "signguard": signguard,
 }

@@ -12,7 +12,6 @@ from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray, Real
 from nnmjax.robust import _gram
 from nnmjax.robust._checks import (as_matrix, check_f, check_int, check_positive, keeps_dtype,
                              work_dtype)
-from nnmjax.robust._shard import dsum
 
 __all__ = ["nnm", "mixing_matrix", "bucketing", "bucketing_matrix", "clipping", "arc",
            "PREAGGREGATORS", "bucket_size", "output_size"]
@@ -229,15 +228,9 @@ def clipping(x: Real[ArrayLike, "n d"], f: int = 0, *, c: float = 2.0) -> Float[
     return _scale_rows(x, c)
 
 
-def _row_norms(x):
-    """``||x_i||``, ``inf`` for rows with non-finite entries or an overflowing norm."""
-    norm = jnp.sqrt(dsum(jnp.sum(jnp.square(x), axis=1)))
-    return jnp.where(jnp.isfinite(norm), norm, jnp.inf)
-
-
 def _scale_rows(x, threshold):
     """Clip every row to norm ``threshold``; rows with non-finite norm become 0."""
-    norm = _row_norms(x)
+    norm = _gram.row_norms(x)
     bad = jnp.isinf(norm)
     scale = jnp.minimum(1.0, threshold / jnp.where(norm > 0, norm, 1.0))
     return jnp.where(bad[:, None], 0.0, x * jnp.where(bad, 0.0, scale)[:, None])
@@ -282,7 +275,7 @@ def arc(x: Real[ArrayLike, "n d"], f: int) -> Float[Array, "n d"]:
     k = (2 * f * (n - f)) // n
     if k == 0:
         return x
-    threshold = jnp.sort(_row_norms(x))[n - k - 1]
+    threshold = jnp.sort(_gram.row_norms(x))[n - k - 1]
     return _scale_rows(x, threshold)
 
 

@@ -21,7 +21,7 @@ from nnmjax._suggest import did_you_mean
 __all__ = ["rule", "Rule", "RANDOMIZED", "known_names"]
 
 #: Stages that draw randomness and therefore need a ``key``.
-RANDOMIZED = frozenset({"bucketing"})
+RANDOMIZED = frozenset({"bucketing", "dnc", "signguard"})
 
 
 def known_names() -> str:
@@ -33,7 +33,7 @@ def known_names() -> str:
     Examples:
         >>> from nnmjax.robust.rules import known_names
         >>> print(known_names())
-        aggregators: caf, cclip, cwmed, cwtm, gm, krum, mda, meamed, mean, monna, multikrum, smea;
+        aggregators: bulyan, caf, cclip, cge, cwmed, cwtm, dnc, gm, krum, mda, meamed, mean, monna, multikrum, signguard, smea;
         pre-aggregators: arc, bucketing, clipping, nnm
     """
     return (f"aggregators: {', '.join(sorted(_agg.AGGREGATORS))}; "
@@ -117,7 +117,7 @@ class Rule:
         self.stages = tuple(stages)
         self.options = dict(options)
         self.pre_options = {k: dict(v) for k, v in pre_options.items()}
-        self.randomized = any(s in RANDOMIZED for s in pres)
+        self.randomized = any(s in RANDOMIZED for s in stages)
 
     def __call__(self, x: Real[ArrayLike, "n d"], *,
                  key: PRNGKeyArray | None = None) -> Float[Array, " d"]:
@@ -158,7 +158,8 @@ class Rule:
                 x = _pre.PREAGGREGATORS[s](x, self.f, key=sub, **opts)
             else:
                 x = _pre.PREAGGREGATORS[s](x, self.f, **opts)
-        return _agg.AGGREGATORS[last](x, self.f, **self.options).astype(out_dtype)
+        opts = dict(self.options, key=key) if last in RANDOMIZED else self.options
+        return _agg.AGGREGATORS[last](x, self.f, **opts).astype(out_dtype)
 
     def __repr__(self):
         opts = "".join(f", {k}={v!r}" for k, v in self.options.items())
