@@ -21,7 +21,7 @@ import numpy as np
 
 __all__ = ["mean", "cwmed", "cwtm", "meamed", "krum", "krum_scores", "multikrum", "gm",
            "gm_objective", "gm_grad_sum", "mda", "monna", "cclip", "caf", "smea", "nnm",
-           "cge", "bulyan", "worst_case_kappa", "kappa_bound", "REFERENCES", "rule"]
+           "cge", "bulyan", "dnc", "signguard", "worst_case_kappa", "kappa_bound", "REFERENCES", "rule"]
 
 
 def _f64(x):
@@ -123,6 +123,93 @@ def bulyan(x, f):
         picked.append(best)
         remaining.remove(best)
     return meamed(x[picked], 2 * f)
+
+
+def _finite_rows(x):
+    return np.array([np.isfinite(math.sqrt(float(np.sum(r * r)))) for r in x])
+
+
+def dnc(x, f, *, subsets=None, filter_frac=1.0):
+    """Shejwalkar and Houmansadr's DnC: for each coordinate subset (all coordinates when
+    ``subsets`` is None), remove the ``floor(filter_frac f)`` rows of largest squared
+    projection on the top right singular vector of the centred sub-rows (rows with a
+    non-finite norm first; ties to the lower index); the mean of the rows never removed."""
+    x = _f64(x)
+    n, d = x.shape
+    ok = _finite_rows(x)
+    keep = ok.copy()
+    remove = min(int(filter_frac * f), n - 1)
+    for idx in subsets if subsets is not None else [np.arange(d)]:
+        s = np.where(ok[:, None], x[:, idx], 0.0)
+        c = s - s[ok].mean(axis=0)
+        c[~ok] = 0.0
+        v = np.linalg.svd(c, full_matrices=False)[2][0]
+        score = np.where(ok, (c @ v) ** 2, np.inf)
+        good = np.zeros(n, bool)
+        good[np.argsort(score, kind="stable")[: n - remove]] = True
+        keep &= good
+    return x[keep].mean(axis=0) if keep.any() else np.zeros(d)
+
+
+def signguard(x, f=0, *, start=0, fraction=1.0, lower=0.1, upper=3.0, quantile=0.5):
+    """Xu et al.'s SignGuard (their ``signguard_multiclass``) on the coordinate block
+    ``[start, start + floor(fraction d))``, with every row a mean-shift seed: the norm filter,
+    the largest sign-statistics cluster, the mean of the rows in both clipped to the median
+    norm (rows with a non-finite norm removed)."""
+    x = _f64(x)
+    n, d = x.shape
+    norms = np.array([math.sqrt(float(np.sum(r * r))) for r in x])
+    ok = np.isfinite(norms)
+    norms = np.where(ok, norms, np.inf)
+    med = float(np.median(norms))
+    s1 = (norms > lower * med) & (norms < upper * med)
+    w = max(1, int(fraction * d))
+    block = np.where(ok[:, None], x[:, start:start + w], 0.0)
+    feats = np.stack([(block > 0).mean(1), (block == 0).mean(1), (block < 0).mean(1)], 1)
+    feats = feats / (np.where(ok[:, None], feats, 0.0).max(axis=0) + 1e-8)
+    feats[~ok] = 1e9
+    labels = _mean_shift(feats, _bandwidth(feats[ok], quantile))
+    counts = [np.sum((labels == j) & ok) for j in range(n)]
+    chosen = s1 & (labels == int(np.argmax(counts))) & ok
+    if not chosen.any():
+        return np.zeros(d)
+    clipped = x[chosen] * np.minimum(1.0, med / np.where(norms[chosen] > 0, norms[chosen], 1.0))[:, None]
+    return clipped.mean(axis=0)
+
+
+def _bandwidth(p, quantile):
+    k = max(1, int(len(p) * quantile))
+    dist = np.sqrt(((p[:, None, :] - p[None, :, :]) ** 2).sum(-1))
+    return float(np.mean(np.sort(dist, axis=1)[:, k - 1]))
+
+
+def _mean_shift(p, bw, max_iter=300):
+    """Flat-kernel mean shift from every point (scikit-learn's MeanShift without bin seeding,
+    cluster_all=False); centres ranked by intensity, then coordinates, both descending."""
+    n = len(p)
+    bw = bw * (1 + 1e-5)  # distances equal to the bandwidth in exact arithmetic count as within
+    centres, intensity = [], []
+    for i in range(n):
+        c = p[i].copy()
+        for _ in range(max_iter):
+            inside = np.sqrt(((p - c) ** 2).sum(1)) <= bw
+            if not inside.any():
+                break
+            new = p[inside].mean(0)
+            moved = np.sqrt(((new - c) ** 2).sum())
+            c = new
+            if moved <= 1e-3 * bw:
+                break
+        centres.append(c)
+        intensity.append(int((np.sqrt(((p - c) ** 2).sum(1)) <= bw).sum()))
+    order = sorted(range(n), key=lambda i: (intensity[i], tuple(centres[i])), reverse=True)
+    kept = []
+    for i in order:
+        if all(np.sqrt(((centres[i] - centres[j]) ** 2).sum()) > bw for j in kept):
+            kept.append(i)
+    dist = np.array([[np.sqrt(((q - centres[j]) ** 2).sum()) for j in kept] for q in p])
+    nearest = dist.argmin(1)
+    return np.where(dist.min(1) <= bw, nearest, -1)
 
 
 def gm_objective(z, x):
@@ -267,6 +354,7 @@ REFERENCES = {
     "mean": mean, "cwmed": cwmed, "cwtm": cwtm, "gm": gm, "krum": krum,
     "multikrum": multikrum, "mda": mda, "meamed": meamed, "cclip": cclip,
     "monna": monna, "caf": caf, "smea": smea, "cge": cge, "bulyan": bulyan,
+    "dnc": dnc, "signguard": signguard,
 }
 
 

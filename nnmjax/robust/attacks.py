@@ -28,7 +28,8 @@ from nnmjax.robust._checks import as_matrix, check_int
 
 __all__ = ["sign_flipping", "foe", "alie", "optimal_foe", "optimal_alie", "adaptive", "mimic", "inf",
            "gaussian", "MimicState", "mimic_init", "mimic_update", "alie_z_max", "ATTACKS",
-           "SEARCHING_ATTACKS", "DEFAULT_ETAS", "BYZFL_LINE_SEARCH", "SEARCHES"]
+           "SEARCHING_ATTACKS", "DEFAULT_ETAS", "BYZFL_LINE_SEARCH", "SEARCHES", "minmax",
+           "minsum", "DEVIATIONS"]
 
 #: The default search grid of the optimal attacks: 0 and 48 geometric steps from 1e-2 to 1e6
 #: (the float32 values of ``jnp.geomspace(1e-2, 1e6, 48)``, written out so that importing
@@ -534,6 +535,122 @@ def adaptive(honest: Real[ArrayLike, "h d"], f: int, *, rule: Callable,
 
 
 
+#: The perturbation directions of :func:`minmax` and :func:`minsum`.
+DEVIATIONS = ("std", "unit_vec", "sign")
+
+
+def _agnostic(honest, f, name, direction, gamma_init, tol, objective):
+    """Shejwalkar and Houmansadr's (NDSS 2021) AGR-agnostic search: the largest ``gamma``
+    (their step-halving search from ``gamma_init`` to resolution ``tol``) for which
+    ``m = s - gamma dev`` satisfies ``objective``, from one ``h x h`` Gram matrix: with
+    ``c_i = x_i - s``, ``||x_i - m||^2 = ||c_i||^2 + 2 gamma <c_i, dev> + gamma^2 ||dev||^2``."""
+    honest, f = _prepare(honest, f, name)
+    if direction not in DEVIATIONS:
+        raise ValueError(f"direction must be one of {DEVIATIONS} for {name}; got {direction!r}")
+    if not gamma_init > 0 or not tol > 0:
+        raise ValueError(f"gamma_init and tol must be > 0 for {name}; got {gamma_init!r}, {tol!r}")
+    s = jnp.mean(honest, axis=0)
+    if direction == "std":
+        dev = _std(honest)
+    elif direction == "sign":
+        dev = jnp.sign(s)
+    else:
+        norm = jnp.sqrt(jnp.sum(jnp.square(s)))
+        dev = s / jnp.where(norm > 0, norm, 1.0)
+    c = honest - s
+    hi = jax.lax.Precision.HIGHEST
+    g = jnp.matmul(c, c.T, precision=hi)
+    q = jnp.diagonal(g)
+    lin = 2.0 * jnp.matmul(c, dev, precision=hi)
+    quad = jnp.dot(dev, dev, precision=hi)
+    pair = q[:, None] + q[None, :] - 2.0 * g
+    holds = objective(lambda gamma: q + gamma * lin + gamma * gamma * quad, pair)
+
+    def body(carry):
+        gamma, step, best, it = carry
+        ok = holds(gamma)
+        best = jnp.where(ok, gamma, best)
+        gamma = jnp.where(ok, gamma + step / 2, gamma - step / 2)
+        return gamma, step / 2, best, it + 1
+
+    init = (jnp.asarray(gamma_init, s.dtype), jnp.asarray(gamma_init, s.dtype),
+            jnp.zeros((), s.dtype), 0)
+    gamma, _, best, _ = jax.lax.while_loop(
+        lambda c: (jnp.abs(c[2] - c[0]) > tol) & (c[3] < 200), body, init)
+    return _repeat(s - best * dev, f), best
+
+
+def minmax(honest: Real[ArrayLike, "h d"], f: int, *, direction: str = "std",
+           gamma_init: float = 10.0, tol: float = 1e-5,
+           return_gamma: bool = False) -> Float[Array, "f d"] | tuple[Float[Array, "f d"], Float[Array, ""]]:
+    """Min-Max (Shejwalkar and Houmansadr, NDSS 2021, AGR-agnostic): ``s - gamma dev``.
+
+    ``gamma`` is the largest value found by the paper's search (start ``gamma_init``, step
+    halved every iteration, stop when the last success and the candidate differ by at most
+    ``tol``; ``0`` when no candidate succeeds) with
+    ``max_i ||x_i - m||^2 <= max_{i,j} ||x_i - x_j||^2``: the malicious row is no farther
+    from any honest row than the two farthest honest rows are from each other. ``dev`` is
+    the unbiased coordinate-wise standard deviation (``"std"``, the paper's experiments),
+    ``s / ||s||`` (``"unit_vec"``) or ``sign(s)`` (``"sign"``). All ``f`` rows are equal.
+    The constraint does not involve the rule in use (the attacks that do are
+    :func:`optimal_alie`, :func:`optimal_foe` and :func:`adaptive`).
+
+    Args:
+        honest: ``(h, d)`` honest inputs (integers are cast to float32).
+        f: number of Byzantine rows to produce, ``>= 0``.
+        direction: one of :data:`DEVIATIONS`.
+        gamma_init: the search's first candidate and step, ``> 0``.
+        tol: the search's resolution, ``> 0``.
+        return_gamma: also return ``gamma``.
+
+    Returns:
+        The ``(f, d)`` Byzantine rows, or ``(rows, gamma)`` with ``return_gamma``.
+
+    Raises:
+        ValueError: if ``honest`` is not a non-empty real ``(h, d)`` array, ``f`` is not a
+            non-negative integer, an option is out of range, or ``direction="std"`` has
+            fewer than 2 honest rows.
+
+    Examples:
+        >>> import jax, jax.numpy as jnp, numpy as np, nnmjax
+        >>> from nnmjax import attacks
+        >>> honest = jnp.array([[0, 1, 2], [1, 0, 1], [2, 2, 0], [1, 1, 1]], jnp.float32)  # mean 1
+        >>> byz, gamma = attacks.minmax(honest, 1, return_gamma=True)  # 3 + 1.633 g + 2 g^2 <= 9
+        >>> print(np.round(np.asarray(byz), 3), round(float(gamma), 3))
+        [[-0.12 -0.12 -0.12]] 1.371
+    """
+    def objective(dist, pair):
+        return lambda gamma: jnp.max(dist(gamma)) <= jnp.max(pair)
+
+    byz, gamma = _agnostic(honest, f, "minmax", direction, gamma_init, tol, objective)
+    return (byz, gamma) if return_gamma else byz
+
+
+def minsum(honest: Real[ArrayLike, "h d"], f: int, *, direction: str = "std",
+           gamma_init: float = 10.0, tol: float = 1e-5,
+           return_gamma: bool = False) -> Float[Array, "f d"] | tuple[Float[Array, "f d"], Float[Array, ""]]:
+    """Min-Sum (Shejwalkar and Houmansadr, NDSS 2021, AGR-agnostic): ``s - gamma dev``.
+
+    As :func:`minmax`, with the constraint
+    ``sum_i ||x_i - m||^2 <= min_i sum_j ||x_i - x_j||^2``: the malicious row's sum of
+    squared distances to the honest rows is at most the smallest such sum of an honest
+    row. Arguments, result and errors are those of :func:`minmax`.
+
+    Examples:
+        >>> import jax, jax.numpy as jnp, numpy as np, nnmjax
+        >>> from nnmjax import attacks
+        >>> honest = jnp.array([[0, 1, 2], [1, 0, 1], [2, 2, 0]], jnp.float32)  # mean 1
+        >>> byz, gamma = attacks.minsum(honest, 1, return_gamma=True)  # 6 + 9 g^2 <= 9
+        >>> print(np.round(np.asarray(byz), 3), round(float(gamma), 3))
+        [[0.423 0.423 0.423]] 0.577
+    """
+    def objective(dist, pair):
+        return lambda gamma: jnp.sum(dist(gamma)) <= jnp.min(jnp.sum(pair, axis=1))
+
+    byz, gamma = _agnostic(honest, f, "minsum", direction, gamma_init, tol, objective)
+    return (byz, gamma) if return_gamma else byz
+
+
 def _check_key(rule, key):
     """Raise ``ValueError`` when a randomized ``rule`` gets no ``key``."""
     if getattr(rule, "randomized", False) and key is None:
@@ -661,7 +778,7 @@ def mimic(honest: Real[ArrayLike, "h d"], f: int, *, state: MimicState,
 ATTACKS = {
     "sign_flipping": sign_flipping, "foe": foe, "alie": alie, "optimal_foe": optimal_foe,
     "optimal_alie": optimal_alie, "adaptive": adaptive, "mimic": mimic, "inf": inf,
-    "gaussian": gaussian,
+    "gaussian": gaussian, "minmax": minmax, "minsum": minsum,
 }
 #: The attacks that search against the rule in use (they take ``rule=`` and ``search=``).
 SEARCHING_ATTACKS = ("optimal_alie", "optimal_foe", "adaptive")

@@ -130,9 +130,11 @@ def mean_shift_labels(points: Real[ArrayLike, "n k"], bandwidth, *,
     ``cluster_all=False``, every point a seed): labels ``(n,)``, ``-1`` for a point farther
     than ``bandwidth`` from every centre.
 
-    From each point, move to the mean of the points within ``bandwidth`` until the move is
+    From each point, move to the mean of the points within ``bandwidth`` (up to a relative
+    ``1e-5``, so that distances equal to it in exact arithmetic count) until the move is
     at most ``1e-3 bandwidth`` (or ``max_iter`` moves); rank the centres by the number of
-    points within ``bandwidth`` (ties to the lower seed); keep a centre unless it lies
+    points within ``bandwidth`` (ties: the lexicographically larger centre first, as
+    scikit-learn); keep a centre unless it lies
     within ``bandwidth`` of a centre kept before it; label each point by its nearest kept
     centre (the earlier on ties). Label ``j`` is the ``j``-th kept centre, so label 0 has the
     densest centre.
@@ -146,7 +148,9 @@ def mean_shift_labels(points: Real[ArrayLike, "n k"], bandwidth, *,
     """
     points = jnp.asarray(points, jnp.float32)
     n = points.shape[0]
-    bw = jnp.asarray(bandwidth, points.dtype)
+    # "within bandwidth" up to a relative 1e-5: features are often fractions k/b, whose
+    # distances equal the bandwidth exactly in exact arithmetic; rounding must not decide
+    bw = jnp.asarray(bandwidth, points.dtype) * (1 + 1e-5)
 
     def within(centres):
         d2 = jnp.sum(jnp.square(centres[:, None, :] - points[None, :, :]), axis=-1)
@@ -165,7 +169,9 @@ def mean_shift_labels(points: Real[ArrayLike, "n k"], bandwidth, *,
         lambda c: (~jnp.all(c[1])) & (c[2] < max_iter), shift,
         (points, jnp.zeros((n,), bool), 0))
     intensity = jnp.sum(within(centres), axis=1)
-    order = jnp.argsort(-intensity, stable=True)
+    # scikit-learn's order: intensity, then the centre's coordinates, both descending
+    order = jnp.lexsort(tuple(-centres[:, j] for j in reversed(range(centres.shape[1])))
+                        + (-intensity,))
     ranked = centres[order]
     near = _sqdist(ranked) <= bw * bw
 
