@@ -578,6 +578,11 @@ def _run_audit(args) -> int:
 
     from nnmjax.experiments import interrupt
 
+    for name in names:
+        for f in fs:
+            reason = audit.refusal(name, args.n, f)
+            if reason:
+                print(f"  skipped {name} f={f}: {reason}", file=sys.stderr)
     interrupt.KEPT_NOTE[0] = f"the finished audits are kept in {out / 'partial-audit.json'}"
     t0 = time.perf_counter()
     results = audit.audit_many(names, args.n, fs, jobs=args.jobs, progress=progress,

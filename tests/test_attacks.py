@@ -125,6 +125,8 @@ _CLOSED = {
     "mimic": lambda h, f: atk.mimic(h, f, state=atk.mimic_init(jax.random.key(0), h.shape[1]))[0],
     "optimal_alie": lambda h, f: atk.optimal_alie(h, f, rule=nnmjax.rule("cwtm", f)),
     "optimal_foe": lambda h, f: atk.optimal_foe(h, f, rule=nnmjax.rule("cwtm", f)),
+    "minmax": lambda h, f: atk.minmax(h, f),
+    "minsum": lambda h, f: atk.minsum(h, f, direction="sign"),
 }
 
 
@@ -143,7 +145,7 @@ def test_optimal_with_zero_byzantine():
     assert out.shape == (0, 5)
 
 
-@pytest.mark.parametrize("name", ["sign_flipping", "foe", "alie", "inf"])
+@pytest.mark.parametrize("name", ["sign_flipping", "foe", "alie", "inf", "minmax", "minsum"])
 def test_bad_arguments(name):
     fn = getattr(atk, name)
     with pytest.raises(ValueError, match="f"):
@@ -154,7 +156,7 @@ def test_bad_arguments(name):
 
 def test_attack_registry():
     assert set(atk.ATTACKS) == {"sign_flipping", "foe", "alie", "optimal_foe", "optimal_alie",
-                                "adaptive", "mimic", "inf", "gaussian"}
+                                "adaptive", "mimic", "inf", "gaussian", "minmax", "minsum"}
     for name, fn in atk.ATTACKS.items():
         assert fn is getattr(atk, name)
 
@@ -162,10 +164,72 @@ def test_attack_registry():
 def test_attacks_do_not_mutate_numpy_input():
     h = honest_data(9, h=5, d=3)
     keep = h.copy()
-    for name in ["sign_flipping", "foe", "alie", "inf", "gaussian", "mimic"]:
+    for name in ["sign_flipping", "foe", "alie", "inf", "gaussian", "mimic", "minmax", "minsum"]:
         _CLOSED[name](h, 2)
     atk.optimal_foe(h, 2, rule=lambda x: jnp.mean(x, axis=0), etas=(0.0, 1.0), refine=0)
     np.testing.assert_array_equal(h, keep)
+
+
+# --------------------------------------------------------------------------- Min-Max, Min-Sum
+
+
+def agnostic_reference(honest, f, objective, dev_type="std", lamda=10.0, threshold_diff=1e-5):
+    """NumPy port of Shejwalkar and Houmansadr's ``our_attack_dist`` (Min-Max) and
+    ``our_attack_score`` (Min-Sum) (NDSS 2021 notebooks): ``mean - lambda dev``, their
+    step-halving search over lambda on squared distances."""
+    h = np.asarray(honest, np.float64)
+    mean = h.mean(0)
+    dev = {"std": h.std(0, ddof=1), "sign": np.sign(mean),
+           "unit_vec": mean / np.linalg.norm(mean)}[dev_type]
+    pair = ((h[:, None, :] - h[None, :, :]) ** 2).sum(-1)
+    step, succ = lamda / 2, 0.0
+    while abs(succ - lamda) > threshold_diff:
+        mal = mean - lamda * dev
+        dist = ((h - mal) ** 2).sum(1)
+        ok = dist.max() <= pair.max() if objective == "minmax" else dist.sum() <= pair.sum(1).min()
+        if ok:
+            succ = lamda
+            lamda = lamda + step / 2
+        else:
+            lamda = lamda - step / 2
+        step = step / 2
+    return np.repeat((mean - succ * dev)[None], f, 0), succ
+
+
+@pytest.mark.parametrize("name", ["minmax", "minsum"])
+@pytest.mark.parametrize("direction", ["std", "sign", "unit_vec"])
+def test_minmax_minsum_match_the_authors_search(name, direction):
+    """Same gamma and rows as the authors' search; the constraint holds at gamma and fails a
+    little past it (the search's resolution)."""
+    fn = jax.jit(lambda h: getattr(atk, name)(h, 3, direction=direction, return_gamma=True))
+    for seed in range(4):
+        rng = np.random.default_rng(seed)
+        h = (rng.normal(size=(9, 30)) * rng.uniform(0.2, 3, 30) + seed - 1).astype(np.float32)
+        rows, gamma = fn(h)
+        want, want_gamma = agnostic_reference(h, 3, name, direction)
+        assert float(gamma) == pytest.approx(want_gamma, rel=1e-4, abs=1e-4)
+        np.testing.assert_allclose(np.asarray(rows), want, rtol=1e-4, atol=1e-4)
+        hd = h.astype(np.float64)
+        pair = ((hd[:, None] - hd[None]) ** 2).sum(-1)
+        dist = ((hd - np.asarray(rows[0], np.float64)) ** 2).sum(1)
+        lhs, rhs = (dist.max(), pair.max()) if name == "minmax" else (dist.sum(), pair.sum(1).min())
+        assert lhs <= rhs * (1 + 1e-4)
+
+
+def test_minmax_with_no_room_sends_the_mean():
+    """Identical honest rows: no gamma > 0 satisfies the constraint, so gamma = 0."""
+    h = np.tile(np.array([[1.0, -2.0, 3.0]], np.float32), (5, 1))
+    rows, gamma = atk.minmax(h, 2, direction="sign", return_gamma=True)
+    assert float(gamma) == 0.0
+    np.testing.assert_allclose(np.asarray(rows), h[:2])
+
+
+def test_minmax_bad_options():
+    h = honest_data(1)
+    for opts, word in [({"direction": "up"}, "direction"), ({"gamma_init": 0.0}, "gamma_init"),
+                       ({"tol": -1.0}, "tol")]:
+        with pytest.raises(ValueError, match=word):
+            atk.minmax(h, 2, **opts)
 
 
 # --------------------------------------------------------------------------- optimal attacks

@@ -82,6 +82,27 @@ def _np_cclip(x, f, tau=100.0):
     return (s / x.shape[0]) @ x
 
 
+def _np_cge(x, f):
+    norm = np.einsum("ij,ij->i", x, x)
+    keep = np.argsort(norm, kind="stable")[: x.shape[0] - f]
+    return x[keep].mean(axis=0)
+
+
+def _np_bulyan(x, f):
+    n = x.shape[0]
+    d2 = _np_sqdist(x)
+    np.fill_diagonal(d2, np.inf)
+    remaining, picked = np.ones(n, bool), []
+    for t in range(n - 2 * f):
+        k = max(n - t - f - 2, 1)
+        near = np.sort(np.where(remaining[None, :], d2, np.inf), axis=1)[:, :k].sum(axis=1)
+        left = np.flatnonzero(remaining)
+        best = int(left[np.argmin(near[left])])
+        picked.append(best)
+        remaining[best] = False
+    return _np_meamed(x[picked], 2 * f)
+
+
 NUMPY_AGGREGATORS: dict[str, Callable] = {
     "mean": lambda x, f: x.mean(axis=0),
     "cwmed": lambda x, f: np.median(x, axis=0),
@@ -91,6 +112,8 @@ NUMPY_AGGREGATORS: dict[str, Callable] = {
     "multikrum": _np_multikrum,
     "monna": _np_monna,
     "cclip": _np_cclip,
+    "cge": _np_cge,
+    "bulyan": _np_bulyan,
 }
 NUMPY_PREAGGREGATORS: dict[str, Callable] = {"nnm": _np_nnm}
 

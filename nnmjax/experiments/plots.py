@@ -30,11 +30,13 @@ __all__ = ["plot_accuracy", "plot_kappa", "plot_worst_case", "plot_all", "plot_a
 ATTACK_TITLES = {"optimal_alie": "ALIE (optimal η)", "alie": "ALIE",
                  "optimal_foe": "FOE (optimal η)", "foe": "FOE", "sign_flipping": "Sign flipping",
                  "label_flipping": "Label flipping", "mimic": "Mimic", "inf": "Inf",
-                 "gaussian": "Gaussian", "adaptive": "Adaptive", "none": "No attack"}
+                 "gaussian": "Gaussian", "adaptive": "Adaptive", "minmax": "Min-Max",
+                 "minsum": "Min-Sum", "none": "No attack"}
 #: Display names of the aggregators in figure titles and legends.
 RULE_TITLES = {"cwtm": "CWTM", "cwmed": "CWMed", "gm": "GM", "krum": "Krum", "multikrum":
                "Multi-Krum", "mda": "MDA", "meamed": "MeaMed", "cclip": "CClip", "monna": "MoNNA",
-               "caf": "CAF", "smea": "SMEA", "mean": "Mean"}
+               "caf": "CAF", "smea": "SMEA", "mean": "Mean", "cge": "CGE", "bulyan": "Bulyan",
+               "dnc": "DnC", "signguard": "SignGuard"}
 #: Display names of the pre-aggregators.
 PRE_TITLES = {"nnm": "NNM", "bucketing": "Bucketing", "clipping": "Clipping", "arc": "ARC"}
 #: Display names of the data sets.

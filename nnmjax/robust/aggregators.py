@@ -782,21 +782,25 @@ def bulyan(x: Real[ArrayLike, "n d"], f: int) -> Float[Array, " d"]:
     theta = n - 2 * f
     sqdist = _gram.Geometry(x).sqdist
     others = jnp.where(jnp.eye(n, dtype=bool), jnp.inf, sqdist)
+    # each row's distances sorted once; a pick clears its entry in every row (O(n^2) a round)
+    by_row = jnp.argsort(others, axis=1, stable=True)
+    near = jnp.take_along_axis(others, by_row, axis=1)
+    rank = jnp.argsort(by_row, axis=1)  # rank[r, j]: where row j sits in row r's order
+    rows = jnp.arange(n)
 
     def pick(t, carry):
-        chosen, order = carry
-        dist = jnp.where(chosen[None, :], jnp.inf, others)  # distances to remaining rows
+        alive, chosen, order = carry
         k = jnp.maximum(n - t - f - 2, 1)  # r - f - 2 neighbours (at least 1), r = n - t
-        near = jnp.sort(dist, axis=1)
-        score = jnp.sum(jnp.where(jnp.arange(n)[None, :] < k, near, 0.0), axis=1)
+        first_k = alive & (jnp.cumsum(alive, axis=1) <= k)
+        score = jnp.sum(jnp.where(first_k, near, 0.0), axis=1)
         score = jnp.where(chosen | jnp.isnan(score), jnp.inf, score)
         i = jnp.argmin(score)
         # only infinite scores left (far rows): the first row not yet picked
         i = jnp.where(jnp.isinf(score[i]), jnp.argmin(chosen), i)
-        return chosen.at[i].set(True), order.at[t].set(i)
+        return alive.at[rows, rank[:, i]].set(False), chosen.at[i].set(True), order.at[t].set(i)
 
-    _, order = jax.lax.fori_loop(0, theta, pick, (jnp.zeros((n,), bool),
-                                                  jnp.zeros((theta,), jnp.int32)))
+    _, _, order = jax.lax.fori_loop(0, theta, pick, (jnp.ones((n, n), bool), jnp.zeros((n,), bool),
+                                                     jnp.zeros((theta,), jnp.int32)))
     return _closest_to_median(x[order], theta - 2 * f)
 
 

@@ -497,6 +497,25 @@ def _within_budget(rule, n, f, restarts, steps):
     return max(8, round(restarts * shrink)), max(8, round(steps * shrink))
 
 
+def refusal(rule, n: int, f: int) -> str | None:
+    """Why ``rule`` refuses ``n`` inputs with ``f`` Byzantine ones (its ``ValueError``
+    message, e.g. Bulyan's ``n >= 4f + 3``), or ``None`` when it accepts them.
+
+    Examples:
+        >>> from nnmjax.robust import audit
+        >>> audit.refusal("bulyan", 17, 4)
+        'bulyan needs n >= 19 inputs for f=4 Byzantine ones; got n=17'
+        >>> audit.refusal("nnm+cwtm", 17, 4) is None
+        True
+    """
+    try:
+        _, call = _resolve(rule, f)
+        jax.eval_shape(call, jax.ShapeDtypeStruct((n, 1), jnp.float32), jax.random.key(0))
+    except ValueError as e:
+        return str(e)
+    return None
+
+
 def _one(args):
     """One :func:`audit` from a picklable ``(rule, n, f, options)`` task."""
     rule, n, f, options = args
@@ -515,12 +534,13 @@ def audit_many(rules, n: int, fs, *, jobs: int = 1, progress=None, **options):
         **options: keyword options of :func:`audit`.
 
     Returns:
-        The list of :class:`AuditResult`, rules outer and ``f`` inner, in that order.
+        The list of :class:`AuditResult`, rules outer and ``f`` inner, in that order; the
+        pairs a rule refuses (:func:`refusal`, e.g. Bulyan's ``n >= 4f + 3``) are left out.
 
     Raises:
         ValueError: as :func:`audit`.
     """
-    tasks = [(r, n, f, options) for r in rules for f in fs]
+    tasks = [(r, n, f, options) for r in rules for f in fs if refusal(r, n, f) is None]
     if jobs <= 1:
         out = []
         for t in tasks:
