@@ -797,7 +797,8 @@ def bulyan(x: Real[ArrayLike, "n d"], f: int) -> Float[Array, " d"]:
         i = jnp.argmin(score)
         # only infinite scores left (far rows): the first row not yet picked
         i = jnp.where(jnp.isinf(score[i]), jnp.argmin(chosen), i)
-        return alive.at[rows, rank[:, i]].set(False), chosen.at[i].set(True), order.at[t].set(i)
+        return (alive.at[rows, rank[:, i]].set(False), chosen.at[i].set(True),
+                order.at[t].set(i.astype(order.dtype)))
 
     _, _, order = jax.lax.fori_loop(0, theta, pick, (jnp.ones((n, n), bool), jnp.zeros((n,), bool),
                                                      jnp.zeros((theta,), jnp.int32)))
