@@ -9,6 +9,9 @@ from nnmjax.robust import rules
 
 #: The key every randomized rule is called with in the tests.
 KEY = jax.random.key(0)
+#: The peers' rules beyond the paper's (CGE, Bulyan, DnC, SignGuard): tested alone; their
+#: ``nnm+`` compositions run in the composition tests of ``test_rules.py`` only (CI time).
+PEER_RULES = frozenset({"cge", "bulyan", "dnc", "signguard"})
 #: Aggregators that depend on the origin (norms, signs): no translation equivariance.
 ORIGIN_DEPENDENT = frozenset({"cclip", "cge", "signguard"})
 

@@ -30,12 +30,13 @@ import pytest
 
 import nnmjax
 import reference as ref
-from rulecases import largest_f, min_n, randomized
+from rulecases import PEER_RULES, largest_f, min_n, randomized
 from nnmjax.robust import metrics
 from nnmjax.robust.aggregators import AGGREGATORS
 
 PROVEN = ["cwtm", "krum", "gm", "cwmed"]
-RULES = sorted(AGGREGATORS) + ["nnm+" + r for r in sorted(AGGREGATORS) if r != "mean"] + [
+RULES = sorted(AGGREGATORS) + ["nnm+" + r for r in sorted(AGGREGATORS)
+                               if r != "mean" and r not in PEER_RULES] + [
     "bucketing+cwtm", "arc+krum", "clipping+cwmed"]
 #: rules whose output may depend on positions by definition: MoNNA's trusted row is row 0;
 #: MDA's subsets of equal diameter (common: one pair sets the diameter) go to the first in

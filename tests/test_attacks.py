@@ -182,7 +182,7 @@ def agnostic_reference(honest, f, objective, dev_type="std", lamda=10.0, thresho
     dev = {"std": h.std(0, ddof=1), "sign": np.sign(mean),
            "unit_vec": mean / np.linalg.norm(mean)}[dev_type]
     pair = ((h[:, None, :] - h[None, :, :]) ** 2).sum(-1)
-    step, succ = lamda / 2, 0.0
+    step, succ = lamda, 0.0
     while abs(succ - lamda) > threshold_diff:
         mal = mean - lamda * dev
         dist = ((h - mal) ** 2).sum(1)

@@ -66,15 +66,32 @@ COMPOSITIONS = {
     "nnm+krum": lambda x: agg.krum(pre.nnm(x, F), F),
     "nnm+multikrum": lambda x: agg.multikrum(pre.nnm(x, F), F),
     "arc+cwtm": lambda x: agg.cwtm(pre.arc(x, F), F),
+    "nnm+cge": lambda x: agg.cge(pre.nnm(x, F), F),
+    "nnm+bulyan": lambda x: agg.bulyan(pre.nnm(x, 1), 1),  # n = 9 >= 4f + 3 needs f <= 1
 }
 
 
 @pytest.mark.parametrize("name", sorted(COMPOSITIONS))
 def test_rule_equals_manual_composition(name):
     x = data(1) * 3  # norms above the clipping threshold 2
-    r = jax.jit(nnmjax.rule(name, F))
+    r = jax.jit(nnmjax.rule(name, 1 if name.endswith("bulyan") else F))
     manual = jax.jit(COMPOSITIONS[name])
     _close(r(x), manual(x))
+
+
+@pytest.mark.parametrize("name", ["dnc", "signguard"])
+def test_randomized_aggregator_rule_passes_its_key(name):
+    """``nnm+dnc`` / ``nnm+signguard`` with a key: the aggregator of NNM's rows, called with
+    the same key (the rule draws no other randomness)."""
+    x = data(4, d=40)
+    key = jax.random.key(5)
+    r = nnmjax.rule(f"nnm+{name}", F, **({"sub_dim": 10} if name == "dnc" else {}))
+    assert r.randomized
+    opts = {"sub_dim": 10} if name == "dnc" else {}
+    manual = agg.AGGREGATORS[name](pre.nnm(x, F), F, key=key, **opts)
+    _close(jax.jit(lambda z, k: r(z, key=k))(x, key), manual)
+    with pytest.raises(ValueError, match="randomized"):
+        r(x)
 
 
 def test_bucketing_rule_is_the_aggregator_of_some_bucketing():
