@@ -83,13 +83,22 @@ def on_columns(fn: Callable, mesh: Mesh, *, axis: str = "workers") -> Callable:
     return call
 
 
+#: Rules that pick coordinates (DnC's random subsets, SignGuard's random block) and so need
+#: every column on one device: :func:`shard_rule` refuses them.
+WHOLE_ROW_STAGES = frozenset({"dnc", "signguard"})
+
+
 def shard_rule(rule: Callable, mesh: Mesh, *, axis: str = "workers") -> Callable:
     """``rule`` as a jitted function of ``x: (n, d)`` (and ``key`` for randomized rules) that
     runs with ``x``'s columns sharded over ``mesh``'s ``axis`` (:func:`on_columns`); a
     rule's ``(d,)`` output (or a pre-aggregator's ``(m, d)``) comes out sharded the same way
     and equals ``rule(x)`` up to float32 summation order. Costs per device ``O(n^2 d / k)``
     time (``k`` devices on ``axis``), ``O(n d / k + n^2)`` memory, and one all-reduce of
-    ``O(n^2)`` floats."""
+    ``O(n^2)`` floats. Rules with a stage in :data:`WHOLE_ROW_STAGES` raise ``ValueError``."""
+    whole = sorted(set(getattr(rule, "stages", ())) & WHOLE_ROW_STAGES)
+    if whole:
+        raise ValueError(f"{rule!r}: {', '.join(whole)} draws coordinate subsets over all of d "
+                         "and cannot run with its columns sharded; run it on one device")
     randomized = getattr(rule, "randomized", False)
     sharded = on_columns(lambda x, key: rule(x, key=key) if randomized else rule(x), mesh,
                          axis=axis)
