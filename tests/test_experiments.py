@@ -17,7 +17,8 @@ from nnmjax.experiments.plots import plot_all
 PAPER = Path(__file__).resolve().parents[1] / "experiments" / "paper"
 CONFIGS = sorted(PAPER.glob("*.toml"))
 BYZFL = PAPER.parent / "byzfl"
-SMOKE_CONFIGS = CONFIGS + sorted(BYZFL.glob("*.toml"))
+FEDERATED = PAPER.parent / "federated"
+SMOKE_CONFIGS = CONFIGS + sorted(BYZFL.glob("*.toml")) + sorted(FEDERATED.glob("*.toml"))
 #: Models whose compilation alone takes tens of seconds here, trained through the simulator
 #: on the same data format in test_simulate.test_cnn_trains_with_batch_norm: their configs'
 #: smoke runs swap in a cheap model (everything else of the config is kept).
@@ -100,6 +101,8 @@ def _smoke_overrides(path, data_dir):
     sets = ["steps=2", "eval_every=1", "seeds=[1]", f"attacks=['{first.attacks[0]}']",
             f"rules=['{rule}']", "baseline=false", f"n={first.n}", f"f={first.f}",
             f"alpha={first.alpha}", f"gamma={first.gamma}", f"momentum={first.momentum}"]
+    if first.algorithm == "fedavg":
+        sets += [f"local_steps={first.local_steps}", f"participation={first.participation}"]
     if first.model in SMOKE_MODELS:
         sets.append(f"model='{SMOKE_MODELS[first.model]}'")
     return sets + [f"data_dir='{data_dir}'"]

@@ -110,3 +110,19 @@ def test_sample_clients_without_replacement():
         assert np.all(np.diff(np.asarray(idx)) > 0) and 0 <= int(idx.min()) and int(idx.max()) < 13
     idx, f = federated.sample_clients(jax.random.key(0), 13, 4, 1.0)
     assert np.asarray(idx).tolist() == list(range(13)) and f == 4
+
+
+def test_local_updates_carry_each_clients_model_state():
+    """With ``model_state`` (e.g. BatchNorm statistics) each client carries its own through
+    its local steps, and the result holds every client's final state."""
+    def loss_fn(w, state, batch):
+        return jnp.sum((w - batch) ** 2), {"seen": state["seen"] + batch}
+
+    batches = jnp.arange(6.0).reshape(2, 3)  # 2 clients, 3 local steps of one scalar each
+    res = federated.local_updates(loss_fn, jnp.zeros(()), batches, optimizer=optax.sgd(0.1),
+                                  model_state={"seen": jnp.zeros(())})
+    assert res.model_state["seen"].tolist() == [3.0, 12.0]
+    plain = federated.local_updates(lambda w, b: jnp.sum((w - b) ** 2), jnp.zeros(()), batches,
+                                    optimizer=optax.sgd(0.1))
+    np.testing.assert_allclose(np.asarray(res.updates), np.asarray(plain.updates))
+    assert plain.model_state is None

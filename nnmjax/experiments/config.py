@@ -23,6 +23,7 @@ else:  # pragma: no cover
 from nnmjax._suggest import did_you_mean
 from nnmjax.data import DATASETS, PARTITIONS, SOURCES
 from nnmjax.models import MODELS
+from nnmjax.optim import federated
 from nnmjax.optim.schedules import SCHEDULES
 from nnmjax.robust._checks import check_count
 from nnmjax.robust.attacks import ATTACKS, SEARCHES, SEARCHING_ATTACKS
@@ -33,8 +34,13 @@ __all__ = ["Config", "RunSpec", "load_config", "load_grid", "expand_sweep", "par
 #: Every attack a config may name (``attacks``): ``"none"``, the attacks of
 #: :data:`nnmjax.robust.attacks.ATTACKS`, and the data attack ``"label_flipping"``.
 ATTACK_NAMES = ("none", *ATTACKS, "label_flipping")
-#: The algorithms of the simulator: robust D-SHB (Algorithm 3) and robust D-GD (Algorithm 1).
-ALGORITHMS = ("dshb", "dgd")
+#: The algorithms of the simulator: robust D-SHB (Algorithm 3), robust D-GD (Algorithm 1)
+#: and robust federated averaging (:mod:`nnmjax.sim.fedavg`).
+ALGORITHMS = ("dshb", "dgd", "fedavg")
+#: The keys of FedAvg (``algorithm = "fedavg"``) and their defaults; other algorithms
+#: refuse them set to other values.
+FEDAVG_KEYS = {"local_steps": 1, "participation": 1.0, "local_momentum": 0.0,
+               "server_lr": 1.0, "server_lr_schedule": "constant"}
 
 
 @dataclass(frozen=True)
@@ -79,8 +85,24 @@ class Config:
     #: ``logreg``, and ByzFL's models (``byzfl_cnn_mnist``, ``resnet18``, ...).
     model: str = "mlp"
     #: ``"dshb"``: robust D-SHB (paper Algorithm 3, worker momentum); ``"dgd"``: robust D-GD
-    #: (Algorithm 1).
+    #: (Algorithm 1); ``"fedavg"``: robust federated averaging (:mod:`nnmjax.sim.fedavg`;
+    #: ``steps`` counts rounds).
     algorithm: str = "dshb"
+    #: FedAvg: the SGD steps each sampled client takes per round from the global model
+    #: (step size ``lr`` on ``lr_schedule`` at the round).
+    local_steps: int = 1
+    #: FedAvg: the fraction ``p`` of clients sampled each round, in (0, 1]:
+    #: ``max(1, floor(p (n - f)))`` honest clients without replacement and ``floor(p f)``
+    #: Byzantine ones, whom the rules are told of (:attr:`rule_f`).
+    participation: float = 1.0
+    #: FedAvg: the clients' SGD momentum within a round (``m <- mu m + g``, ``w <- w - lr
+    #: m``, restarted each round); 0: plain SGD, as ByzFL's clients.
+    local_momentum: float = 0.0
+    #: FedAvg: the server's step size on the robust aggregate of the clients' updates
+    #: (1: the aggregate replaces the model's change, as ByzFL).
+    server_lr: float = 1.0
+    #: FedAvg: the schedule of ``server_lr`` over rounds (as ``lr_schedule``).
+    server_lr_schedule: str = "constant"
     #: Number of workers, honest and Byzantine.
     n: int = 17
     #: Number of Byzantine workers (``2f < n``); ``n - f`` are honest.
@@ -198,15 +220,36 @@ class Config:
         return self.n - self.f
 
     @property
+    def round_sizes(self) -> tuple[int, int]:
+        """``(honest, byzantine)`` workers whose rows reach the server each step:
+        ``(n - f, f)``, or under FedAvg the round's sampled clients
+        (:func:`nnmjax.optim.federated.round_sizes` of :attr:`participation`).
+
+        Examples:
+            >>> from nnmjax.experiments.config import Config
+            >>> Config(n=17, f=4).round_sizes
+            (13, 4)
+            >>> Config(n=17, f=4, algorithm="fedavg", participation=0.5).round_sizes
+            (6, 2)
+        """
+        if self.algorithm != "fedavg":
+            return self.honest, self.f
+        return federated.round_sizes(self.honest, self.f, self.participation)
+
+    @property
     def rule_f(self) -> int:
-        """The ``f`` the robust rules are built with: :attr:`tolerated_f`, else :attr:`f`.
+        """The ``f`` the robust rules are built with: :attr:`tolerated_f`, else :attr:`f`;
+        under FedAvg, ``floor(participation f)`` of it.
 
         Examples:
             >>> from nnmjax.experiments.config import Config
             >>> Config(f=4).rule_f, Config(f=4, tolerated_f=6).rule_f
             (4, 6)
+            >>> Config(f=4, algorithm="fedavg", participation=0.5).rule_f
+            2
         """
-        return self.f if self.tolerated_f is None else self.tolerated_f
+        f = self.f if self.tolerated_f is None else self.tolerated_f
+        return f if self.algorithm != "fedavg" else int(self.participation * f)
 
     def build_rule(self, name: str):
         """The :class:`nnmjax.robust.rules.Rule` ``name`` for :attr:`rule_f` inputs, with the
@@ -301,6 +344,9 @@ class RunSpec:
         base = dataclasses.asdict(self.config)
         for k in ("attacks", "rules", "seeds", "baseline", "mesh"):
             base.pop(k)
+        if base["algorithm"] != "fedavg":  # runs of the other algorithms keep their hashes
+            for k in FEDAVG_KEYS:
+                base.pop(k)
         for k in ("tolerated_f", "data_seed", "rule_options"):  # unset, runs keep the
             if base[k] in (None, ()):                             # hashes they had before
                 base.pop(k)
@@ -393,6 +439,32 @@ def _choice(key, value, choices):
         _fail(key, f"unknown {value!r}{did_you_mean(value, choices)}; choose from {list(choices)}")
 
 
+def _validate_fedavg(c: Config):
+    if c.algorithm != "fedavg":
+        for key, default in FEDAVG_KEYS.items():
+            if getattr(c, key) != default:
+                _fail(key, f"is a key of algorithm = 'fedavg' only; got {getattr(c, key)!r} "
+                           f"with algorithm = {c.algorithm!r}")
+        return
+    if isinstance(c.local_steps, bool) or not isinstance(c.local_steps, int) or c.local_steps < 1:
+        _fail("local_steps", f"must be a positive integer; got {c.local_steps!r}")
+    if not 0 < c.participation <= 1:
+        _fail("participation", f"must be in (0, 1]; got {c.participation!r}")
+    if not 0.0 <= c.local_momentum < 1.0:
+        _fail("local_momentum", f"must be in [0, 1); got {c.local_momentum!r}")
+    if not c.server_lr > 0:
+        _fail("server_lr", f"must be > 0; got {c.server_lr!r}")
+    _choice("server_lr_schedule", c.server_lr_schedule, SCHEDULES)
+    if 2 * c.f < c.n:
+        m_h, m_b = c.round_sizes
+        if 2 * m_b >= m_h + m_b:
+            _fail("participation", f"a round of {m_h} honest and {m_b} Byzantine clients "
+                                   f"needs 2 f < n; raise participation or n")
+    if dict(c.mesh).get("workers", 1) > 1:
+        _fail("mesh", "algorithm = 'fedavg' splits runs over devices, not workers; "
+                      f"got {dict(c.mesh)}")
+
+
 def _validate(c: Config):
     _check_types(c)
     _choice("dataset", c.dataset, DATASETS)
@@ -402,6 +474,7 @@ def _validate(c: Config):
         _fail("source", "'digits' is bundled with scikit-learn; 'tfds' serves mnist, "
                         "fashion_mnist and cifar10")
     _choice("algorithm", c.algorithm, ALGORITHMS)
+    _validate_fedavg(c)
     _choice("partition", c.partition, PARTITIONS)
     _choice("lr_schedule", c.lr_schedule, SCHEDULES)
     for key in ("n", "steps", "batch_size", "eval_every"):

@@ -45,7 +45,7 @@ import jax.numpy as jnp
 import optax
 from jaxtyping import Array, Float, PRNGKeyArray
 
-__all__ = ["LocalResult", "local_updates", "pseudo_gradients", "sample_clients"]
+__all__ = ["LocalResult", "local_updates", "pseudo_gradients", "round_sizes", "sample_clients"]
 
 
 class LocalResult(NamedTuple):
@@ -55,14 +55,17 @@ class LocalResult(NamedTuple):
         updates: the model updates ``Delta_i = w_i - w``, a pytree like the parameters
             with a leading client axis.
         loss: ``(clients,)`` each client's mean loss over its local steps.
+        model_state: each client's model state after its local steps (e.g. BatchNorm
+            running statistics; leading client axis), ``None`` when none was given.
     """
 
     updates: Any
     loss: Float[Array, " clients"]
+    model_state: Any = None
 
 
 def local_updates(loss_fn: Callable, params, batches, *,
-                  optimizer: optax.GradientTransformation) -> LocalResult:
+                  optimizer: optax.GradientTransformation, model_state=None) -> LocalResult:
     """Every client's local training from ``params``: one vmap over clients of a scan over
     local steps.
 
@@ -72,11 +75,14 @@ def local_updates(loss_fn: Callable, params, batches, *,
     ``torch.optim.SGD``) and returns ``Delta_i = w_T - params``.
 
     Args:
-        loss_fn: ``(params, batch) -> scalar`` loss.
+        loss_fn: ``(params, batch) -> scalar`` loss; with ``model_state``,
+            ``(params, model_state, batch) -> (loss, new_model_state)``.
         params: the global parameters (a pytree).
         batches: a pytree whose leaves have leading axes ``(clients, T, ...)``: client ``i``'s
             ``t``-th minibatch is ``jax.tree.map(lambda a: a[i, t], batches)``.
         optimizer: the clients' optax optimizer.
+        model_state: the global model state (e.g. flax's ``batch_stats``) each client starts
+            from and carries through its steps; ``None``: the model has none.
 
     Returns:
         A :class:`LocalResult`.
@@ -102,24 +108,52 @@ def local_updates(loss_fn: Callable, params, batches, *,
     if jnp.shape(leaves[0])[1] == 0:
         raise ValueError("batches: local_steps must be >= 1 (the second axis is empty)")
 
+    stateful = model_state is not None
+
+    def value_and_grad(w, state, batch):
+        if stateful:
+            return jax.value_and_grad(loss_fn, has_aux=True)(w, state, batch)
+        loss, grads = jax.value_and_grad(loss_fn)(w, batch)
+        return (loss, None), grads
+
     def one_client(client_batches):
         def step(carry, batch):
-            w, opt_state = carry
-            loss, grads = jax.value_and_grad(loss_fn)(w, batch)
+            w, state, opt_state = carry
+            (loss, state), grads = value_and_grad(w, state, batch)
             updates, opt_state = optimizer.update(grads, opt_state, w)
-            return (optax.apply_updates(w, updates), opt_state), loss
+            return (optax.apply_updates(w, updates), state, opt_state), loss
 
-        (w, _), losses = jax.lax.scan(step, (params, optimizer.init(params)), client_batches)
-        return jax.tree.map(jnp.subtract, w, params), jnp.mean(losses)
+        (w, state, _), losses = jax.lax.scan(
+            step, (params, model_state, optimizer.init(params)), client_batches)
+        return jax.tree.map(jnp.subtract, w, params), jnp.mean(losses), state
 
-    updates, loss = jax.vmap(one_client)(batches)
-    return LocalResult(updates, loss)
+    updates, loss, state = jax.vmap(one_client)(batches)
+    return LocalResult(updates, loss, state)
 
 
 def pseudo_gradients(updates):
     """``-Delta_i``: the model updates as the gradients the server chain expects (its
     ``optax.sgd(server_lr)`` then moves the parameters by ``+server_lr F(Delta)``)."""
     return jax.tree.map(jnp.negative, updates)
+
+
+def round_sizes(honest: int, byzantine: int, participation: float) -> tuple[int, int]:
+    """How many clients of each kind take part in a round: ``max(1, floor(p honest))``
+    honest and ``floor(p byzantine)`` Byzantine ones (``int()`` as ByzFL's count).
+
+    Raises:
+        ValueError: if ``participation`` is outside ``(0, 1]`` or ``honest < 1``.
+
+    Examples:
+        >>> from nnmjax.optim import federated
+        >>> federated.round_sizes(13, 4, 0.5), federated.round_sizes(13, 4, 1.0)
+        ((6, 2), (13, 4))
+    """
+    if not 0 < participation <= 1:
+        raise ValueError(f"participation must be in (0, 1]; got {participation!r}")
+    if honest < 1:
+        raise ValueError(f"honest must be >= 1; got {honest!r}")
+    return max(1, int(participation * honest)), int(participation * byzantine)
 
 
 def sample_clients(key: PRNGKeyArray, honest: int, byzantine: int,
@@ -151,10 +185,5 @@ def sample_clients(key: PRNGKeyArray, honest: int, byzantine: int,
         >>> idx.shape, f
         ((6,), 2)
     """
-    if not 0 < participation <= 1:
-        raise ValueError(f"participation must be in (0, 1]; got {participation!r}")
-    if honest < 1:
-        raise ValueError(f"honest must be >= 1; got {honest!r}")
-    m = max(1, int(participation * honest))
-    idx = jnp.sort(jax.random.choice(key, honest, (m,), replace=False))
-    return idx, int(participation * byzantine)
+    m, f = round_sizes(honest, byzantine, participation)
+    return jnp.sort(jax.random.choice(key, honest, (m,), replace=False)), f

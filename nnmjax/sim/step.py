@@ -43,7 +43,7 @@ from nnmjax.robust.rules import Rule
 from nnmjax.sim.worker_data import RunData
 
 __all__ = ["RunState", "StepSpec", "learning_rate", "server_chain", "worker_loss", "worker_grads", "init_state",
-           "step", "run_steps"]
+           "step", "run_steps", "draw_batches", "server_update"]
 
 
 def learning_rate(config: Config, lr: float | jax.Array | None = None):
@@ -95,6 +95,12 @@ class StepSpec(NamedTuple):
         (flipped labels) and compute honest-looking momenta; nothing is injected."""
         return self.attack == "label_flipping" and self.config.f > 0
 
+    @property
+    def rows(self) -> tuple[int, int]:
+        """``(honest, byzantine)``: the rows the server receives each step, ``(n - f, f)``,
+        or a FedAvg round's sampled clients (:attr:`Config.round_sizes`)."""
+        return self.config.round_sizes
+
     def hyperparameter(self, hyper: Mapping[str, jax.Array], key: str):
         """This run's value of a step hyperparameter: traced when runs differ in it."""
         return hyper[key] if key in hyper else self.defaults[key]
@@ -103,18 +109,22 @@ class StepSpec(NamedTuple):
 def server_chain(spec: StepSpec, hyper: Mapping[str, jax.Array]
                  ) -> tuple[optax.GradientTransformation, optax.GradientTransformation]:
     """The server chain (clip -> worker momentum -> attack) and the SGD step, built from the
-    run's hyperparameters."""
+    run's hyperparameters (FedAvg: no momentum, and the server's step size
+    ``server_lr`` on its ``server_lr_schedule``)."""
     c, value = spec.config, spec.hyperparameter
+    honest, byzantine = spec.rows
     injected = "none" if spec.label_flipping else spec.attack
     beta = value(hyper, "momentum") if c.algorithm == "dshb" else 0.0
     options = ({"search": c.attack_search}
                if spec.attack in SEARCHING_ATTACKS and c.attack_search != "grid" else {})
     server = optax.chain(
         transforms.clip_by_worker_norm(value(hyper, "clip")) if c.clip else optax.identity(),
-        transforms.worker_momentum(beta, c.n if spec.label_flipping else c.honest),
-        transforms.inject_attack(injected, c.f if injected != "none" else 0, rule=spec.rule,
-                                 key=jax.random.key(0), **options),
+        transforms.worker_momentum(beta, honest + byzantine if spec.label_flipping else honest),
+        transforms.inject_attack(injected, byzantine if injected != "none" else 0,
+                                 rule=spec.rule, key=jax.random.key(0), **options),
     )
+    if c.algorithm == "fedavg":
+        return server, optax.sgd(schedule(c.server_lr_schedule, c.server_lr))
     return server, optax.sgd(learning_rate(c, lr=value(hyper, "lr")))
 
 
@@ -133,28 +143,37 @@ def worker_loss(model: nn.Module, params, model_state, key, x, y, mask=None, *,
     return nll(logp, y, mask) + 0.5 * weight_decay * l2, new
 
 
+def draw_batches(spec: StepSpec, data: RunData, key, workers: int):
+    """The first ``workers`` workers' minibatches and dropout keys of one step, drawn from
+    ``key``: ``(drop, xb, yb)`` with a leading axis of every worker row of ``data``
+    (padding rows draw too, and are dropped later)."""
+    padded = data.index.counts.shape[0]
+    k_batch, k_drop = jax.random.split(key)
+    drop = jax.random.split(k_drop, workers)
+    drop = jnp.concatenate([drop] + [drop[:1]] * (padded - workers))
+    xb, yb = sample_indexed_batches(k_batch, data.x, data.y, data.index,
+                                    spec.config.batch_size, num_classes=spec.num_classes,
+                                    workers=workers)
+    return drop, xb, yb
+
+
 def worker_grads(spec: StepSpec, params, model_state, data: RunData, key, weight_decay):
     """Every worker's loss and gradient (one vmap) and the new BatchNorm statistics: the
     mean of the honest workers' updated running averages."""
     c, w = spec.config, spec.workers
-    padded = data.index.counts.shape[0]
-    k_batch, k_drop = jax.random.split(key)
-    drop = jax.random.split(k_drop, w)
-    drop = jnp.concatenate([drop] + [drop[:1]] * (padded - w))
 
     def loss(params, model_state, key, x, y, mask=None):
         return worker_loss(spec.model, params, model_state, key, x, y, mask,
                            weight_decay=weight_decay)
 
     grad = jax.value_and_grad(loss, has_aux=True)
+    drop, xb, yb = draw_batches(spec, data, key, w)
     if c.algorithm == "dgd":
         every = gather_indexed(data.x, data.y, data.index, num_classes=spec.num_classes)
         mask = (jnp.arange(every.y.shape[1])[None, :] < every.counts[:, None]).astype(jnp.float32)
         (losses, stats), grads = jax.vmap(grad, in_axes=(None, None, 0, 0, 0, 0))(
             params, model_state, drop, every.x, every.y, mask)
     else:
-        xb, yb = sample_indexed_batches(k_batch, data.x, data.y, data.index, c.batch_size,
-                                        num_classes=spec.num_classes, workers=w)
         (losses, stats), grads = jax.vmap(grad, in_axes=(None, None, 0, 0, 0))(
             params, model_state, drop, xb, yb)
     if spec.mesh is not None and spec.mesh.shape["workers"] > 1:
@@ -180,23 +199,35 @@ def init_state(spec: StepSpec, image_shape: tuple, key: jax.Array) -> RunState:
                     jnp.zeros((), jnp.int32), variables)
 
 
-def step(spec: StepSpec, state: RunState, data: RunData,
-         hyper: Mapping[str, jax.Array]) -> tuple[RunState, tuple[jax.Array, jax.Array]]:
-    """One step of one run; returns the new state and ``(honest mean loss, kappa_hat)``."""
+def server_update(spec: StepSpec, state: RunState, grads, hyper: Mapping[str, jax.Array]):
+    """The server's part of a step: the workers' (or clients') gradients through the server
+    chain, the robust aggregate and the SGD step; returns the new parameters, the chains'
+    states and ``kappa_hat`` of the aggregate against the honest rows (eq. 26)."""
     server, agg, opt = state.opt_state
-    key, k_batch = jax.random.split(state.key)
-    losses, grads, model_state = worker_grads(spec, state.params, state.model_state, data,
-                                              k_batch, spec.hyperparameter(hyper, "weight_decay"))
     chain, sgd = server_chain(spec, hyper)
     rows, server = chain.update(grads, server, state.params)
     aggregate, agg = spec.aggregate.update(rows, agg, state.params)
     honest, _ = ravel_workers(rows)
-    honest = honest[: spec.config.honest]
+    honest = honest[: spec.rows[0]]
     flat, _ = ravel_workers(jax.tree.map(lambda a: a[None], aggregate))
     kappa = metrics.kappa_hat(flat[0], honest)
     updates, opt = sgd.update(aggregate, opt, state.params)
-    params = optax.apply_updates(state.params, updates)
-    new = RunState(params, (server, agg, opt), key, state.step + 1, model_state)
+    return optax.apply_updates(state.params, updates), (server, agg, opt), kappa
+
+
+def step(spec: StepSpec, state: RunState, data: RunData,
+         hyper: Mapping[str, jax.Array]) -> tuple[RunState, tuple[jax.Array, jax.Array]]:
+    """One step of one run (one round under FedAvg, :func:`nnmjax.sim.fedavg.fedavg_round`);
+    returns the new state and ``(honest mean loss, kappa_hat)``."""
+    if spec.config.algorithm == "fedavg":
+        from nnmjax.sim.fedavg import fedavg_round
+
+        return fedavg_round(spec, state, data, hyper)
+    key, k_batch = jax.random.split(state.key)
+    losses, grads, model_state = worker_grads(spec, state.params, state.model_state, data,
+                                              k_batch, spec.hyperparameter(hyper, "weight_decay"))
+    params, opt_state, kappa = server_update(spec, state, grads, hyper)
+    new = RunState(params, opt_state, key, state.step + 1, model_state)
     return new, (jnp.mean(losses[: spec.config.honest]), kappa)
 
 
