@@ -624,3 +624,21 @@ def test_attacks_compile_once_per_shape(name):
         outs = assert_compiles_once(lambda h: atk.ATTACKS[name](h, 2, **options),
                                     [(honest_data(s),) for s in range(2)])
     assert all(o.shape == (2, 8) for o in outs)
+
+
+@pytest.mark.parametrize("name", ["nnm+cwtm", "nnm+cwmed", "cwtm", "nnm+krum"])
+def test_damage_paths_tell_the_rule_its_own_f(name):
+    """An attack of f = 3 rows against a rule told f = 1 (a decentralized neighbourhood, or
+    an over-cautious attacker): every fast path of the optimal attacks' damage equals the
+    rule applied to the stacked rows."""
+    from nnmjax.robust import _subspace
+
+    honest = jax.random.normal(jax.random.key(3), (5, 40)) * 2.0 + 1.0
+    direction = jax.random.normal(jax.random.key(4), (40,))
+    rule = nnmjax.rule(name, 1)
+    residual, small = _subspace.residual_fn(honest, direction, 3, rule)
+    s = honest.mean(0)
+    for eta in (0.0, 0.7, -2.5):
+        want = rule(jnp.concatenate([honest, jnp.broadcast_to(s + eta * direction, (3, 40))])) - s
+        np.testing.assert_allclose(float(jnp.linalg.norm(residual(eta))),
+                                   float(jnp.linalg.norm(want)), rtol=1e-4)

@@ -126,3 +126,20 @@ def test_local_updates_carry_each_clients_model_state():
                                     optimizer=optax.sgd(0.1))
     np.testing.assert_allclose(np.asarray(res.updates), np.asarray(plain.updates))
     assert plain.model_state is None
+
+
+@pytest.mark.parametrize("per_call", [1, 2])
+def test_clients_in_blocks_equal_clients_in_one_vmap(per_call):
+    def loss_fn(w, batch):
+        x, y = batch
+        return jnp.mean((jnp.tanh(x @ w) - y) ** 2)
+
+    x = jax.random.normal(jax.random.key(0), (5, 3, 4, 6))
+    y = jax.random.normal(jax.random.key(1), (5, 3, 4))
+    w = jax.random.normal(jax.random.key(2), (6,))
+    opt = optax.sgd(0.1, momentum=0.5)
+    one = federated.local_updates(loss_fn, w, (x, y), optimizer=opt)
+    blocks = federated.local_updates(loss_fn, w, (x, y), optimizer=opt, clients_per_call=per_call)
+    np.testing.assert_allclose(np.asarray(blocks.updates), np.asarray(one.updates), rtol=1e-5,
+                               atol=1e-7)
+    np.testing.assert_allclose(np.asarray(blocks.loss), np.asarray(one.loss), rtol=1e-6)

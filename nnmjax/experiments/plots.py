@@ -353,7 +353,8 @@ def _panels(records, draw, ylabel, *, log=False, ylim=None, title=None, baseline
         if base:
             bands.append(draw(ax, base, label=_BASELINE, color="0.25", style="--"))
         ax.set_title(attack_label(attack))
-        ax.set_xlabel("Step")
+        ax.set_xlabel("Round" if all(r["key"].get("algorithm") == "fedavg" for r in records)
+                      else "Step")
         ax.set_ylabel(ylabel)
         ax.tick_params(labelsize=7)
         if log:

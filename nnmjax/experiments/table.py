@@ -38,7 +38,10 @@ _PER_RUN = ("attack", "rule", "seed", "data_seed")
 _ATTACKED = ("n", "f", "tolerated_f", "rule_options")
 #: Setting fields shown in a table's title.
 TITLE_FIELDS = ("dataset", "model", "algorithm", "n", "f", "tolerated_f", "partition", "alpha",
-                "momentum", "steps")
+                "momentum", "local_steps", "participation", "steps")
+#: Fields only some algorithms read (D-SHB's worker momentum), left out of the other
+#: algorithms' titles.
+ALGORITHM_FIELDS = {"momentum": ("dshb",)}
 
 
 class Table(NamedTuple):
@@ -220,8 +223,14 @@ def title(setting: dict, fields=TITLE_FIELDS) -> str:
         'dataset=digits, n=5, f=1'
         >>> title({"lr": 0.1, "dataset": "digits"}, ["dataset", "lr"])
         'dataset=digits, lr=0.1'
+        >>> title({"algorithm": "fedavg", "momentum": 0.9, "local_steps": 5})
+        'algorithm=fedavg, local_steps=5'
     """
-    return ", ".join(f"{k}={setting[k]}" for k in fields if k in setting)
+    def shown(k):
+        return k in setting and setting.get("algorithm", "dshb") in ALGORITHM_FIELDS.get(
+            k, (setting.get("algorithm", "dshb"),))
+
+    return ", ".join(f"{k}={setting[k]}" for k in fields if shown(k))
 
 
 def _pct(x) -> str:

@@ -65,7 +65,8 @@ class LocalResult(NamedTuple):
 
 
 def local_updates(loss_fn: Callable, params, batches, *,
-                  optimizer: optax.GradientTransformation, model_state=None) -> LocalResult:
+                  optimizer: optax.GradientTransformation, model_state=None,
+                  clients_per_call: int | None = None) -> LocalResult:
     """Every client's local training from ``params``: one vmap over clients of a scan over
     local steps.
 
@@ -83,6 +84,12 @@ def local_updates(loss_fn: Callable, params, batches, *,
         optimizer: the clients' optax optimizer.
         model_state: the global model state (e.g. flax's ``batch_stats``) each client starts
             from and carries through its steps; ``None``: the model has none.
+        clients_per_call: ``None`` (default): every client in one ``jax.vmap``; ``k``: a
+            ``lax.map`` over blocks of ``k`` vmapped clients. Each client has its own
+            parameters, so a vmap of convolutions is a grouped convolution, which XLA's CPU
+            backend runs slower than one client at a time (``k = 1``: 310 against 412 ms
+            for 13 clients x 5 steps of ByzFL's ``cnn_mnist`` on 2 Intel Xeon cores); the
+            result is the same up to rounding.
 
     Returns:
         A :class:`LocalResult`.
@@ -127,7 +134,10 @@ def local_updates(loss_fn: Callable, params, batches, *,
             step, (params, model_state, optimizer.init(params)), client_batches)
         return jax.tree.map(jnp.subtract, w, params), jnp.mean(losses), state
 
-    updates, loss, state = jax.vmap(one_client)(batches)
+    if clients_per_call is None:
+        updates, loss, state = jax.vmap(one_client)(batches)
+    else:
+        updates, loss, state = jax.lax.map(one_client, batches, batch_size=clients_per_call)
     return LocalResult(updates, loss, state)
 
 

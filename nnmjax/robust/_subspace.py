@@ -201,14 +201,15 @@ def call(rule, x, key):
 
 
 def _mixed_coordinatewise(honest, direction, f, rule, key):
-    """Mixings from the coordinates, then the coordinate-wise aggregator over ``d``."""
+    """Mixings from the coordinates, then the coordinate-wise aggregator over ``d``; the
+    attack sends ``f`` rows, the rule's stages are told their own ``rule.f``."""
     *pres, last = rule.stages
-    h = honest.shape[0]
+    h, rf = honest.shape[0], rule.f
     w = jnp.concatenate([honest - jnp.mean(honest, axis=0),
                          direction[None].astype(honest.dtype)], axis=0)
     aggregate = _agg.AGGREGATORS[last]
     if not pres:
-        return lambda eta: aggregate(_stack(w[:h], eta * w[h], f), f, **rule.options)
+        return lambda eta: aggregate(_stack(w[:h], eta * w[h], f), rf, **rule.options)
     hc, ac = coordinates(w[:h], direction)  # the centring pass over d is done once, for both
 
     def mixed(eta):
@@ -219,10 +220,10 @@ def _mixed_coordinatewise(honest, direction, f, rule, key):
             sub = None
             if st in RANDOMIZED:
                 k, sub = jax.random.split(k)
-            mix = _mixing(st, x, f, sub, rule.pre_options.get(st, {}))
+            mix = _mixing(st, x, rf, sub, rule.pre_options.get(st, {}))
             x, m = mix @ x, mix @ m
         coef = jnp.concatenate([m[:, :h], eta * jnp.sum(m[:, h:], axis=1, keepdims=True)], axis=1)
         y = jnp.matmul(coef, w, precision=jax.lax.Precision.HIGHEST)
-        return aggregate(y, f, **rule.options)
+        return aggregate(y, rf, **rule.options)
 
     return mixed

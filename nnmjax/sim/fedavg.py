@@ -8,7 +8,8 @@ Each round (McMahan et al., 2017, with a robust server as ByzFL's ``FedAvg``):
 2. every sampled client runs ``local_steps`` SGD steps (``lr`` on ``lr_schedule`` at the
    round, ``local_momentum``, a fresh optimizer state each round) from the global model on
    its own minibatches, one ``jax.vmap`` over clients of a ``lax.scan`` over steps
-   (:func:`nnmjax.optim.federated.local_updates`), and sends ``Delta_i = w_i - w``;
+   (:func:`nnmjax.optim.federated.local_updates`; on the CPU backend a ``lax.map``, one
+   client at a time, which XLA runs faster there), and sends ``Delta_i = w_i - w``;
 3. the Byzantine clients send attacked updates (computed from the honest ones as in D-SHB;
    under label flipping they train on flipped labels instead);
 4. the server passes ``-Delta_i`` through the same chain as D-SHB's gradients (clipping,
@@ -93,7 +94,8 @@ def fedavg_round(spec: StepSpec, state: RunState, data: RunData,
     lr = learning_rate(c, lr=value(hyper, "lr"))(state.step)
     local = federated.local_updates(
         loss_fn, state.params, batches, model_state=state.model_state,
-        optimizer=optax.sgd(lr, momentum=c.local_momentum or None))
+        optimizer=optax.sgd(lr, momentum=c.local_momentum or None),
+        clients_per_call=1 if jax.default_backend() == "cpu" else None)
     params, opt_state, kappa = server_update(
         spec, state, federated.pseudo_gradients(local.updates), hyper)
     m_h = spec.rows[0]
