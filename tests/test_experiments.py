@@ -17,8 +17,9 @@ from nnmjax.experiments.plots import plot_all
 PAPER = Path(__file__).resolve().parents[1] / "experiments" / "paper"
 CONFIGS = sorted(PAPER.glob("*.toml"))
 BYZFL = PAPER.parent / "byzfl"
-FEDERATED = PAPER.parent / "federated"
-SMOKE_CONFIGS = CONFIGS + sorted(BYZFL.glob("*.toml")) + sorted(FEDERATED.glob("*.toml"))
+FEDERATED, DECENTRALIZED = PAPER.parent / "federated", PAPER.parent / "decentralized"
+SMOKE_CONFIGS = (CONFIGS + sorted(BYZFL.glob("*.toml")) + sorted(FEDERATED.glob("*.toml"))
+                 + sorted(DECENTRALIZED.glob("*.toml")))
 #: Models whose compilation alone takes tens of seconds here, trained through the simulator
 #: on the same data format in test_simulate.test_cnn_trains_with_batch_norm: their configs'
 #: smoke runs swap in a cheap model (everything else of the config is kept).
@@ -103,6 +104,9 @@ def _smoke_overrides(path, data_dir):
             f"alpha={first.alpha}", f"gamma={first.gamma}", f"momentum={first.momentum}"]
     if first.algorithm == "fedavg":
         sets += [f"local_steps={first.local_steps}", f"participation={first.participation}"]
+    if first.algorithm == "decentralized":
+        sets += [f"topology='{first.topology}'", f"topology_seed={first.topology_seed}"]
+        sets += [f"degree={first.degree}"] if first.degree is not None else []
     if first.model in SMOKE_MODELS:
         sets.append(f"model='{SMOKE_MODELS[first.model]}'")
     return sets + [f"data_dir='{data_dir}'"]

@@ -34,13 +34,16 @@ __all__ = ["Config", "RunSpec", "load_config", "load_grid", "expand_sweep", "par
 #: Every attack a config may name (``attacks``): ``"none"``, the attacks of
 #: :data:`nnmjax.robust.attacks.ATTACKS`, and the data attack ``"label_flipping"``.
 ATTACK_NAMES = ("none", *ATTACKS, "label_flipping")
-#: The algorithms of the simulator: robust D-SHB (Algorithm 3), robust D-GD (Algorithm 1)
-#: and robust federated averaging (:mod:`nnmjax.sim.fedavg`).
-ALGORITHMS = ("dshb", "dgd", "fedavg")
+#: The algorithms of the simulator: robust D-SHB (Algorithm 3), robust D-GD (Algorithm 1),
+#: robust federated averaging (:mod:`nnmjax.sim.fedavg`) and robust decentralized learning
+#: (:mod:`nnmjax.sim.decentralized`).
+ALGORITHMS = ("dshb", "dgd", "fedavg", "decentralized")
 #: The keys of FedAvg (``algorithm = "fedavg"``) and their defaults; other algorithms
 #: refuse them set to other values.
 FEDAVG_KEYS = {"local_steps": 1, "participation": 1.0, "local_momentum": 0.0,
                "server_lr": 1.0, "server_lr_schedule": "constant"}
+#: The keys of decentralized learning (``algorithm = "decentralized"``) and their defaults.
+DECENTRALIZED_KEYS = {"topology": "ring", "degree": None, "topology_seed": 0, "adjacency": ()}
 
 
 @dataclass(frozen=True)
@@ -103,6 +106,19 @@ class Config:
     server_lr: float = 1.0
     #: FedAvg: the schedule of ``server_lr`` over rounds (as ``lr_schedule``).
     server_lr_schedule: str = "constant"
+    #: Decentralized: the nodes' graph, ``"ring"``, ``"torus"`` (the most square ``rows x
+    #: cols = n``), ``"complete"``, ``"random_regular"`` (``degree``, ``topology_seed``) or
+    #: ``"adjacency"`` (``adjacency``); the last ``f`` nodes are Byzantine and the rules are
+    #: told :attr:`rule_f` Byzantine rows per neighbourhood
+    #: (:mod:`nnmjax.optim.decentralized`).
+    topology: str = "ring"
+    #: Decentralized: every node's number of neighbours under ``random_regular``.
+    degree: int | None = None
+    #: Decentralized: the seed of the ``random_regular`` graph.
+    topology_seed: int = 0
+    #: Decentralized: a user-given ``n x n`` 0/1 adjacency matrix (TOML array of arrays;
+    #: symmetric, zero diagonal, regular, connected) under ``topology = "adjacency"``.
+    adjacency: tuple = ()
     #: Number of workers, honest and Byzantine.
     n: int = 17
     #: Number of Byzantine workers (``2f < n``); ``n - f`` are honest.
@@ -251,6 +267,25 @@ class Config:
         f = self.f if self.tolerated_f is None else self.tolerated_f
         return f if self.algorithm != "fedavg" else int(self.participation * f)
 
+    def graph(self):
+        """The nodes' graph under decentralized learning
+        (:func:`nnmjax.optim.decentralized.make_topology` of ``topology``, ``degree``,
+        ``topology_seed``, ``adjacency``), ``None`` for the other algorithms.
+
+        Examples:
+            >>> from nnmjax.experiments.config import Config
+            >>> c = Config(algorithm="decentralized", topology="torus", n=16, f=2,
+            ...            tolerated_f=2)
+            >>> c.graph().degree, Config().graph() is None
+            (4, True)
+        """
+        if self.algorithm != "decentralized":
+            return None
+        from nnmjax.optim.decentralized import make_topology
+
+        return make_topology(self.topology, self.n, degree=self.degree, seed=self.topology_seed,
+                             adjacency=self.adjacency or None)
+
     def build_rule(self, name: str):
         """The :class:`nnmjax.robust.rules.Rule` ``name`` for :attr:`rule_f` inputs, with the
         :attr:`rule_options` of its stages.
@@ -283,7 +318,7 @@ class Config:
         Returns:
             One :class:`RunSpec` per run, attack-major, then rule, then seed; with
             :attr:`baseline`, one ``("none", "mean")`` run per seed on the ``n - f`` honest
-            workers last.
+            workers last (decentralized: the same graph of ``n`` nodes, all honest).
 
         Examples:
             >>> from nnmjax.experiments.config import Config
@@ -294,8 +329,9 @@ class Config:
         """
         specs = [RunSpec(self, a, r, s) for a in self.attacks for r in self.rules for s in self.seeds]
         if self.baseline:
-            base = dataclasses.replace(self, f=0, n=self.honest, tolerated_f=None,
-                                       rule_options=())
+            # decentralized: the same graph with every node honest
+            n = self.n if self.algorithm == "decentralized" else self.honest
+            base = dataclasses.replace(self, f=0, n=n, tolerated_f=None, rule_options=())
             specs += [RunSpec(base, "none", "mean", s)
                       for s in self.seeds]
         return specs
@@ -347,6 +383,11 @@ class RunSpec:
         if base["algorithm"] != "fedavg":  # runs of the other algorithms keep their hashes
             for k in FEDAVG_KEYS:
                 base.pop(k)
+        if base["algorithm"] != "decentralized":
+            for k in DECENTRALIZED_KEYS:
+                base.pop(k)
+        elif not base["adjacency"]:
+            base.pop("adjacency")
         for k in ("tolerated_f", "data_seed", "rule_options"):  # unset, runs keep the
             if base[k] in (None, ()):                             # hashes they had before
                 base.pop(k)
@@ -422,7 +463,7 @@ def _check_types(c: Config):
     """Every key against its annotation (``X | None`` also takes ``None``; a float takes an
     integer, never ``nan`` or ``inf``), before any range check compares values."""
     for field in dataclasses.fields(Config):
-        if field.name in ("rule_options", "mesh"):  # checked in full by _validate
+        if field.name in ("rule_options", "mesh", "adjacency"):  # checked in full later
             continue
         hint, value = str(field.type), getattr(c, field.name)
         optional = hint.endswith(" | None")
@@ -437,6 +478,36 @@ def _check_types(c: Config):
 def _choice(key, value, choices):
     if value not in choices:
         _fail(key, f"unknown {value!r}{did_you_mean(value, choices)}; choose from {list(choices)}")
+
+
+def _validate_decentralized(c: Config):
+    if c.algorithm != "decentralized":
+        for key, default in DECENTRALIZED_KEYS.items():
+            if getattr(c, key) != default:
+                _fail(key, f"is a key of algorithm = 'decentralized' only; got "
+                           f"{getattr(c, key)!r} with algorithm = {c.algorithm!r}")
+        return
+    from nnmjax.optim.decentralized import TOPOLOGIES, check_neighbourhood_f
+
+    _choice("topology", c.topology, TOPOLOGIES)
+    try:
+        graph = c.graph()
+    except ValueError as e:
+        key = {"random_regular": "degree", "adjacency": "adjacency"}.get(c.topology, "topology")
+        _fail("topology" if "is for" in str(e) else key, str(e))
+    try:
+        check_neighbourhood_f(graph, c.rule_f)
+    except ValueError as e:
+        _fail("tolerated_f" if c.tolerated_f is not None else "f",
+              f"{e}; set tolerated_f to the rules' f per neighbourhood")
+    for a in c.attacks:
+        if a in ("label_flipping", "mimic"):
+            _fail("attacks", f"{a!r} is not run under algorithm = 'decentralized' (label "
+                             "flipping trains Byzantine nodes; Mimic keeps one state per "
+                             "receiving node)")
+    if dict(c.mesh).get("workers", 1) > 1:
+        _fail("mesh", "algorithm = 'decentralized' splits runs over devices, not workers; "
+                      f"got {dict(c.mesh)}")
 
 
 def _validate_fedavg(c: Config):
@@ -490,6 +561,7 @@ def _validate(c: Config):
     if t is not None and 2 * t >= c.n:
         _fail("tolerated_f", f"must be an integer with 0 <= tolerated_f and 2 tolerated_f < n "
                              f"(n={c.n}), or omitted; got {t!r}")
+    _validate_decentralized(c)
     if not c.alpha > 0:
         _fail("alpha", f"must be > 0; got {c.alpha!r}")
     if not 0.0 <= c.gamma <= 1.0:
@@ -560,6 +632,10 @@ def _coerce(key: str, value: Any):
     if isinstance(default, tuple):
         if not isinstance(value, (list, tuple)):
             _fail(key, f"must be a list; got {value!r}")
+        if key == "adjacency":
+            if not all(isinstance(row, (list, tuple)) for row in value):
+                _fail(key, f"must be an array of arrays (rows of 0/1); got {value!r}")
+            return tuple(tuple(row) for row in value)
         return tuple(value)
     if isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool):
         return float(value)

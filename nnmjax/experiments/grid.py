@@ -561,7 +561,7 @@ def run_grid(config: Config | Sequence[Config], out_dir: Path | str, *, progress
             before = checkpoint.Progress(0, np.zeros((len(specs), 0), np.float32),
                                          np.zeros((len(specs), 0), np.float32),
                                          np.zeros((len(specs), 0), np.float32), [], 0.0)
-        losses, kappas, accs = [before.loss], [before.kappa], list(before.acc.T)
+        losses, kappas, accs = [before.loss], [before.kappa], list(np.moveaxis(before.acc, 1, 0))
         at, t_prev, last_save = list(before.at), before.steps, time.perf_counter()
 
         def save_progress(t):
@@ -603,15 +603,15 @@ def run_grid(config: Config | Sequence[Config], out_dir: Path | str, *, progress
         wall = before.wall_s + time.perf_counter() - t0
         loss = np.concatenate(losses, axis=1)
         kappa = np.concatenate(kappas, axis=1)
-        acc = np.stack(accs, axis=1)
+        acc = np.stack(accs, axis=1)  # (runs, evals), or (runs, evals, [mean, worst])
+        mean_acc = acc[..., 0] if acc.ndim == 3 else acc
         for i, spec in enumerate(specs):
             record = results.Record(
                 hash=spec.hash(),
                 key=spec.record_key(),
-                curves=results.Curves(loss=loss[i], kappa_hat=kappa[i], eval_steps=at,
-                                      test_acc=acc[i]),
-                summary=results.Summary(max_test_acc=float(np.max(acc[i])),
-                                        final_test_acc=float(acc[i][-1]), wall_s=wall,
+                curves=results.curves(cfg, loss[i], kappa[i], at, acc[i]),
+                summary=results.Summary(max_test_acc=float(np.max(mean_acc[i])),
+                                        final_test_acc=float(mean_acc[i][-1]), wall_s=wall,
                                         steps_per_s=cfg.steps * len(specs) / wall,
                                         vmapped_runs=len(specs)),
                 machine={"backend": jax.default_backend(), "device": jax.devices()[0].device_kind},

@@ -374,7 +374,19 @@ def _panels(records, draw, ylabel, *, log=False, ylim=None, title=None, baseline
 
 
 def _acc(ax, curves, **kw):
-    return _band(ax, curves[0]["eval_steps"], [c["test_acc"] for c in curves], scale=100, **kw)
+    band = _band(ax, curves[0]["eval_steps"], [c["test_acc"] for c in curves], scale=100, **kw)
+    if "test_acc_worst" in curves[0]:  # decentralized: the worst honest node, dotted
+        _band(ax, curves[0]["eval_steps"], [c["test_acc_worst"] for c in curves], scale=100,
+              **{**kw, "label": "_" + kw["label"], "style": ":"})
+    return band
+
+
+def _consensus(ax, curves, *, style, **kw):
+    if style == "-":  # drawn for every run, the fault-free baseline's in its own figure
+        k = curves[0]["consensus_distance"]
+        return _band(ax, np.arange(1, len(k) + 1), [c["consensus_distance"] for c in curves],
+                     style=style, **kw)
+    return None
 
 
 def _kappa(ax, curves, *, style, **kw):
@@ -389,7 +401,8 @@ def _kappa(ax, curves, *, style, **kw):
 def accuracy_figure(records, *, title: str | None = None):
     """Paper Figure 4 style: one panel per attack (paper order), test accuracy (%) against
     the step for every rule (mean over seeds, min-max band), the fault-free baseline
-    dashed when among ``records``; one legend below the panels.
+    dashed when among ``records``; one legend below the panels. Decentralized runs draw
+    the honest nodes' mean accuracy and, dotted, the worst node's.
 
     Args:
         records: run records (``key`` and ``curves``) of one setting.
@@ -437,6 +450,25 @@ def kappa_figure(records, *, title: str | None = None):
         [('ALIE', 'log'), ('Sign flipping', 'log')]
     """
     return _panels(records, _kappa, r"$\hat\kappa_t$", log=True, title=title, baseline=False)
+
+
+@_styled
+def consensus_figure(records, *, title: str | None = None):
+    """Decentralized learning: one panel per attack, the honest nodes' consensus distance
+    ``(1/h) sum_i ||w_i - wbar||^2`` against the step, log scale. Arguments and result as
+    :func:`kappa_figure`'s.
+
+    Examples:
+        >>> from nnmjax.experiments.plots import consensus_figure
+        >>> curves = {"loss": [1.0, 0.6], "consensus_distance": [0.9, 0.5], "eval_steps": [2],
+        ...           "test_acc": [0.6], "test_acc_worst": [0.5]}
+        >>> records = [{"key": {"n": 5, "f": 1, "attack": "alie", "rule": r, "seed": 1},
+        ...             "curves": curves} for r in ("cwtm", "nnm+cwtm")]
+        >>> [(ax.get_title(), ax.get_yscale()) for ax in consensus_figure(records).axes]
+        [('ALIE', 'log')]
+    """
+    return _panels(records, _consensus, "Consensus distance", log=True, title=title,
+                   baseline=False)
 
 
 def plot_accuracy(records, path: Path | str, *, title: str | None = None) -> list[Path]:
@@ -625,7 +657,8 @@ def _slug(setting: dict, keys) -> str:
 
 def plot_all(records, out_dir: Path | str) -> list[Path]:
     """Accuracy and kappa-hat curves per setting and block (base rule) —
-    ``accuracy[-<setting>]-<block>.pdf`` and ``.png``, ``kappa[...]`` — and, when the
+    ``accuracy[-<setting>]-<block>.pdf`` and ``.png``, ``kappa[...]`` (decentralized runs:
+    ``consensus[...]``, :func:`consensus_figure`) — and, when the
     settings vary in ``f`` or ``alpha`` only, ``worst_case.pdf`` / ``.png`` heat-maps.
     Returns every path written (PDF, then its PNG).
 
@@ -667,7 +700,11 @@ def plot_all(records, out_dir: Path | str) -> list[Path]:
             title = setting_title(setting, extra, block=block)
             paths += plot_accuracy(blocks[block] + base, out_dir / f"accuracy-{name}.pdf",
                                    title=title)
-            paths += plot_kappa(blocks[block], out_dir / f"kappa-{name}.pdf", title=title)
+            if all("consensus_distance" in r["curves"] for r in blocks[block]):
+                paths += save_figure(consensus_figure(blocks[block], title=title),
+                                     out_dir / f"consensus-{name}.pdf")
+            else:
+                paths += plot_kappa(blocks[block], out_dir / f"kappa-{name}.pdf", title=title)
     if varying and set(varying) <= {"f", "alpha"}:
         common = setting_title(groups[0][0], omit=("f", "alpha"))
         paths += plot_worst_case(records, out_dir / "worst_case.pdf",

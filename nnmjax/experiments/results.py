@@ -31,21 +31,50 @@ SUMMARY_COLUMNS = ("dataset", "model", "algorithm", "n", "f", "partition", "alph
                    "group_wall_s", "vmapped_runs", "steps_per_s", "hash")
 
 
-class Curves(TypedDict):
+class Curves(TypedDict, total=False):
     """A run's curves: the honest loss and ``kappa_hat`` at every step, test accuracy at
-    the evaluation steps.
+    the evaluation steps; under decentralized learning the honest nodes' consensus distance
+    in place of ``kappa_hat``, their mean test accuracy and their worst.
 
     Attributes:
         loss: the honest workers' mean training loss at each step.
         kappa_hat: the empirical robustness coefficient ``kappa_hat`` at each step.
+        consensus_distance: decentralized: the honest nodes' spread at each step
+            (:func:`nnmjax.optim.decentralized.consensus_distance`).
         eval_steps: the steps after which the test accuracy was measured.
-        test_acc: the test accuracy (a fraction) at each of ``eval_steps``.
+        test_acc: the test accuracy (a fraction) at each of ``eval_steps`` (decentralized:
+            the honest nodes' mean).
+        test_acc_worst: decentralized: the worst honest node's test accuracy.
     """
 
     loss: list[float]
     kappa_hat: list[float]
+    consensus_distance: list[float]
     eval_steps: list[int]
     test_acc: list[float]
+    test_acc_worst: list[float]
+
+
+def curves(config, loss, second, eval_steps, acc) -> Curves:
+    """A run's :class:`Curves` from the step outputs of its program: ``second`` is
+    ``kappa_hat``, or the consensus distance under decentralized learning, whose ``acc`` is
+    ``(evals, [mean, worst])``.
+
+    Examples:
+        >>> from nnmjax.experiments.config import Config
+        >>> from nnmjax.experiments.results import curves
+        >>> sorted(curves(Config(), [1.0], [0.5], [1], [0.9]))
+        ['eval_steps', 'kappa_hat', 'loss', 'test_acc']
+        >>> c = curves(Config(algorithm="decentralized", n=5, f=1, tolerated_f=1), [1.0],
+        ...            [0.5], [1], [[0.9, 0.8]])
+        >>> c["test_acc"], c["test_acc_worst"], c["consensus_distance"]
+        ([0.9], [0.8], [0.5])
+    """
+    if config.algorithm != "decentralized":
+        return Curves(loss=loss, kappa_hat=second, eval_steps=eval_steps, test_acc=acc)
+    acc = np.asarray(acc)
+    return Curves(loss=loss, consensus_distance=second, eval_steps=eval_steps,
+                  test_acc=acc[:, 0], test_acc_worst=acc[:, 1])
 
 
 class Summary(TypedDict, total=False):

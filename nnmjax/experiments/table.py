@@ -37,11 +37,11 @@ _PER_RUN = ("attack", "rule", "seed", "data_seed")
 #: Fields in which an attacked setting differs from its fault-free baseline.
 _ATTACKED = ("n", "f", "tolerated_f", "rule_options")
 #: Setting fields shown in a table's title.
-TITLE_FIELDS = ("dataset", "model", "algorithm", "n", "f", "tolerated_f", "partition", "alpha",
-                "momentum", "local_steps", "participation", "steps")
+TITLE_FIELDS = ("dataset", "model", "algorithm", "topology", "n", "f", "tolerated_f",
+                "partition", "alpha", "momentum", "local_steps", "participation", "steps")
 #: Fields only some algorithms read (D-SHB's worker momentum), left out of the other
 #: algorithms' titles.
-ALGORITHM_FIELDS = {"momentum": ("dshb",)}
+ALGORITHM_FIELDS = {"momentum": ("dshb", "decentralized")}
 
 
 class Table(NamedTuple):
@@ -129,7 +129,8 @@ def setting_groups(records: list[dict]) -> list[tuple[dict, list[dict]]]:
     out = []
     for setting, recs in groups.items():
         s = dict(setting)
-        base_key = (_setting({k: v for k, v in s.items() if k not in _ATTACKED}), s["n"] - s["f"])
+        honest = s["n"] if s.get("algorithm") == "decentralized" else s["n"] - s["f"]
+        base_key = (_setting({k: v for k, v in s.items() if k not in _ATTACKED}), honest)
         out.append((s, recs + baselines.get(base_key, [])))
     return sorted(out, key=lambda p: (tuple(str(p[0].get(k)) for k in TITLE_FIELDS),
                                       tuple(sorted((k, str(v)) for k, v in p[0].items()))))
@@ -310,6 +311,9 @@ def _marked_blocks(t: Table):
 
 
 def _baseline_line(t: Table) -> str:
+    if t.setting.get("algorithm") == "decentralized":
+        return (f"Fault-free baseline (mean, all {t.setting['n']} nodes honest): "
+                f"{_fmt(t.baseline)}")
     return (f"Fault-free baseline (mean, {t.setting['n'] - t.setting['f']} honest workers): "
             f"{_fmt(t.baseline)}")
 

@@ -30,6 +30,7 @@ import functools
 from typing import Sequence
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
@@ -123,14 +124,18 @@ class Experiment:
             aggregate=transforms.robust_aggregate(
                 self.rule, key=jax.random.key(0), mesh=self.mesh if place.workers > 1 else None),
             workers=self.workers, num_classes=ds.num_classes,
-            defaults={k: getattr(self.settings[0], k) for k in STEP_KEYS}, mesh=self.mesh)
+            defaults={k: getattr(self.settings[0], k) for k in STEP_KEYS}, mesh=self.mesh,
+            graph=config.graph())
         runs = None if self.mesh is None else "runs"
         self._vmapped_chunk = jax.vmap(functools.partial(run_steps, self.spec),
                                        in_axes=(0, RUN_AXES, 0, None), spmd_axis_name=runs)
         # on a mesh, jitted by init() once the state's layout is known
         self._run_chunk = None if self.mesh else jax.jit(self._vmapped_chunk, static_argnums=3)
-        self._evaluate = jax.jit(jax.vmap(functools.partial(evaluate_accuracy, self.model),
-                                          in_axes=(0, 0, None, None), spmd_axis_name=runs))
+        evaluate = functools.partial(evaluate_accuracy, self.model)
+        if config.algorithm == "decentralized":  # every honest node: mean and worst
+            evaluate = _mean_and_worst(jax.vmap(evaluate, in_axes=(0, 0, None, None)))
+        self._evaluate = jax.jit(jax.vmap(evaluate, in_axes=(0, 0, None, None),
+                                          spmd_axis_name=runs))
         self._init = jax.jit(jax.vmap(
             functools.partial(init_state, self.spec, tuple(ds.x_train.shape[1:])),
             spmd_axis_name=runs))
@@ -159,9 +164,19 @@ class Experiment:
 
     def evaluate(self, state: RunState):
         """Test accuracy of every run's current model (BatchNorm on its running averages, no
-        dropout), ``(runs,)``."""
+        dropout), ``(runs,)``; under decentralized learning the honest nodes' mean and
+        worst, ``(runs, 2)``."""
         acc = self._evaluate(state.params, state.model_state, self.x_test, self.y_test)
         return self.placement.fetch(acc)[: self.n_seeds]
+
+
+def _mean_and_worst(per_node):
+    """``per_node``'s accuracies ``(nodes,)`` as ``[mean, worst]``."""
+    def evaluate(*args):
+        acc = per_node(*args)
+        return jnp.stack([jnp.mean(acc), jnp.min(acc)])
+
+    return evaluate
 
 
 def build_experiment(config: Config, attack: str, rule_name: str, seeds, dataset=None, *,

@@ -88,6 +88,8 @@ class StepSpec(NamedTuple):
     num_classes: int
     defaults: Mapping[str, Any]
     mesh: Mesh | None = None
+    #: the nodes' graph under ``algorithm = "decentralized"`` (:meth:`Config.graph`)
+    graph: Any = None
 
     @property
     def label_flipping(self) -> bool:
@@ -113,8 +115,10 @@ def server_chain(spec: StepSpec, hyper: Mapping[str, jax.Array]
     ``server_lr`` on its ``server_lr_schedule``)."""
     c, value = spec.config, spec.hyperparameter
     honest, byzantine = spec.rows
-    injected = "none" if spec.label_flipping else spec.attack
-    beta = value(hyper, "momentum") if c.algorithm == "dshb" else 0.0
+    # label flipping's Byzantine workers train; the decentralized attack is the gossip's
+    injected = ("none" if spec.label_flipping or c.algorithm == "decentralized"
+                else spec.attack)
+    beta = value(hyper, "momentum") if c.algorithm in ("dshb", "decentralized") else 0.0
     options = ({"search": c.attack_search}
                if spec.attack in SEARCHING_ATTACKS and c.attack_search != "grid" else {})
     server = optax.chain(
@@ -157,10 +161,14 @@ def draw_batches(spec: StepSpec, data: RunData, key, workers: int):
     return drop, xb, yb
 
 
-def worker_grads(spec: StepSpec, params, model_state, data: RunData, key, weight_decay):
+def worker_grads(spec: StepSpec, params, model_state, data: RunData, key, weight_decay, *,
+                 per_worker: bool = False):
     """Every worker's loss and gradient (one vmap) and the new BatchNorm statistics: the
-    mean of the honest workers' updated running averages."""
+    mean of the honest workers' updated running averages; with ``per_worker`` the
+    parameters and statistics have a leading worker axis (each worker its own model, as
+    decentralized nodes) and each worker's statistics are returned."""
     c, w = spec.config, spec.workers
+    shared = 0 if per_worker else None
 
     def loss(params, model_state, key, x, y, mask=None):
         return worker_loss(spec.model, params, model_state, key, x, y, mask,
@@ -171,17 +179,18 @@ def worker_grads(spec: StepSpec, params, model_state, data: RunData, key, weight
     if c.algorithm == "dgd":
         every = gather_indexed(data.x, data.y, data.index, num_classes=spec.num_classes)
         mask = (jnp.arange(every.y.shape[1])[None, :] < every.counts[:, None]).astype(jnp.float32)
-        (losses, stats), grads = jax.vmap(grad, in_axes=(None, None, 0, 0, 0, 0))(
+        (losses, stats), grads = jax.vmap(grad, in_axes=(shared, shared, 0, 0, 0, 0))(
             params, model_state, drop, every.x, every.y, mask)
     else:
-        (losses, stats), grads = jax.vmap(grad, in_axes=(None, None, 0, 0, 0))(
+        (losses, stats), grads = jax.vmap(grad, in_axes=(shared, shared, 0, 0, 0))(
             params, model_state, drop, xb, yb)
     if spec.mesh is not None and spec.mesh.shape["workers"] > 1:
         # each device computed its own workers' gradients; drop the padding
         by_worker = NamedSharding(spec.mesh, P("workers"))
         grads = jax.lax.with_sharding_constraint(grads, by_worker)
         losses, grads = losses[:w], jax.tree.map(lambda a: a[:w], grads)
-    stats = average_batch_stats(jax.tree.map(lambda a: a[: c.honest], stats))
+    if not per_worker:
+        stats = average_batch_stats(jax.tree.map(lambda a: a[: c.honest], stats))
     return losses, grads, stats
 
 
@@ -195,8 +204,12 @@ def init_state(spec: StepSpec, image_shape: tuple, key: jax.Array) -> RunState:
     server_state = tuple(s._replace(key=k_server) if isinstance(s, transforms.InjectAttackState)
                          else s for s in server.init(params))
     agg = spec.aggregate.init(params)._replace(key=k_agg)
-    return RunState(params, (server_state, agg, sgd.init(params)), k_run,
-                    jnp.zeros((), jnp.int32), variables)
+    opt_state = (server_state, agg, sgd.init(params))
+    if spec.config.algorithm == "decentralized":  # every honest node from the same model
+        from nnmjax.sim.decentralized import nodes
+
+        params, variables = nodes(spec, params), nodes(spec, variables)
+    return RunState(params, opt_state, k_run, jnp.zeros((), jnp.int32), variables)
 
 
 def server_update(spec: StepSpec, state: RunState, grads, hyper: Mapping[str, jax.Array]):
@@ -217,12 +230,18 @@ def server_update(spec: StepSpec, state: RunState, grads, hyper: Mapping[str, ja
 
 def step(spec: StepSpec, state: RunState, data: RunData,
          hyper: Mapping[str, jax.Array]) -> tuple[RunState, tuple[jax.Array, jax.Array]]:
-    """One step of one run (one round under FedAvg, :func:`nnmjax.sim.fedavg.fedavg_round`);
-    returns the new state and ``(honest mean loss, kappa_hat)``."""
+    """One step of one run (one round under FedAvg, :func:`nnmjax.sim.fedavg.fedavg_round`;
+    :func:`nnmjax.sim.decentralized.decentralized_step` for decentralized learning);
+    returns the new state and ``(honest mean loss, kappa_hat)`` (the consensus distance in
+    place of ``kappa_hat`` under decentralized learning)."""
     if spec.config.algorithm == "fedavg":
         from nnmjax.sim.fedavg import fedavg_round
 
         return fedavg_round(spec, state, data, hyper)
+    if spec.config.algorithm == "decentralized":
+        from nnmjax.sim.decentralized import decentralized_step
+
+        return decentralized_step(spec, state, data, hyper)
     key, k_batch = jax.random.split(state.key)
     losses, grads, model_state = worker_grads(spec, state.params, state.model_state, data,
                                               k_batch, spec.hyperparameter(hyper, "weight_decay"))
