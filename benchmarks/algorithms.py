@@ -17,6 +17,11 @@ key is :class:`nnmjax.experiments.config.Config`'s default. Cases, run back to b
 - ``random_regular``: the same on a random 6-regular graph (seed 0), f = 2 per
   neighbourhood of 7 rows.
 
+``--local-updates`` adds the clients' local steps alone
+(:func:`nnmjax.optim.federated.local_updates`, 13 clients x 5 SGD steps of batch 25 of
+ByzFL's ``cnn_mnist`` on random images, jitted), all clients in one ``jax.vmap`` against one
+client at a time (``clients_per_call=1``), median of 5 calls.
+
 Each case is timed as ``benchmarks/training.py`` times ours (one warm-up chunk, then
 ``--repeats`` chunks of ``--steps`` steps; the median chunk over ``steps``), in one
 process. Ratios are each case's s/step over D-SHB's, from the same run. The target of
@@ -53,6 +58,43 @@ def cases(local_steps: int) -> dict[str, list[str]]:
     }
 
 
+def time_local_updates(repeats: int = 5) -> dict:
+    """Median wall time of the clients' local steps, vmapped and one client at a time."""
+    import statistics
+    import time
+
+    import jax
+    import jax.numpy as jnp
+    import optax
+
+    from nnmjax.models import make_model
+    from nnmjax.models.losses import nll
+    from nnmjax.optim import federated
+
+    model = make_model("byzfl_cnn_mnist", 10, (28, 28, 1))
+    params = model.init(jax.random.key(0), jnp.zeros((1, 28, 28, 1)))["params"]
+    clients, steps, batch = 13, 5, 25
+    x = jax.random.normal(jax.random.key(1), (clients, steps, batch, 28, 28, 1))
+    y = jax.random.randint(jax.random.key(2), (clients, steps, batch), 0, 10)
+
+    def loss_fn(w, b):
+        return nll(model.apply({"params": w}, b[0]), b[1])
+
+    out = {}
+    for name, per_call in (("vmap", None), ("one_client_at_a_time", 1)):
+        fn = jax.jit(lambda p, b, k=per_call: federated.local_updates(
+            loss_fn, p, b, optimizer=optax.sgd(0.1), clients_per_call=k).updates)
+        jax.block_until_ready(fn(params, (x, y)))
+        samples = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            jax.block_until_ready(fn(params, (x, y)))
+            samples.append(time.perf_counter() - t0)
+        out[name] = {"median_s": statistics.median(samples), "samples_s": samples}
+        print(f"local updates, {name}: {out[name]['median_s'] * 1e3:.0f} ms", flush=True)
+    return out
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--model", default="paper_cnn")
@@ -60,6 +102,8 @@ def main(argv=None) -> int:
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--local-steps", type=int, default=5)
     p.add_argument("--cases", default="dshb,fedavg,ring,random_regular")
+    p.add_argument("--local-updates", action="store_true",
+                   help="also time the clients' local steps vmapped and one at a time")
     p.add_argument("--out", default=None)
     args = p.parse_args(argv)
 
@@ -91,6 +135,9 @@ def main(argv=None) -> int:
                             "ratio": ratio, "met": ratio <= 3.0}
         print(f"target: ring / D-SHB = {ratio:.2f} (need <= 3): "
               f"{'MET' if ratio <= 3.0 else 'NOT MET'}")
+        out.write_text(json.dumps(record, indent=1) + "\n")
+    if args.local_updates:
+        record["local_updates"] = time_local_updates()
         out.write_text(json.dumps(record, indent=1) + "\n")
     print(f"wrote {out}")
     return 0

@@ -36,6 +36,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float, PRNGKeyArray
 
+from nnmjax.optim import transforms
 from nnmjax.optim.tree import ravel_workers
 
 __all__ = ["Topology", "TOPOLOGIES", "ring", "torus", "complete", "random_regular",
@@ -341,8 +342,6 @@ def robust_gossip(x, topology: Topology, rule: Callable, *, byzantine: int,
         >>> out[:, 0].tolist()                # node 0: median(0, 1, -0.5); 4: (4, 3, -3.5)
         [0.0, 1.0, 2.0, 3.0, 3.0]
     """
-    from nnmjax.optim import transforms
-
     rows, unravel = ravel_workers(x)
     honest = topology.n - byzantine
     if rows.shape[0] != honest:

@@ -87,9 +87,10 @@ def local_updates(loss_fn: Callable, params, batches, *,
         clients_per_call: ``None`` (default): every client in one ``jax.vmap``; ``k``: a
             ``lax.map`` over blocks of ``k`` vmapped clients. Each client has its own
             parameters, so a vmap of convolutions is a grouped convolution, which XLA's CPU
-            backend runs slower than one client at a time (``k = 1``: 310 against 412 ms
-            for 13 clients x 5 steps of ByzFL's ``cnn_mnist`` on 2 Intel Xeon cores); the
-            result is the same up to rounding.
+            backend runs slower than one client at a time (``k = 1``: 408 against 517 ms
+            for 13 clients x 5 steps of ByzFL's ``cnn_mnist`` on 2 Intel Xeon cores,
+            ``python benchmarks/algorithms.py --local-updates``); the result is the same up
+            to rounding.
 
     Returns:
         A :class:`LocalResult`.
