@@ -104,9 +104,10 @@ def _smoke_overrides(path, data_dir):
             f"alpha={first.alpha}", f"gamma={first.gamma}", f"momentum={first.momentum}"]
     if first.algorithm == "fedavg":
         sets += [f"local_steps={first.local_steps}", f"participation={first.participation}"]
-    if first.algorithm == "decentralized":
-        sets += [f"topology='{first.topology}'", f"topology_seed={first.topology_seed}"]
-        sets += [f"degree={first.degree}"] if first.degree is not None else []
+    if first.algorithm == "decentralized":  # a sweep's degree cannot be unset: its graph
+        g = next((c for c in load_grid(path) if c.degree is not None), first)
+        sets += [f"topology='{g.topology}'", f"topology_seed={g.topology_seed}"]
+        sets += [f"degree={g.degree}"] if g.degree is not None else []
     if first.model in SMOKE_MODELS:
         sets.append(f"model='{SMOKE_MODELS[first.model]}'")
     return sets + [f"data_dir='{data_dir}'"]
@@ -299,3 +300,16 @@ def test_mesh_key_is_validated_and_not_part_of_a_runs_identity():
         load_config(None, ["mesh={workers = 0}"])
     with pytest.raises(ValueError, match="mesh"):
         load_config(None, ["mesh=2"])
+
+
+def test_byzfl_fedavg_config_keeps_to_what_both_libraries_mean_alike():
+    """experiments/byzfl/fedavg.toml uses only what tests/test_fedavg_sim.py checks round for
+    round against ByzFL's FedAvg: ALIE, NNM + TrMean, local SGD without momentum, the
+    aggregate applied with server_lr 1, no clipping, a constant step size."""
+    grid = load_grid(BYZFL / "fedavg.toml")
+    assert [(c.n - c.f, c.f) for c in grid[::4]] == [(10, 1), (10, 2), (10, 3), (10, 4)]
+    for c in grid:
+        assert (c.algorithm, c.attacks, c.rules) == ("fedavg", ("alie",), ("nnm+cwtm",))
+        assert (c.local_momentum, c.server_lr, c.clip, c.lr_schedule) == (0.0, 1.0, None,
+                                                                          "constant")
+        assert c.round_sizes == (c.n - c.f, c.f)
