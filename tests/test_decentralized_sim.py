@@ -43,10 +43,10 @@ def test_a_complete_graph_is_the_centralized_run(f, attack, rule):
 
 def test_vmapped_seeds_equal_one_by_one():
     config = _config("topology='random_regular'", "degree=4", "topology_seed=3")
-    both = build_experiment(config, "optimal_alie", "nnm+cwtm", [1, 2])
+    both = build_experiment(config, "alie", "nnm+cwtm", [1, 2])
     _, (loss, consensus) = both.run_chunk(both.init(), 3)
     for i, seed in enumerate([1, 2]):
-        one = build_experiment(config, "optimal_alie", "nnm+cwtm", [seed])
+        one = build_experiment(config, "alie", "nnm+cwtm", [seed])
         _, (l1, c1) = one.run_chunk(one.init(), 3)
         np.testing.assert_allclose(np.asarray(loss[i]), np.asarray(l1[0]), rtol=2e-5, atol=1e-6)
         np.testing.assert_allclose(np.asarray(consensus[i]), np.asarray(c1[0]), rtol=1e-3,

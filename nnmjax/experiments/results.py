@@ -74,7 +74,7 @@ def curves(config, loss, second, eval_steps, acc) -> Curves:
         return Curves(loss=loss, kappa_hat=second, eval_steps=eval_steps, test_acc=acc)
     acc = np.asarray(acc)
     return Curves(loss=loss, consensus_distance=second, eval_steps=eval_steps,
-                  test_acc=acc[:, 0], test_acc_worst=acc[:, 1])
+                  test_acc=acc[:, 0].tolist(), test_acc_worst=acc[:, 1].tolist())
 
 
 class Summary(TypedDict, total=False):

@@ -201,7 +201,7 @@ def title_fields(settings) -> list[str]:
         >>> fields = title_fields([{"n": 5, "lr": 0.1, "clip": 2.0},
         ...                        {"n": 5, "lr": 0.5, "clip": 2.0}])
         >>> fields == [*TITLE_FIELDS, "lr"], fields[:4]
-        (True, ['dataset', 'model', 'algorithm', 'n'])
+        (True, ['dataset', 'model', 'algorithm', 'topology'])
     """
     settings = list(settings)
     others = sorted({k for s in settings for k in s} - set(TITLE_FIELDS))
