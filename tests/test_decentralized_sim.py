@@ -10,6 +10,7 @@ from nnmjax.experiments.config import Config, load_config
 from nnmjax.experiments.grid import run_grid
 from nnmjax.experiments.plots import plot_all
 from nnmjax.sim import build_experiment
+from simcheck import assert_vmapped_runs_equal_one_by_one
 
 TINY = ["steps=4", "eval_every=2", "seeds=[1]", "n=7", "f=2", "batch_size=5",
         "model='logreg'", "attacks=['alie']", "rules=['cwtm']", "algorithm='decentralized'"]
@@ -43,14 +44,8 @@ def test_a_complete_graph_is_the_centralized_run(f, attack, rule):
 
 def test_vmapped_seeds_equal_one_by_one():
     config = _config("topology='random_regular'", "degree=4", "topology_seed=3")
-    both = build_experiment(config, "alie", "nnm+cwtm", [1, 2])
-    _, (loss, consensus) = both.run_chunk(both.init(), 3)
-    for i, seed in enumerate([1, 2]):
-        one = build_experiment(config, "alie", "nnm+cwtm", [seed])
-        _, (l1, c1) = one.run_chunk(one.init(), 3)
-        np.testing.assert_allclose(np.asarray(loss[i]), np.asarray(l1[0]), rtol=2e-5, atol=1e-6)
-        np.testing.assert_allclose(np.asarray(consensus[i]), np.asarray(c1[0]), rtol=1e-3,
-                                   atol=1e-9)
+    assert_vmapped_runs_equal_one_by_one(config, "alie", "nnm+cwtm", [1, 2], 3,
+                                         second_rtol=1e-3, second_atol=1e-9)
 
 
 def test_a_ring_spreads_the_nodes_and_reports_mean_and_worst():
@@ -105,3 +100,7 @@ def test_grid_records_tables_and_plots(tmp_path):
     assert "all 7 nodes honest" in table.format_markdown(records)
     names = [p.name for p in plot_all(records, tmp_path / "plots")]
     assert "consensus-cwtm.pdf" in names and "accuracy-cwtm.png" in names
+    from nnmjax.experiments.reproduce import check_grid
+
+    checks = check_grid([config], tmp_path, attack="alie", rule="nnm+cwtm", steps=2)
+    assert len(checks) == 1 and checks[0].equal

@@ -8,6 +8,7 @@ import pytest
 from nnmjax.experiments.config import Config, load_config
 from nnmjax.sim import build_experiment
 from nnmjax.sim.fedavg import local_keys
+from simcheck import assert_vmapped_runs_equal_one_by_one
 
 TINY = ["steps=4", "eval_every=2", "seeds=[1]", "n=7", "f=2", "batch_size=5",
         "model='logreg'", "attacks=['alie']", "rules=['nnm+cwtm']"]
@@ -42,13 +43,7 @@ def test_one_local_step_is_a_dshb_step_with_momentum_zero(attack, rule):
 
 def test_vmapped_seeds_equal_one_by_one():
     config = _fedavg(local_steps=2, participation=0.6, local_momentum=0.5, server_lr=0.8)
-    both = build_experiment(config, "alie", "nnm+cwtm", [1, 2])
-    _, (loss, kappa) = both.run_chunk(both.init(), 3)
-    for i, seed in enumerate([1, 2]):
-        one = build_experiment(config, "alie", "nnm+cwtm", [seed])
-        _, (l1, k1) = one.run_chunk(one.init(), 3)
-        np.testing.assert_allclose(np.asarray(loss[i]), np.asarray(l1[0]), rtol=2e-5, atol=1e-6)
-        np.testing.assert_allclose(np.asarray(kappa[i]), np.asarray(k1[0]), rtol=2e-4, atol=1e-5)
+    assert_vmapped_runs_equal_one_by_one(config, "alie", "nnm+cwtm", [1, 2], 3)
 
 
 def test_local_steps_and_participation_change_the_run():

@@ -16,6 +16,7 @@ from nnmjax.experiments.config import Config, load_config, parse_set
 from nnmjax.experiments.grid import run_grid
 from nnmjax.sim import build_experiment
 from retrace import assert_compiles_once
+from simcheck import assert_vmapped_runs_equal_one_by_one
 
 TINY = ["steps=6", "eval_every=3", "seeds=[1]", "n=7", "f=2", "batch_size=5", "model='logreg'"]
 
@@ -128,13 +129,8 @@ def test_the_simulators_chunk_compiles_once(tiny_config):
 
 
 def test_vmapped_seeds_equal_one_by_one_and_repeatable(tiny_config):
-    both = build_experiment(tiny_config, "optimal_alie", "nnm+cwtm", [1, 2])
-    s, (loss, kappa) = both.run_chunk(both.init(), 4)
-    for i, seed in enumerate([1, 2]):
-        one = build_experiment(tiny_config, "optimal_alie", "nnm+cwtm", [seed])
-        s1, (l1, k1) = one.run_chunk(one.init(), 4)
-        np.testing.assert_allclose(np.asarray(loss[i]), np.asarray(l1[0]), rtol=2e-5, atol=1e-6)
-        np.testing.assert_allclose(np.asarray(kappa[i]), np.asarray(k1[0]), rtol=2e-4, atol=1e-5)
+    loss, _ = assert_vmapped_runs_equal_one_by_one(tiny_config, "optimal_alie", "nnm+cwtm",
+                                                   [1, 2], 4)
     again = build_experiment(tiny_config, "optimal_alie", "nnm+cwtm", [1, 2])
     _, (loss2, _) = again.run_chunk(again.init(), 4)
     np.testing.assert_array_equal(np.asarray(loss), np.asarray(loss2))

@@ -480,12 +480,25 @@ def _choice(key, value, choices):
         _fail(key, f"unknown {value!r}{did_you_mean(value, choices)}; choose from {list(choices)}")
 
 
+def _algorithm_keys(c: Config, algorithm: str, keys: dict) -> bool:
+    """Whether ``c`` runs ``algorithm``; if not, refuse its ``keys`` set off their defaults."""
+    if c.algorithm == algorithm:
+        return True
+    for key, default in keys.items():
+        if getattr(c, key) != default:
+            _fail(key, f"is a key of algorithm = {algorithm!r} only; got {getattr(c, key)!r} "
+                       f"with algorithm = {c.algorithm!r}")
+    return False
+
+
+def _refuse_worker_mesh(c: Config):
+    if dict(c.mesh).get("workers", 1) > 1:
+        _fail("mesh", f"algorithm = {c.algorithm!r} splits runs over devices, not workers; "
+                      f"got {dict(c.mesh)}")
+
+
 def _validate_decentralized(c: Config):
-    if c.algorithm != "decentralized":
-        for key, default in DECENTRALIZED_KEYS.items():
-            if getattr(c, key) != default:
-                _fail(key, f"is a key of algorithm = 'decentralized' only; got "
-                           f"{getattr(c, key)!r} with algorithm = {c.algorithm!r}")
+    if not _algorithm_keys(c, "decentralized", DECENTRALIZED_KEYS):
         return
     from nnmjax.optim.decentralized import TOPOLOGIES, check_neighbourhood_f
 
@@ -505,17 +518,11 @@ def _validate_decentralized(c: Config):
             _fail("attacks", f"{a!r} is not run under algorithm = 'decentralized' (label "
                              "flipping trains Byzantine nodes; Mimic keeps one state per "
                              "receiving node)")
-    if dict(c.mesh).get("workers", 1) > 1:
-        _fail("mesh", "algorithm = 'decentralized' splits runs over devices, not workers; "
-                      f"got {dict(c.mesh)}")
+    _refuse_worker_mesh(c)
 
 
 def _validate_fedavg(c: Config):
-    if c.algorithm != "fedavg":
-        for key, default in FEDAVG_KEYS.items():
-            if getattr(c, key) != default:
-                _fail(key, f"is a key of algorithm = 'fedavg' only; got {getattr(c, key)!r} "
-                           f"with algorithm = {c.algorithm!r}")
+    if not _algorithm_keys(c, "fedavg", FEDAVG_KEYS):
         return
     if isinstance(c.local_steps, bool) or not isinstance(c.local_steps, int) or c.local_steps < 1:
         _fail("local_steps", f"must be a positive integer; got {c.local_steps!r}")
@@ -531,9 +538,7 @@ def _validate_fedavg(c: Config):
         if 2 * m_b >= m_h + m_b:
             _fail("participation", f"a round of {m_h} honest and {m_b} Byzantine clients "
                                    f"needs 2 f < n; raise participation or n")
-    if dict(c.mesh).get("workers", 1) > 1:
-        _fail("mesh", "algorithm = 'fedavg' splits runs over devices, not workers; "
-                      f"got {dict(c.mesh)}")
+    _refuse_worker_mesh(c)
 
 
 def _validate(c: Config):

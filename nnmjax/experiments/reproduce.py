@@ -24,7 +24,8 @@ __all__ = ["Check", "check_grid"]
 
 class Check(NamedTuple):
     """One run re-run for ``steps`` steps against its record: ``equal`` when loss, kappa-hat
-    and test accuracy are all bit for bit the record's; otherwise the largest relative loss
+    (decentralized: the consensus distance) and test accuracy (and the worst node's) are
+    all bit for bit the record's; otherwise the largest relative loss
     difference and absolute kappa-hat / accuracy differences. ``same_code``: whether the
     record was written by this source (``None`` when it does not say)."""
 
@@ -93,9 +94,12 @@ def check_grid(config: Config | Sequence[Config], out_dir: Path | str, *, attack
             if list(curves["eval_steps"][:len(at)]) != at:
                 raise ValueError(f"record {spec.hash()} was evaluated at other steps "
                                  f"({curves['eval_steps'][:len(at)]} vs {at})")
-            want = (_curve(curves["loss"], stop), _curve(curves["kappa_hat"], stop),
-                    _curve(curves["test_acc"], len(at)))
-            got = (loss[i], kappa[i], acc[i])
+            mine = results.curves(cfg, loss[i], kappa[i], at, acc[i])
+            second = "kappa_hat" if "kappa_hat" in mine else "consensus_distance"
+            names = ["loss", second, "test_acc"] + [k for k in ("test_acc_worst",) if k in mine]
+            lengths = {"loss": stop, second: stop}
+            want = [_curve(curves[k], lengths.get(k, len(at))) for k in names]
+            got = [np.asarray(mine[k]) for k in names]
             equal = all(np.array_equal(g, w, equal_nan=True) for g, w in zip(got, want))
             code = rec.get("code") or {}
             digest = code.get("source_sha256")
