@@ -173,7 +173,7 @@ def setting_title(setting: dict, extra=(), *, block: str | None = None, omit=())
     if s.get("tolerated_f") is not None:
         parts.append(f"tolerated f = {s['tolerated_f']}")
     parts += [f"{field_label(k)} = {_value(s[k])}" for k in extra
-              if k in s and k not in _CORE]
+              if k in s and k not in _CORE and s[k] is not None]
     text = ", ".join(parts)
     return f"{text} — {rule_label(block)} block" if block else text
 
@@ -332,6 +332,7 @@ def _rule_sort(rule):
 
 
 _BASELINE = "Fault-free baseline"
+_WORST = "Worst honest node (dotted)"
 
 
 def _panels(records, draw, ylabel, *, log=False, ylim=None, title=None, baseline=True):
@@ -343,6 +344,8 @@ def _panels(records, draw, ylabel, *, log=False, ylim=None, title=None, baseline
     rules = sorted({rule for g in groups.values() for rule in g}, key=_rule_sort)
     colours = _colours(rules)
     labels = [rule_label(r) for r in rules] + ([_BASELINE] if base else [])
+    if draw is _acc and any("test_acc_worst" in r["curves"] for r in records):
+        labels.append(_WORST)
     width = max(_PANEL[0] * min(max(len(attacks), 1), 3), 3.3)
     text = title and _wrap(title, width)
     fig, axes = _figure(max(len(attacks), 1), legend_rows=_legend_rows(labels, width),
@@ -378,6 +381,7 @@ def _acc(ax, curves, **kw):
     if "test_acc_worst" in curves[0]:  # decentralized: the worst honest node, dotted
         _band(ax, curves[0]["eval_steps"], [c["test_acc_worst"] for c in curves], scale=100,
               **{**kw, "label": "_" + kw["label"], "style": ":"})
+        ax.plot([], [], ":", color="0.3", label=_WORST)  # one legend entry for every rule
     return band
 
 
@@ -652,7 +656,7 @@ def save_figure(fig, path: Path | str, *, dpi: int = PNG_DPI) -> list[Path]:
 
 
 def _slug(setting: dict, keys) -> str:
-    return "_".join(f"{k}{setting[k]}" for k in keys if k in setting)
+    return "_".join(f"{k}{setting[k]}" for k in keys if setting.get(k) is not None)
 
 
 def plot_all(records, out_dir: Path | str) -> list[Path]:
