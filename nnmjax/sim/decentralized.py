@@ -41,7 +41,6 @@ import jax
 import jax.numpy as jnp
 
 from nnmjax.optim import decentralized
-from nnmjax.robust.attacks import SEARCHING_ATTACKS
 from nnmjax.sim.step import RunState, StepSpec, learning_rate, server_chain, worker_grads
 from nnmjax.sim.worker_data import RunData
 
@@ -68,10 +67,8 @@ def decentralized_step(spec: StepSpec, state: RunState, data: RunData,
     moms, server = chain.update(grads, server)
     lr = learning_rate(c, lr=value(hyper, "lr"))(state.step)
     half = jax.tree.map(lambda w, m: w - lr * m, state.params, moms)
-    options = ({"search": c.attack_search}
-               if spec.attack in SEARCHING_ATTACKS and c.attack_search != "grid" else {})
     params = decentralized.robust_gossip(
         half, spec.graph, spec.rule, byzantine=c.f, attack=spec.attack if c.f else "none",
-        key=jax.random.fold_in(k_batch, 1), **options)
+        key=jax.random.fold_in(k_batch, 1), **spec.attack_options)
     new = RunState(params, (server, agg, opt), key, state.step + 1, stats)
     return new, (jnp.mean(losses[: c.honest]), decentralized.consensus_distance(params))

@@ -103,6 +103,15 @@ class StepSpec(NamedTuple):
         or a FedAvg round's sampled clients (:attr:`Config.round_sizes`)."""
         return self.config.round_sizes
 
+    @property
+    def attack_options(self) -> dict:
+        """The attack's options from the config: the search of the optimal attacks when it
+        is not the default grid."""
+        c = self.config
+        if self.attack in SEARCHING_ATTACKS and c.attack_search != "grid":
+            return {"search": c.attack_search}
+        return {}
+
     def hyperparameter(self, hyper: Mapping[str, jax.Array], key: str):
         """This run's value of a step hyperparameter: traced when runs differ in it."""
         return hyper[key] if key in hyper else self.defaults[key]
@@ -119,13 +128,12 @@ def server_chain(spec: StepSpec, hyper: Mapping[str, jax.Array]
     injected = ("none" if spec.label_flipping or c.algorithm == "decentralized"
                 else spec.attack)
     beta = value(hyper, "momentum") if c.algorithm in ("dshb", "decentralized") else 0.0
-    options = ({"search": c.attack_search}
-               if spec.attack in SEARCHING_ATTACKS and c.attack_search != "grid" else {})
     server = optax.chain(
         transforms.clip_by_worker_norm(value(hyper, "clip")) if c.clip else optax.identity(),
         transforms.worker_momentum(beta, honest + byzantine if spec.label_flipping else honest),
         transforms.inject_attack(injected, byzantine if injected != "none" else 0,
-                                 rule=spec.rule, key=jax.random.key(0), **options),
+                                 rule=spec.rule, key=jax.random.key(0),
+                                 **spec.attack_options),
     )
     if c.algorithm == "fedavg":
         return server, optax.sgd(schedule(c.server_lr_schedule, c.server_lr))
