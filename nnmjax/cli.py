@@ -205,6 +205,9 @@ def _add_run(subparsers) -> None:
                    help="list the compiled groups a run would run, in order (and where a "
                         "checkpoint resumes one), then exit without running anything")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--no-plots", dest="plots", action="store_false",
+                   help="write the records, table and summary but no figures (draw them later "
+                        "with: nnmjax plot DIR)")
     p.add_argument("--jobs", type=int, default=1, metavar="K",
                    help="run the grid in K worker processes on this machine (each its "
                         "interleaved slice of the groups, logs under DIR/logs), so that one "
@@ -292,18 +295,24 @@ def _print_plan(config, out_dir, shard) -> int:
     return 0
 
 
-def _report(out_dir, records) -> None:
+def _report(out_dir, records, *, plots: bool = True) -> None:
+    """Write the table (Markdown and CSV) and, with ``plots``, the figures; print the table."""
     from pathlib import Path
 
-    from nnmjax.experiments import plots, table
+    from nnmjax.experiments import table
 
     out_dir = Path(out_dir)
     md = table.format_markdown(records)
     (out_dir / "table.md").write_text(md + "\n")
     table.write_csv(records, out_dir / "table.csv")
-    plots.plot_all(records, out_dir / "plots")
+    where = f"records: {out_dir / 'runs'}  summary: {out_dir / 'summary.csv'}"
+    if plots:
+        from nnmjax.experiments import plots as figures
+
+        figures.plot_all(records, out_dir / "plots")
+        where += f"  plots: {out_dir / 'plots'}"
     print(table.format_text(records))  # each table's title line says what its cells are
-    print(f"\nrecords: {out_dir / 'runs'}  summary: {out_dir / 'summary.csv'}  plots: {out_dir / 'plots'}")
+    print(f"\n{where}")
 
 
 def _run_run(args) -> int:
@@ -340,7 +349,7 @@ def _run_run(args) -> int:
     if reporter:
         from nnmjax.experiments import results
 
-        _report(args.out, results.load_records(args.out))
+        _report(args.out, results.load_records(args.out), plots=args.plots)
     return 0
 
 
@@ -414,7 +423,7 @@ def _run_jobs(args, config, shard, stop) -> int:
     from nnmjax.experiments import results
 
     results.write_summary(args.out)
-    _report(args.out, results.load_records(args.out))
+    _report(args.out, results.load_records(args.out), plots=args.plots)
     return 0
 
 

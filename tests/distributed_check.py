@@ -21,11 +21,11 @@ from nnmjax.sim import build_experiment
 
 pid, port, out_dir = int(sys.argv[1]), sys.argv[2], sys.argv[3]
 sets = json.loads(sys.argv[4])
-assert cli(["run", "--out", out_dir, "--quiet", "--coordinator", f"localhost:{port}",
+assert cli(["run", "--out", out_dir, "--quiet", "--no-plots", "--coordinator", f"localhost:{port}",
             "--num-processes", "2", "--process-id", str(pid),
             *[a for s in sets for a in ("--set", s)]]) == 0
 multihost_utils.sync_global_devices("grid done")
-assert cli(["run", "--out", out_dir + "-workers", "--quiet", "--coordinator", f"localhost:{port}",
+assert cli(["run", "--out", out_dir + "-workers", "--quiet", "--no-plots", "--coordinator", f"localhost:{port}",
             "--num-processes", "2", "--process-id", str(pid),
             *[a for s in sets + ["mesh={workers = 2}", "rules=['nnm+cwtm']"]
               for a in ("--set", s)]]) == 0

@@ -20,10 +20,10 @@ from nnmjax.cli import default_out, main
 #: a grid of one compiled group that runs for a while in small chunks
 LONG = ["--set", "steps=20000", "--set", "eval_every=10", "--set", "baseline=false",
         "--set", "attacks=['sign_flipping']", "--set", "rules=['cwtm']", "--set", "n=7",
-        "--set", "f=2", "--set", "batch_size=5", "--set", "model='logreg'"]
+        "--set", "f=2", "--set", "batch_size=5", "--set", "model='logreg'", "--no-plots"]
 TINY = ["--set", "steps=4", "--set", "eval_every=2", "--set", "seeds=[1]", "--set", "n=7",
         "--set", "f=2", "--set", "batch_size=5", "--set", "model='logreg'",
-        "--set", "attacks=['sign_flipping']", "--set", "rules=['cwtm']", "--quiet"]
+        "--set", "attacks=['sign_flipping']", "--set", "rules=['cwtm']", "--no-plots", "--quiet"]
 
 
 def _start(out: Path, *extra: str) -> subprocess.Popen:
@@ -204,6 +204,7 @@ def test_default_out_and_a_directory_of_several_grids(tmp_path, capsys, monkeypa
     assert "alpha=0.1" in table and "alpha=1.0" in table  # the directory's every record
     summary = (tmp_path / "out" / "mygrid" / "summary.csv").read_text().splitlines()
     assert len(summary) == 1 + 2
+    assert not (tmp_path / "out" / "mygrid" / "plots").exists()  # --no-plots
 
 
 def test_plan_estimates_the_wall_time(tmp_path, capsys):

@@ -162,7 +162,7 @@ def test_paper_config_smoke_run(path, tmp_path, capsys):
     else:
         write_fake_mnist(data_dir, n_train=340, n_test=20)
     out = tmp_path / "out"
-    assert main(["run", str(path), "--out", str(out), "--quiet",
+    assert main(["run", str(path), "--out", str(out), "--quiet", "--no-plots",
                  *[a for s in _smoke_overrides(path, data_dir) for a in ("--set", s)]]) == 0
     rec = out / "runs"
     assert len(list(rec.glob("*.json"))) == 1

@@ -387,11 +387,11 @@ def test_cli_jobs_split_a_grid_over_worker_processes(tmp_path, capsys):
     from nnmjax.cli import main
     sets = [a for s in TINY + ["attacks=['sign_flipping', 'alie']", "rules=['cwtm']"]
             for a in ("--set", s)]
-    assert main(["run", "--out", str(tmp_path / "jobs"), "--quiet", "--jobs", "2"] + sets) == 0
+    assert main(["run", "--out", str(tmp_path / "jobs"), "--quiet", "--no-plots", "--jobs", "2"] + sets) == 0
     assert "worst case" in capsys.readouterr().out
     assert sorted(p.name for p in (tmp_path / "jobs" / "logs").iterdir()) == [
         "run-shard-0-of-2.log", "run-shard-1-of-2.log"]
-    assert main(["run", "--out", str(tmp_path / "one"), "--quiet"] + sets) == 0
+    assert main(["run", "--out", str(tmp_path / "one"), "--quiet", "--no-plots"] + sets) == 0
     jobs, one = results.load_records(tmp_path / "jobs"), results.load_records(tmp_path / "one")
     assert len(jobs) == len(one) == 3
     for a, b in zip(jobs, one):

@@ -41,8 +41,8 @@ def _env(jobs: int) -> dict[str, str]:
 def run_jobs(worker_args: Sequence[str], out_dir: Path | str, todo: Sequence[str], *,
              shard: tuple[int, int], jobs: int, progress: bool = True,
              poll_s: float = 1.0, stop=None) -> int:
-    """Run ``nnmjax run *worker_args --shard S --quiet`` for each of the ``jobs`` shards of
-    ``shard`` and wait for all; ``todo``: the hashes of the runs left, for the progress bar.
+    """Run ``nnmjax run *worker_args --shard S --quiet --no-plots`` for each of the ``jobs``
+    shards of ``shard`` and wait for all; ``todo``: the hashes of the runs left, for the progress bar.
     Returns 0, or 1 naming the workers that failed and the tail of their logs.
 
     The workers run in their own session, so a terminal's Ctrl-C reaches this process only:
@@ -58,7 +58,7 @@ def run_jobs(worker_args: Sequence[str], out_dir: Path | str, todo: Sequence[str
     for i, k in worker_shards(shard, jobs):
         log = logs / f"run-shard-{i}-of-{k}.log"
         cmd = [sys.executable, "-m", "nnmjax.cli", "run", *worker_args, "--shard", f"{i}/{k}",
-               "--quiet"]
+               "--quiet", "--no-plots"]  # the figures are drawn once, by the caller
         with open(log, "w") as fh:
             procs.append((log, subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT,
                                                 env=env, start_new_session=True)))
