@@ -35,6 +35,9 @@ def _check_structure(data, *, byzfl: bool):
         assert stream[impl]["status"] == "ok"
         assert len(stream[impl]["samples_ms"]) == 2
     assert stream["floor_ms"] == min(stream["jax"]["median_ms"], stream["numpy"]["median_ms"])
+    gemm = stream["gemm"]
+    assert gemm["status"] == "ok"
+    assert gemm["flops_per_s"] == pytest.approx(2 * 2048 ** 3 / (gemm["median_ms"] / 1e3))
 
     assert [r["rule"] for r in data["results"]] == ["cwtm", "nnm+krum"]
     for r in data["results"]:
@@ -45,6 +48,10 @@ def _check_structure(data, *, byzfl: bool):
         assert len(nj["samples_ms"]) == 2 and all(t > 0 for t in nj["samples_ms"])
         assert nj["median_ms"] == pytest.approx(sum(nj["samples_ms"]) / 2)
         assert r["x_stream"] == pytest.approx(nj["median_ms"] / stream["floor_ms"])
+        assert r["floor"] == bench.rule_floor(r["rule"], bench.Case(9, 1000, 2),
+                                              stream_ms=stream["floor_ms"],
+                                              gemm_flops_per_s=gemm["flops_per_s"])
+        assert r["x_floor"] == pytest.approx(nj["median_ms"] / r["floor"]["floor_ms"])
         assert r["numpy"]["status"] == "ok"
         assert r["vs_numpy"] == pytest.approx(r["numpy"]["median_ms"] / nj["median_ms"])
         if byzfl:
@@ -56,7 +63,7 @@ def _check_structure(data, *, byzfl: bool):
         else:
             assert r["byzfl"] is None and r["vs_byzfl"] is None
     # the tiny case is not one of the target cases
-    assert data["targets"] == []
+    assert data["targets"] == [] and data["floor_targets"] == []
     assert data["wall_s"] > 0
 
 
@@ -136,3 +143,27 @@ def test_measure_records_a_failing_implementation_and_keeps_timing_the_others(mo
     out = measure.run_task(task, lambda step: None)["ok"]
     assert out["numpy"]["status"] == "error" and "FloatingPointError: boom" in out["numpy"]["reason"]
     assert out["nnmjax"]["status"] == "ok" and len(out["nnmjax"]["samples_ms"]) == 3
+
+
+def test_rule_floors_count_the_gram_pass_and_the_passes_over_x():
+    case = bench.Case(17, 1_000_000, 4)
+    gram_ms = 1e3 * 17 * 18 * 1_000_000 / 1e11  # 3.06 ms at 100 GFLOP/s
+    floor = lambda name, rate=1e11: bench.rule_floor(name, case, stream_ms=2.0,  # noqa: E731
+                                                     gemm_flops_per_s=rate)
+    assert floor("mean")["floor_ms"] == floor("cwtm")["floor_ms"] == 2.0  # one read
+    assert floor("krum")["floor_ms"] == pytest.approx(gram_ms)  # it returns one row
+    assert floor("gm")["floor_ms"] == pytest.approx(gram_ms + 2.0)  # and combines the rows
+    assert floor("nnm")["floor_ms"] == pytest.approx(gram_ms + 4.0)  # reads and writes n x d
+    assert floor("nnm+cwtm")["floor_ms"] == floor("nnm+krum")["floor_ms"] + 2.0
+    assert floor("bucketing+cwtm")["floor_ms"] == 2.0
+    assert floor("clipping+cwtm")["floor_ms"] == 4.0  # the norms, then the rule
+    assert floor("clipping+krum")["floor_ms"] == pytest.approx(gram_ms)  # the Gram has them
+    assert floor("krum", 1e13)["gram_ms"] == 2.0  # the Gram pass reads x at least once
+    assert floor("krum", None)["floor_ms"] == 2.0
+    result = {"results": [{"n": 17, "d": 1_000_000, "f": 4, "rule": "krum", "x_floor": 1.5},
+                          {"n": 17, "d": 1_000_000, "f": 4, "rule": "nnm", "x_floor": 4.0},
+                          {"n": 17, "d": 1_000_000, "f": 4, "rule": "cwtm", "x_floor": 9.0}]}
+    checks = bench.check_floor_targets(result)
+    assert [(c["rule"], c["verdict"]) for c in checks] == [("krum", "hit"), ("nnm", "miss")]
+    assert "MISS    n=17 d=1e6 f=4  nnm            need <= 2x its floor, got 4x" in \
+        bench.format_targets({**result, "floor_targets": checks})

@@ -9,6 +9,9 @@ this measures
 - **stream**: one pass over ``x`` in the same run, jitted ``jnp.sum(x)`` and NumPy
   ``x.sum()`` (medians); the faster of the two is the floor any aggregator pays, and
   ``x_stream`` is the rule's time as a multiple of it;
+- **floor**: each rule's own floor (:mod:`nnmjax.bench.floors`: its Gram pass at the GEMM
+  rate of a jitted ``2048 x 2048`` product measured in the same run, plus the passes over
+  ``x`` its output needs); ``x_floor`` is the rule's time as a multiple of it;
 - **numpy**: a straightforward NumPy formulation where one exists (``np.mean``,
   ``np.median(axis=0)``, sort-based trimmed mean and mean-around-median, Gram-based
   Krum/Multi-Krum/MoNNA/NNM, centered clipping), and ``nnm+X`` for those ``X``;
@@ -31,17 +34,21 @@ then measured again without it). Rules that enumerate ``C(n, f)`` subsets
 ``(n, n - f, d)`` gather would not fit in memory.
 
 Results are a JSON-able dict (see :func:`run`): machine information, the configuration,
-the streaming baselines per case, one record per (case, rule) and the check of the
-project's throughput targets against ByzFL (:data:`TARGETS`).
+the streaming baselines per case, one record per (case, rule) and the checks of the
+project's throughput targets against ByzFL (:data:`TARGETS`) and against the rules' floors
+(:data:`FLOOR_TARGETS`).
 """
 from __future__ import annotations
 from __future__ import annotations
 
-from nnmjax.bench.cases import (DEFAULT_CASES, QUICK_CASES, QUICK_RULES, SCHEMA, TARGETS,
-                                BenchConfig, Case, default_rules, parse_case)
+from nnmjax.bench.cases import (DEFAULT_CASES, FLOOR_TARGETS, QUICK_CASES, QUICK_RULES, SCHEMA,
+                                TARGETS, BenchConfig, Case, default_rules, parse_case)
 from nnmjax.bench.driver import run
-from nnmjax.bench.report import check_targets, format_table, format_targets, write_json
+from nnmjax.bench.floors import rule_floor
+from nnmjax.bench.report import (check_floor_targets, check_targets, format_table,
+                                 format_targets, write_json)
 
 __all__ = ["Case", "BenchConfig", "DEFAULT_CASES", "QUICK_CASES", "QUICK_RULES", "SCHEMA",
-           "TARGETS", "default_rules", "parse_case", "run", "format_table",
-           "check_targets", "format_targets", "write_json"]
+           "TARGETS", "FLOOR_TARGETS", "default_rules", "parse_case", "run", "format_table",
+           "check_targets", "check_floor_targets", "format_targets", "rule_floor",
+           "write_json"]

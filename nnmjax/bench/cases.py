@@ -37,6 +37,11 @@ TARGETS = (
     (Case(17, 1_000_000, 4), 3.0, {"nnm": 10.0, "nnm+cwtm": 10.0}),
     (Case(100, 100_000, 20), 1.5, {"nnm": 10.0, "nnm+cwtm": 10.0}),
 )
+#: Targets against each rule's floor (:mod:`nnmjax.bench.floors`): (case, {rule: largest
+#: multiple of its floor}).
+FLOOR_TARGETS = (
+    (Case(17, 1_000_000, 4), {"nnm": 2.0, "krum": 2.0, "gm": 2.0}),
+)
 
 
 def default_rules() -> list[str]:

@@ -18,6 +18,7 @@ import numpy as np
 from nnmjax.bench import hugepages
 from nnmjax.bench.byzfl_rules import byzfl_factories, import_byzfl
 from nnmjax.bench.cases import Case, rule_stages
+from nnmjax.bench.floors import GEMM_SIDE
 from nnmjax.bench.numpy_rules import numpy_fn
 
 _DATA: dict = {}
@@ -74,6 +75,13 @@ def _make_call(impl: str, rule: str | None, case: Case, seed: int):
         fn = jnp.sum if impl == "stream-jax" else _nnmjax_fn(rule, case.f)
         compiled = jax.jit(fn).lower(xj).compile()
         return (lambda a: _block(compiled(a))), (lambda: (xj,))
+    if impl == "gemm-jax":  # the GEMM rate of the rules' floors (nnmjax.bench.floors)
+        import jax
+        import jax.numpy as jnp
+
+        a = jax.random.normal(jax.random.key(seed), (GEMM_SIDE, GEMM_SIDE), jnp.float32)
+        compiled = jax.jit(jnp.matmul).lower(a, a).compile()
+        return (lambda a: _block(compiled(a, a))), (lambda: (a,))
     if impl == "stream-numpy":
         return (lambda a: a.sum()), (lambda: (x,))
     if impl == "numpy":
@@ -135,7 +143,7 @@ def _task_measure(task, progress):
         except Exception as e:
             recs[impl] = _error(e)
             continue
-        if impl in ("nnmjax", "stream-jax"):
+        if impl in ("nnmjax", "stream-jax", "gemm-jax"):
             recs[impl]["compile_s"] = time.perf_counter() - t0
 
     def once(phase, impl):

@@ -5,7 +5,7 @@ import json
 import os
 from dataclasses import asdict
 
-from nnmjax.bench.cases import TARGETS, Case, fmt_d
+from nnmjax.bench.cases import FLOOR_TARGETS, TARGETS, Case, fmt_d
 
 
 def best_byzfl(rec: dict) -> None:
@@ -23,12 +23,14 @@ def best_byzfl(rec: dict) -> None:
         rec.update(status="/".join(statuses) or "error")
 
 
-def fill_ratios(rec: dict, stream_ms: float | None) -> None:
-    """Fill ``x_stream``, ``vs_numpy`` and ``vs_byzfl`` (with ``>=``/``<=`` bounds)."""
+def fill_ratios(rec: dict, stream_ms: float | None, floor_ms: float | None = None) -> None:
+    """Fill ``x_stream``, ``x_floor``, ``vs_numpy`` and ``vs_byzfl`` (with ``>=``/``<=``
+    bounds)."""
     nj = rec["nnmjax"]
     ours = nj.get("median_ms") if nj.get("status") == "ok" else None
     ours_bound = nj.get("lower_bound_ms") if nj.get("status") == "timeout" else None
     rec["x_stream"] = ours / stream_ms if ours and stream_ms else None
+    rec["x_floor"] = ours / floor_ms if ours and floor_ms else None
     for key, other in (("vs_numpy", rec.get("numpy")), ("vs_byzfl", rec.get("byzfl"))):
         rec[key], rec[key + "_bound"] = None, None
         if not other:
@@ -69,21 +71,22 @@ def row_text(rec: dict) -> str:
     byz = rec.get("byzfl")
     bname = f" ({byz['backend']})" if byz and byz.get("backend") else ""
     xs = f"x{rec['x_stream']:.1f}" if rec.get("x_stream") else "-"
-    return (f"{rec['rule']:<14} {fmt_ms(rec.get('nnmjax')):>8} ms  {xs:<7} "
+    xf = f"floor x{rec['x_floor']:.1f}" if rec.get("x_floor") else "-"
+    return (f"{rec['rule']:<14} {fmt_ms(rec.get('nnmjax')):>8} ms  {xs:<7} {xf:<11} "
             f"numpy {fmt_ms(rec.get('numpy')):>8}  vs {fmt_ratio(rec, 'vs_numpy'):>7}  "
             f"byzfl {fmt_ms(byz):>8}{bname}  vs {fmt_ratio(rec, 'vs_byzfl'):>7}")
 
 
 def format_table(result: dict) -> str:
-    """A plain-text table: rule, case, nnmjax ms, compile s, x-stream, NumPy ms, vs-numpy,
-    ByzFL ms (faster backend), vs-byzfl."""
-    head = ("rule", "case", "ms", "compile s", "x-stream", "numpy ms", "vs-numpy",
-            "byzfl ms", "vs-byzfl")
+    """A plain-text table: rule, case, nnmjax ms, compile s, x-stream, floor ms, x-floor,
+    NumPy ms, vs-numpy, ByzFL ms (faster backend), vs-byzfl."""
+    head = ("rule", "case", "ms", "compile s", "x-stream", "floor ms", "x-floor", "numpy ms",
+            "vs-numpy", "byzfl ms", "vs-byzfl")
     rows = []
     for s in result.get("streams", []):
         case = Case(s["n"], s["d"], s["f"])
         rows.append(("(stream: jnp.sum | x.sum)", case.label, fmt_ms(s.get("jax")), "-", "1",
-                     fmt_ms(s.get("numpy")), "-", "-", "-"))
+                     "-", "-", fmt_ms(s.get("numpy")), "-", "-", "-"))
         for r in result.get("results", []):
             if (r["n"], r["d"], r["f"]) != (s["n"], s["d"], s["f"]):
                 continue
@@ -95,6 +98,8 @@ def format_table(result: dict) -> str:
             rows.append((r["rule"], case.label, fmt_ms(nj),
                          f"{nj['compile_s']:.2f}" if nj.get("compile_s") is not None else "-",
                          f"{r['x_stream']:.1f}" if r.get("x_stream") else "-",
+                         f"{r['floor']['floor_ms']:.3g}" if r.get("floor") else "-",
+                         f"{r['x_floor']:.1f}" if r.get("x_floor") else "-",
                          fmt_ms(r.get("numpy")), fmt_ratio(r, "vs_numpy"), bms, fmt_ratio(r, "vs_byzfl")))
     widths = [max(len(str(x)) for x in col) for col in zip(head, *rows)]
     line = lambda cells: "  ".join(str(c).ljust(w) if i < 2 else str(c).rjust(w)  # noqa: E731
@@ -128,15 +133,31 @@ def check_targets(result: dict) -> list[dict]:
     return checks
 
 
+def check_floor_targets(result: dict) -> list[dict]:
+    """Compare ``x_floor`` with :data:`FLOOR_TARGETS` for the cases and rules that were run."""
+    checks = []
+    for case, limits in FLOOR_TARGETS:
+        for r in result.get("results", []):
+            if (r["n"], r["d"], r["f"]) != (case.n, case.d, case.f) or r["rule"] not in limits:
+                continue
+            v, need = r.get("x_floor"), limits[r["rule"]]
+            verdict = "unknown" if v is None else ("hit" if v <= need else "miss")
+            checks.append({**asdict(case), "rule": r["rule"], "need": need, "x_floor": v,
+                           "verdict": verdict})
+    return checks
+
+
 def format_targets(result: dict) -> str:
     checks = result.get("targets") or []
-    if not checks:
-        return "(no target case was run with ByzFL)"
-    lines = []
+    lines = [] if checks else ["(no target case was run with ByzFL)"]
     for c in checks:
         v = "-" if c["speedup"] is None else f"{c['bound'] or ''}{c['speedup']:.3g}x"
         lines.append(f"{c['verdict'].upper():<7} n={c['n']} d={fmt_d(c['d'])} f={c['f']}  "
                      f"{c['rule']:<14} need >= {c['need']:g}x, got {v}")
+    for c in result.get("floor_targets") or []:
+        v = "-" if c["x_floor"] is None else f"{c['x_floor']:.3g}x"
+        lines.append(f"{c['verdict'].upper():<7} n={c['n']} d={fmt_d(c['d'])} f={c['f']}  "
+                     f"{c['rule']:<14} need <= {c['need']:g}x its floor, got {v}")
     return "\n".join(lines)
 
 

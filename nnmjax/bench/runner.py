@@ -57,8 +57,9 @@ class Runner:
         if phase == "start":  # imports, building the case's data
             return max(120.0, self.cfg.call_timeout_s), "setup"
         if phase == "build":
-            return (self.cfg.compile_timeout_s, "compile") if impl in ("nnmjax", "stream-jax") \
-                else (max(120.0, self.cfg.call_timeout_s), "setup")
+            compiled = impl in ("nnmjax", "stream-jax", "gemm-jax")
+            return ((self.cfg.compile_timeout_s, "compile") if compiled
+                    else (max(120.0, self.cfg.call_timeout_s), "setup"))
         return self.cfg.call_timeout_s, ("warm-up call" if phase == "warm-up" else "a timed call")
 
     def _once(self, task):
