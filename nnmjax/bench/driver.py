@@ -35,9 +35,9 @@ def run(cfg: BenchConfig | None = None, *, verbose: bool = True,
     raw ``samples_ms``, ``warmup_ms``, ``median_ms``, ``min_ms``, nnmjax's ``compile_s``,
     ByzFL's per-``backends`` records and the faster ``backend``, and ``stream``, the jitted
     streaming pass timed in the same interleaved rounds; then ``x_stream`` (over that
-    pass), the
-    rule's ``floor`` (:func:`nnmjax.bench.floors.rule_floor`) and ``x_floor``, ``vs_numpy``,
-    ``vs_byzfl`` and their ``*_bound`` ('>=' or '<=' where one side timed out)); ``targets``
+    pass), the rule's ``floor`` (:func:`nnmjax.bench.floors.rule_floor`) and ``x_floor``,
+    ``vs_numpy``, ``vs_byzfl`` and their ``*_bound`` ('>=' or '<=' where one side timed
+    out)); ``targets``
     (see :data:`TARGETS`); ``floor_targets`` (see :data:`FLOOR_TARGETS`); ``wall_s``.
     """
     cfg = cfg or BenchConfig()

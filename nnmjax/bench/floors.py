@@ -3,9 +3,9 @@
 A rule on ``x`` of shape ``(n, d)`` must at least read ``x``; the distance-based ones must
 also form the ``n x n`` Gram matrix (``n (n + 1) d`` FLOPs, symmetric), and those that
 output a combination of the rows must read ``x`` once more. With ``t_s`` one streaming
-pass over ``x`` (the faster of ``jnp.sum(x)`` and ``x.sum()``, measured in the same run)
-and ``R`` the GEMM rate (a jitted ``2048 x 2048`` float32 product, measured in the same
-run), the floor is
+pass over ``x`` (the jitted ``jnp.sum(x)``, timed in the rule's own interleaved rounds) and
+``R`` the GEMM rate (a jitted ``2048 x 2048`` float32 product, timed in the same run), the
+floor is
 
     ``floor = [Gram] max(t_s, n (n + 1) d / R) + reads * t_s``
 
