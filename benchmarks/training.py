@@ -7,7 +7,7 @@ steps on both sides (below).
 
 The setting is the paper's Fashion-MNIST one with ByzFL's ``cnn_mnist`` on both sides
 (``--model byzfl_cnn_mnist``, the default; ``--model paper_cnn`` times the paper's
-narrower CNN, which the runs before 2026-12-02 used against ByzFL's wider one),
+narrower CNN on our side against ByzFL's ``cnn_mnist``),
 ``n = 17`` workers of which ``f = 4`` Byzantine, Dirichlet(``alpha = 0.1``) split of the
 training set over the 13 honest workers, batch 25, worker momentum 0.9, rule
 ``nnm+cwtm``; every other key is :class:`nnmjax.experiments.config.Config`'s default (so per-worker

@@ -414,6 +414,33 @@ def test_optimal_attack_ignores_non_finite_outputs():
     assert np.all(np.isfinite(np.asarray(fragile(jnp.concatenate([h, byz])))))
 
 
+@pytest.mark.parametrize("name", ["nnm+cwtm", "bucketing+cwmed", "cwtm", "krum"])
+@pytest.mark.parametrize("search", ["grid", "byzfl"])
+def test_vmapped_optimal_attacks_equal_one_by_one(name, search):
+    """Under vmap (a grid's runs) each instance gets the eta of its own search, whether the
+    search runs the instances one after another (ByzFL's line search on a rule evaluated
+    over d, on CPU) or batched; the rows stay differentiable in the honest inputs with eta
+    held fixed."""
+    rule = nnmjax.rule(name, F_BYZ)
+    assert atk._sequential_search(rule, search) is (search == "byzfl" and name != "krum")
+    hs = jnp.stack([honest_data(s, h=H_ROWS, d=DIM) for s in range(3)])
+    keys = jax.random.split(jax.random.key(0), 3)
+    for attack in (atk.optimal_alie, atk.optimal_foe):
+        def one(h, k):
+            return attack(h, F_BYZ, rule=rule, key=k if rule.randomized else None,
+                          search=search, return_eta=True)
+
+        byz, eta = jax.jit(jax.vmap(one))(hs, keys)
+        for i in range(3):
+            b1, e1 = jax.jit(one)(hs[i], keys[i])
+            np.testing.assert_allclose(float(eta[i]), float(e1), rtol=1e-6)
+            np.testing.assert_allclose(np.asarray(byz[i]), np.asarray(b1), rtol=1e-6, atol=1e-7)
+        direction = atk._std if attack is atk.optimal_alie else lambda h: -jnp.mean(h, axis=0)
+        g = jax.grad(lambda h: jnp.sum(one(h, keys[0])[0]))(hs[0])
+        want = jax.grad(lambda h: F_BYZ * jnp.sum(jnp.mean(h, axis=0) + eta[0] * direction(h)))
+        np.testing.assert_allclose(np.asarray(g), np.asarray(want(hs[0])), rtol=1e-5, atol=1e-6)
+
+
 # The fast evaluation paths of the optimal attacks (nnmjax.robust._subspace) against the direct one.
 
 FAST_RULES = ["nnm+cwtm", "cwtm", "krum", "gm", "multikrum", "nnm+krum", "nnm+gm",

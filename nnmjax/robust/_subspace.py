@@ -174,6 +174,13 @@ def _stack(honest, byz_row, f):
     return jnp.concatenate([honest, jnp.broadcast_to(byz_row, (f,) + byz_row.shape)], axis=0)
 
 
+def in_coordinates(rule) -> bool:
+    """Whether :func:`residual_fn` evaluates ``rule`` on the ``(h + 1)``-dimensional
+    coordinates (every stage equivariant), rather than over ``d``."""
+    return (isinstance(rule, Rule) and all(st in EQUIVARIANT for st in rule.stages)
+            and rule.options.get("init") != "zero")
+
+
 def residual_fn(honest, direction, f: int, rule: Callable, *, key=None):
     """``(fn, in_coordinates)`` with ``fn(eta) = rule(honest ++ f x (s + eta a)) - s`` on the
     fastest exact path for ``rule`` (see the module docstring): a ``(d,)`` vector, or, when
@@ -181,7 +188,7 @@ def residual_fn(honest, direction, f: int, rule: Callable, *, key=None):
     s = jnp.mean(honest, axis=0)
     if isinstance(rule, Rule):
         *pres, last = rule.stages
-        if all(st in EQUIVARIANT for st in rule.stages) and rule.options.get("init") != "zero":
+        if in_coordinates(rule):
             hc, ac = coordinates(honest - s, direction)
             return (lambda eta: call(rule, _stack(hc, eta * ac, f), key)), True
         if windowed(rule):

@@ -287,27 +287,55 @@ def _damage_fn(honest, direction, f, rule, key):
 
 
 def _optimal(honest, f, rule, direction, key, search, offset, grid_options):
-    """The most damaging ``s + eta direction`` by ``search``: ``"grid"`` (:func:`_search`) or
-    ``"byzfl"`` (:func:`_line_search` over ByzFL's factor ``tau = eta - offset``)."""
+    """The most damaging ``s + eta direction``, ``eta`` from :func:`_find_eta`.
+
+    ``eta`` is piecewise constant in the inputs (its derivative is zero), so it is searched
+    on stopped gradients and the rows ``s + eta direction`` are formed outside the search.
+    Under ``vmap`` (a grid's runs) the search runs the instances one after another
+    (``jax.custom_batching.sequential_vmap``) where :func:`_sequential_search` says so."""
     if search not in SEARCHES:
         raise ValueError(f"search must be one of {SEARCHES}; got {search!r}")
+
+    def run(honest, direction, key):
+        return _find_eta(honest, direction, key, f=f, rule=rule, search=search, offset=offset,
+                        grid_options=grid_options)
+
+    if _sequential_search(rule, search):
+        run = jax.custom_batching.sequential_vmap(run)
+    eta = run(*jax.lax.stop_gradient((honest, direction)), key)
+    return _repeat(jnp.mean(honest, axis=0) + eta * direction, f), eta
+
+
+def _find_eta(honest, direction, key, *, f, rule, search, offset, grid_options):
+    """The most damaging ``eta`` for ``s + eta direction`` by ``search``: ``"grid"``
+    (:func:`_search`) or ``"byzfl"`` (:func:`_line_search` over ByzFL's factor
+    ``tau = eta - offset``)."""
     if search == "grid":
         return _search(honest, f, rule, direction=direction, key=key, **grid_options)
-    s = jnp.mean(honest, axis=0)
     damage = _damage_fn(honest, direction, f, rule, key)
     tau = _line_search(lambda t: damage(jnp.reshape(t + offset, (1,)).astype(honest.dtype))[0],
                        **BYZFL_LINE_SEARCH)
-    eta = (tau + offset).astype(honest.dtype)
-    return _repeat(s + eta * direction, f), eta
+    return (tau + offset).astype(honest.dtype)
+
+
+def _sequential_search(rule, search: str) -> bool:
+    """Whether vmapped instances of the search run one after another rather than as one
+    batch: ByzFL's line search (one candidate at a time) on CPU, for a rule whose every
+    evaluation is its own pass over the ``(n, d)`` inputs (not evaluated in coordinates).
+    There five instances at ``(17, 176050)`` cost 11-35 % less one after another than as a
+    batch of passes; under the grid search, whose candidates are already batched, the two
+    differ by less than the noise (``python benchmarks/search.py``,
+    ``benchmarks/README.md``)."""
+    return (search == "byzfl" and jax.default_backend() == "cpu"
+            and not _subspace.in_coordinates(rule))
 
 
 def _search(honest, f, rule, etas, direction, refine, zooms, brackets, key):
     """Evaluate ``s + eta * direction`` for every ``eta`` in one vmap, then around each of the
     ``brackets`` best grid points ``zooms`` times evaluate ``refine`` points between the
     neighbours of that bracket's best point (one vmap per zoom); return the most damaging
-    rows and their ``eta``. Each evaluation takes the fastest exact path for ``rule``
+    ``eta``. Each evaluation takes the fastest exact path for ``rule``
     (:func:`nnmjax.robust._subspace.residual_fn`)."""
-    s = jnp.mean(honest, axis=0)
     damage = _damage_fn(honest, direction, f, rule, key)
     grid = jnp.asarray(etas, honest.dtype)
     scores = damage(grid)
@@ -327,8 +355,7 @@ def _search(honest, f, rule, etas, direction, refine, zooms, brackets, key):
         best_score = jnp.where(take, cand_score, best_score)
         step = (hi - lo) / (refine - 1)
         lo, hi = jnp.maximum(best - step, lo), jnp.minimum(best + step, hi)
-    eta = best[jnp.argmax(best_score)]
-    return _repeat(s + eta * direction, f), eta
+    return best[jnp.argmax(best_score)]
 
 
 def optimal_alie(honest: Real[ArrayLike, "h d"], f: int, *, rule: Callable,
