@@ -18,8 +18,9 @@ PAPER = Path(__file__).resolve().parents[1] / "experiments" / "paper"
 CONFIGS = sorted(PAPER.glob("*.toml"))
 BYZFL = PAPER.parent / "byzfl"
 FEDERATED, DECENTRALIZED = PAPER.parent / "federated", PAPER.parent / "decentralized"
+ADAPTIVE = PAPER.parent / "adaptive"
 SMOKE_CONFIGS = (CONFIGS + sorted(BYZFL.glob("*.toml")) + sorted(FEDERATED.glob("*.toml"))
-                 + sorted(DECENTRALIZED.glob("*.toml")))
+                 + sorted(DECENTRALIZED.glob("*.toml")) + sorted(ADAPTIVE.glob("*.toml")))
 #: Models whose compilation alone takes tens of seconds here, trained through the simulator
 #: on the same data format in test_simulate.test_cnn_trains_with_batch_norm: their configs'
 #: smoke runs swap in a cheap model (everything else of the config is kept).
