@@ -8,8 +8,8 @@ each rule, search (``"grid"``: 241 evaluations; ``"byzfl"``: ByzFL's 20) and att
 (``optimal_alie``, ``optimal_foe``), this times the jitted attack on one ``(h, d)`` honest
 matrix (``one``) and on ``--seeds`` of them vmapped two ways: as the library runs them
 (``library``: one after another where ``attacks._sequential_search`` says so, else as one
-batch) and always as one batch (``batched``: the same search, ``attacks._find_eta``,
-vmapped by JAX's own batching rules). Median of ``--repeats`` calls each, compile
+batch) and always as one batch (``batched``: the same attack traced with
+``attacks._sequential_search`` answering no). Median of ``--repeats`` calls each, compile
 excluded; ``*_ratio`` is a vmapped call's cost per instance against one instance's (below
 1 the vmapped call is cheaper per instance). The honest rows are Gaussian with a common
 offset, the scale of momenta.
@@ -28,8 +28,6 @@ import subprocess
 import sys
 import time
 
-import inspect
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -38,24 +36,20 @@ import nnmjax
 from nnmjax.robust import attacks
 
 ATTACKS = {"optimal_alie": attacks.optimal_alie, "optimal_foe": attacks.optimal_foe}
-#: Each optimal attack's direction and ByzFL's offset of ``eta`` (as in nnmjax.robust.attacks).
-DIRECTIONS = {"optimal_alie": (attacks._std, 0.0),
-              "optimal_foe": (lambda h: -jnp.mean(h, axis=0), 1.0)}
-GRID_OPTIONS = {k: v.default for k, v in inspect.signature(attacks.optimal_alie).parameters.items()
-                if k in ("etas", "refine", "zooms", "brackets")}
+def _batched(fn):
+    """``jit(vmap(fn))`` traced with the search always batched (``attacks._sequential_search``
+    answering no while it traces), whatever the library would pick."""
+    compiled = jax.jit(jax.vmap(fn))
 
+    def call(batch):
+        chooser = attacks._sequential_search
+        attacks._sequential_search = lambda *_: False
+        try:
+            return compiled(batch)
+        finally:
+            attacks._sequential_search = chooser
 
-def _batched(attack, f, rule, search):
-    """The attack's rows with its search vmapped as one batch, whatever the library picks."""
-    direction_of, offset = DIRECTIONS[attack]
-
-    def rows(h):
-        direction = direction_of(h)
-        eta = attacks._find_eta(h, direction, None, f=f, rule=rule, search=search,
-                                offset=offset, grid_options=GRID_OPTIONS)
-        return jnp.broadcast_to(jnp.mean(h, axis=0) + eta * direction, (f, h.shape[1]))
-
-    return rows
+    return call
 
 
 def _median_ms(fn, arg, repeats):
@@ -104,8 +98,7 @@ def main(argv=None) -> int:
 
                 cases = {"one": (jax.jit(one), batch[0]),
                          "library": (jax.jit(jax.vmap(one)), batch),
-                         "batched": (jax.jit(jax.vmap(_batched(attack, args.f, rule, search))),
-                                     batch)}
+                         "batched": (_batched(one), batch)}
                 sequential = attacks._sequential_search(rule, search)
                 rec = {"rule": name, "attack": attack, "search": search,
                        "sequential": sequential}
