@@ -774,6 +774,64 @@ def test_sort_columns_derivative_is_the_permutation():
     np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
 
 
+@pytest.mark.parametrize("copying", [False, True])
+def test_host_sort_equals_xla_sort(copying, monkeypatch):
+    """The CPU path sorts (and argsorts, stably) in NumPy on the host, in blocks of columns,
+    straight into XLA's buffer or, without ``buffer_callback``, copying: the same keys and
+    permutation as XLA's sort, jitted and vmapped (a batch is one call), blocks of every
+    size including a ragged last one."""
+    if copying:
+        monkeypatch.setattr(_order, "_buffer_callback", None)
+    monkeypatch.setattr(_order, "HOST_BLOCK", 5)
+    x = jnp.asarray(np.stack([_sort_input(140, seed=s)[:, :23] for s in range(3)]))
+    keys = _order._ordered_key(_order.sanitize(x))
+    sort = jax.jit(jax.vmap(_order.host_sort))
+    np.testing.assert_array_equal(np.asarray(sort(keys)), np.sort(np.asarray(keys), axis=1))
+    order = jax.jit(jax.vmap(lambda k: _order.host_sort(k, argsort=True)))(keys)
+    assert order.dtype == jnp.int32
+    np.testing.assert_array_equal(np.asarray(order),
+                                  np.argsort(np.asarray(keys), axis=1, kind="stable"))
+
+
+@pytest.mark.parametrize("n", [17, 140])
+@pytest.mark.parametrize("window", [(3, 14), (8, 9), (7, 9, 0.5)])
+def test_window_sum_every_path(n, window, monkeypatch):
+    """``window_sum`` (CWTM's window, CWMed's middle) on the network, on the host and through
+    XLA's sort agree with NumPy on values with ties and non-finite entries, and their
+    derivatives are the window of the sorting permutation."""
+    start, stop, *scale = window
+    scale = scale[0] if scale else 1.0
+    x = jnp.asarray(_sort_input(n, seed=n))
+    big = np.finfo(np.float32).max
+    with np.errstate(over="ignore"):
+        want = scale * np.sort(np.nan_to_num(np.asarray(x), nan=big, posinf=big, neginf=-big),
+                               axis=0)[start:stop].sum(axis=0)
+    fn = jax.jit(lambda x: _order.window_sum(x, start, stop, scale=scale))
+    finite = np.isfinite(want)
+    np.testing.assert_allclose(np.asarray(fn(x))[finite], want[finite], rtol=1e-6, atol=1e-6)
+    w = jnp.asarray(np.random.default_rng(1).normal(size=x.shape[1]), jnp.float32)
+    xs = jnp.asarray(np.random.default_rng(2).normal(size=x.shape), jnp.float32)
+    grad = jax.grad(lambda x: jnp.sum(w * _order.window_sum(x, start, stop, scale=scale)))
+    ranks = np.argsort(np.argsort(np.asarray(xs), axis=0), axis=0)
+    want_grad = scale * ((ranks >= start) & (ranks < stop)) * np.asarray(w)
+    np.testing.assert_allclose(np.asarray(grad(xs)), want_grad, rtol=1e-6)
+    monkeypatch.setattr(_order, "HOST_SORT", False)
+    other = jax.jit(lambda x: _order.window_sum(x, start, stop, scale=scale))
+    np.testing.assert_allclose(np.asarray(other(x)), np.asarray(fn(x)), rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(np.asarray(grad(xs)), want_grad, rtol=1e-6)
+
+
+def test_cwtm_at_many_workers_vmapped_equals_one_by_one():
+    """Past the network (n > 128) a vmapped batch of inputs is one host call per batch; each
+    output equals the rule on its own input."""
+    xs = jnp.asarray(np.random.default_rng(5).normal(size=(3, 150, 40)), jnp.float32)
+    xs = xs.at[1, :20].set(jnp.inf)
+    batched = jax.jit(jax.vmap(lambda x: aggregators.cwtm(x, 30)))(xs)
+    for i in range(3):
+        np.testing.assert_array_equal(np.asarray(batched[i]),
+                                      np.asarray(aggregators.cwtm(xs[i], 30)))
+
+
 @pytest.mark.parametrize("n", range(1, 19))
 def test_batcher_network_sorts_every_01_input(n):
     """0-1 principle: a comparator network sorts everything iff it sorts all 2^n 0-1 inputs."""

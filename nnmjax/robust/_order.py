@@ -10,21 +10,38 @@ XLA's CPU fusion degrades past ~500 comparators (n ~ 64), so for
 ``64 < n <= NETWORK_MAX_N`` the network runs in stages of ``STAGE`` comparators
 separated by ``optimization_barrier`` (one materialisation per stage; measured
 ~30-50 ms at (100, 1e5) against ~900 ms for ``jnp.sort``). Past
-``NETWORK_MAX_N`` rows we sort integer keys along the minor axis of the transposed matrix
-(:func:`sort_columns`): XLA's CPU sort compares integers several times faster than floats
-and runs best along contiguous rows (0.43 s at (1000, 1e4) against 1.9 s for ``jnp.sort``
-of the floats along axis 0; ``python benchmarks/aggregators.py``).
+``NETWORK_MAX_N`` rows we sort integer keys whose order is the floats' order
+(:func:`sort_columns`). On accelerators that is XLA's sort; on the CPU backend XLA's sort
+costs about 40 ns per element (0.56 s at (1000, 1e4)), so the keys go to NumPy's
+vectorised sort through :func:`jax.pure_callback`, column blocks on a thread per core
+(:func:`host_sort`: about 45 ms there, ``nnmjax bench --cases 1000:1e4:200``). The
+derivative of every sort (network or not) is the sorting permutation, one stable
+argsort, which takes the same host path on CPU (0.32 s in XLA against about 40 ms at
+(17, 176050)).
 """
 from __future__ import annotations
 
+import concurrent.futures
 import functools
+import os
 
 import jax
 import jax.numpy as jnp
+import numpy as np
+
+try:
+    from jax.experimental.buffer_callback import buffer_callback as _buffer_callback
+except ImportError:  # jax without it: host_sort copies through pure_callback
+    _buffer_callback = None
 
 NETWORK_MAX_N = 128
 FUSED_MAX_N = 64
 STAGE = 96
+#: Whether sorts and argsorts on the CPU backend run in NumPy (:func:`host_sort`); set it to
+#: ``False`` to keep every sort inside the compiled program (e.g. to export it).
+HOST_SORT = True
+#: Columns per task of :func:`host_sort`.
+HOST_BLOCK = 256
 
 
 @functools.lru_cache(maxsize=None)
@@ -92,11 +109,16 @@ def _from_key(k, dtype):
 
 @jax.custom_jvp
 def sort_columns(x):
-    """``jnp.sort(sanitize(x), axis=0)``, computed as a sort of the integer keys of
-    ``x.T`` along its rows (exact: the keys map back to the same floats; ``-0.0`` sorts
-    before ``0.0``). Differentiable: the derivative is the sorting permutation."""
-    keys = jnp.sort(_ordered_key(sanitize(x)).T, axis=1)
-    return _from_key(keys, x.dtype).T
+    """``jnp.sort(sanitize(x), axis=0)``, computed as a sort of the integer keys of ``x``
+    (exact: the keys map back to the same floats; ``-0.0`` sorts before ``0.0``): NumPy's
+    sort on the CPU backend (:func:`host_sort`), else XLA's along the rows of the keys'
+    transpose. Differentiable: the derivative is the sorting permutation."""
+    keys = _ordered_key(sanitize(x))
+    if _on_host():
+        keys = host_sort(keys)
+    else:
+        keys = jnp.sort(keys.T, axis=1).T
+    return _from_key(keys, x.dtype)
 
 
 @sort_columns.defjvp
@@ -107,9 +129,81 @@ def _sort_columns_jvp(primals, tangents):
 
 def _sorted_tangent(x, dx):
     """The tangent of a coordinate-wise sort: ``dx`` permuted like ``x`` sorts (one stable
-    ``argsort``), zero at non-finite entries."""
-    order = jnp.argsort(sanitize(x), axis=0, stable=True)
+    argsort of the sanitised values; on the CPU backend of their integer keys, which also
+    put ``-0.0`` before ``0.0``), zero at non-finite entries."""
+    if _on_host():
+        order = host_sort(_ordered_key(sanitize(x)), argsort=True)
+    else:
+        order = jnp.argsort(sanitize(x), axis=0, stable=True)
     return jnp.take_along_axis(jnp.where(jnp.isfinite(x), dx, 0.0), order, axis=0)
+
+
+def _on_host() -> bool:
+    """Whether sorts run in NumPy: :data:`HOST_SORT`, the CPU backend, one process."""
+    return HOST_SORT and jax.default_backend() == "cpu" and jax.process_count() == 1
+
+
+def host_sort(keys, *, argsort: bool = False):
+    """``keys`` ``(n, d)`` (integers) sorted along axis 0 by NumPy, or with ``argsort`` their
+    stable sorting permutation (int32), called from the compiled program (jit, vmap and
+    ``shard_map`` apply; a vmapped batch is one call).
+
+    The host sorts blocks of :data:`HOST_BLOCK` columns, each transposed to contiguous
+    rows, on a thread per core (NumPy's sort releases the GIL; :func:`_host_call`).
+
+    Example:
+        >>> import jax.numpy as jnp, numpy as np
+        >>> print(np.asarray(host_sort(jnp.array([[3, 1], [1, 2], [2, 0]]))).tolist())
+        [[1, 0], [2, 1], [3, 2]]
+    """
+    result = jax.ShapeDtypeStruct(keys.shape, jnp.int32 if argsort else keys.dtype)
+    return _host_call(functools.partial(_sort_blocks, argsort=argsort), result, keys)
+
+
+def _host_call(task, result, operand):
+    """``task(operand, out)`` (NumPy arrays, ``out`` filled in place) as one operation of
+    the compiled program, writing straight into XLA's output buffer
+    (``jax.experimental.buffer_callback``), or through :func:`jax.pure_callback`, which
+    copies both ways, where that is missing. Under ``vmap`` both get a leading batch
+    axis."""
+    if _buffer_callback is None:
+        def copied(a):
+            a = np.asarray(a)
+            out = np.empty(a.shape[:a.ndim - operand.ndim] + result.shape, result.dtype)
+            task(a, out)
+            return out
+
+        return jax.pure_callback(copied, result, operand, vmap_method="expand_dims")
+
+    def in_place(ctx, out, a):
+        task(np.asarray(a), np.asarray(out))
+
+    return _buffer_callback(in_place, result, vmap_method="expand_dims")(operand)
+
+
+@functools.lru_cache(maxsize=1)
+def _pool():
+    return concurrent.futures.ThreadPoolExecutor(os.cpu_count() or 1)
+
+
+def _sort_blocks(keys, out, *, argsort: bool):
+    """The host side of :func:`host_sort`: ``(..., n, d)`` NumPy keys sorted (or argsorted)
+    along axis ``-2`` into ``out``."""
+    n, d = keys.shape[-2:]
+    flat, flat_out = keys.reshape(-1, n, d), out.reshape(-1, n, d)
+
+    def one(task):
+        b, j = task
+        rows = np.ascontiguousarray(flat[b, :, j:j + HOST_BLOCK].T)
+        done = np.argsort(rows, axis=1, kind="stable") if argsort else np.sort(rows, axis=1)
+        flat_out[b, :, j:j + HOST_BLOCK] = done.T
+
+    _run_blocks(one, flat.shape[0], d)
+
+
+def _run_blocks(one, batch: int, d: int):
+    """``one((b, j))`` for every batch index ``b`` and block start ``j``, on the pool."""
+    list(_pool().map(one, [(b, j) for b in range(batch) for j in range(0, d, HOST_BLOCK)]))
 
 
 @jax.custom_jvp
@@ -131,6 +225,61 @@ def _network_jvp(primals, tangents):
     (x,), (dx,) = primals, tangents
     ds = _sorted_tangent(x, dx)
     return _network(x), tuple(ds[i] for i in range(x.shape[0]))
+
+
+def window_sum(x, start: int, stop: int, *, scale: float = 1.0):
+    """``sum_{start <= r < stop} scale * s[r]`` per coordinate, ``s`` the rows of ``x``
+    sorted coordinate-wise after :func:`sanitize` (CWTM's window, CWMed's middle).
+
+    The sorting network and :func:`sum_rows` for ``n <= NETWORK_MAX_N``; past it on the CPU
+    backend the host sorts each block of columns and sums its window while the block is in
+    cache (:func:`host_window_sum`), else :func:`sort_columns` and :func:`sum_rows`.
+
+    Example:
+        >>> import jax.numpy as jnp, numpy as np
+        >>> print(np.asarray(window_sum(jnp.array([[3.0], [1.0], [9.0], [2.0]]), 1, 3)))
+        [5.]
+    """
+    if x.shape[0] <= NETWORK_MAX_N:
+        return sum_rows([r if scale == 1.0 else scale * r for r in sorted_rows(x)], start, stop)
+    if _on_host():
+        return host_window_sum(x, start, stop, scale)
+    return sum_rows(scale * sort_columns(x), start, stop)
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(1, 2, 3))
+def host_window_sum(x, start: int, stop: int, scale: float):
+    """:func:`window_sum` computed by NumPy on the host, blocks of :data:`HOST_BLOCK`
+    columns on a thread per core (sanitise, sort, sum the window). Differentiable: the
+    derivative sums the window of the sorting permutation's tangent."""
+    result = jax.ShapeDtypeStruct(x.shape[1:], x.dtype)
+    task = functools.partial(_window_blocks, start=start, stop=stop, scale=scale)
+    return _host_call(task, result, x)
+
+
+@host_window_sum.defjvp
+def _host_window_sum_jvp(start, stop, scale, primals, tangents):
+    (x,), (dx,) = primals, tangents
+    return (host_window_sum(x, start, stop, scale),
+            scale * sum_rows(_sorted_tangent(x, dx), start, stop))
+
+
+def _window_blocks(x, out, *, start, stop, scale):
+    """The host side of :func:`host_window_sum` on ``(..., n, d)`` NumPy floats."""
+    big = np.finfo(x.dtype).max
+    n, d = x.shape[-2:]
+    flat, flat_out = x.reshape(-1, n, d), out.reshape(-1, d)
+
+    def one(task):
+        b, j = task
+        rows = np.ascontiguousarray(flat[b, :, j:j + HOST_BLOCK].T)
+        np.nan_to_num(rows, copy=False, nan=big, posinf=big, neginf=-big)
+        rows.sort(axis=1)
+        window = rows[:, start:stop] if scale == 1.0 else scale * rows[:, start:stop]
+        with np.errstate(over="ignore", invalid="ignore"):  # sums of sanitised extremes
+            flat_out[b, j:j + HOST_BLOCK] = window.sum(axis=1)
+
+    _run_blocks(one, flat.shape[0], d)
 
 
 def sum_rows(rows, start: int, stop: int):

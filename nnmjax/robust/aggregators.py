@@ -21,8 +21,11 @@ cwmed, cwtm, meamed           ``n <= 64``: one fused pass through a       ``O(d)
                               sorting network (module ``_order``),
                               ``O(n log^2 n)`` min/max per coordinate;
                               ``n <= 128``: the network in stages;        ``O(n d)``
-                              ``n > 128``: a sort of integer keys         ``O(n d)``
-                              (``_order.sort_columns``)
+                              ``n > 128``: on CPU, NumPy's sort of        ``O(n d)``
+                              blocks of columns on the host (CWTM and
+                              CWMed sum their window there,
+                              ``_order.window_sum``); else XLA's sort
+                              of integer keys (``_order.sort_columns``)
 krum, multikrum, gm, nnm,     the ``n x n`` Gram matrix, ``O(n^2 d)``     ``O(n^2 + n C)``
 mda, smea, caf                (a loop over blocks of ``C`` columns,
                               ``C = 2^19 / n`` clipped to [1024,
@@ -131,10 +134,9 @@ def cwmed(x: Real[ArrayLike, "n d"], f: int = 0) -> Float[Array, " d"]:
     """
     x, f = _prepare(x, f, "cwmed")
     n = x.shape[0]
-    s = _order.sorted_rows(x)
     if n % 2:
-        return s[n // 2]
-    return 0.5 * s[n // 2 - 1] + 0.5 * s[n // 2]
+        return _order.window_sum(x, n // 2, n // 2 + 1)
+    return _order.window_sum(x, n // 2 - 1, n // 2 + 1, scale=0.5)
 
 
 @keeps_dtype
@@ -168,8 +170,7 @@ def cwtm(x: Real[ArrayLike, "n d"], f: int) -> Float[Array, " d"]:
     n = x.shape[0]
     if f == 0:
         return mean(x)
-    s = _order.sorted_rows(x)
-    return _order.sum_rows(s, f, n - f) / (n - 2 * f)
+    return _order.window_sum(x, f, n - f) / (n - 2 * f)
 
 
 @keeps_dtype
