@@ -12,11 +12,12 @@ separated by ``optimization_barrier`` (one materialisation per stage; measured
 ~30-50 ms at (100, 1e5) against ~900 ms for ``jnp.sort``). Past
 ``NETWORK_MAX_N`` rows we sort integer keys whose order is the floats' order
 (:func:`sort_columns`). On accelerators that is XLA's sort; on the CPU backend XLA's sort
-costs about 40 ns per element (0.56 s at (1000, 1e4)), so the keys go to NumPy's
-vectorised sort through :func:`jax.pure_callback`, column blocks on a thread per core
-(:func:`host_sort`: about 45 ms there, ``nnmjax bench --cases 1000:1e4:200``). The
+costs about 40 ns per element (0.56 s at (1000, 1e4)), so the sort runs in NumPy's
+vectorised sort on the host, called from the compiled program, blocks of columns on a
+thread per core (:func:`host_sort`; CWTM and CWMed sum their window on the host,
+:func:`window_sum`: 24 ms at (1000, 1e4), ``nnmjax bench --cases 1000:1e4:200``). The
 derivative of every sort (network or not) is the sorting permutation, one stable
-argsort, which takes the same host path on CPU (0.32 s in XLA against about 40 ms at
+argsort, which takes the same host path on CPU (0.32 s in XLA against about 65 ms at
 (17, 176050)).
 """
 from __future__ import annotations
