@@ -776,10 +776,10 @@ def test_sort_columns_derivative_is_the_permutation():
 
 @pytest.mark.parametrize("copying", [False, True])
 def test_host_sort_equals_xla_sort(copying, monkeypatch):
-    """The CPU path sorts (and argsorts, stably) in NumPy on the host, in blocks of columns,
+    """The CPU path sorts (and ranks, stably) in NumPy on the host, in blocks of columns,
     straight into XLA's buffer or, without ``buffer_callback``, copying: the same keys and
-    permutation as XLA's sort, jitted and vmapped (a batch is one call), blocks of every
-    size including a ragged last one."""
+    ranks as NumPy, jitted and vmapped (a batch is one call), blocks of every size
+    including a ragged last one."""
     if copying:
         monkeypatch.setattr(_order, "_buffer_callback", None)
     monkeypatch.setattr(_order, "HOST_BLOCK", 5)
@@ -787,10 +787,26 @@ def test_host_sort_equals_xla_sort(copying, monkeypatch):
     keys = _order._ordered_key(_order.sanitize(x))
     sort = jax.jit(jax.vmap(_order.host_sort))
     np.testing.assert_array_equal(np.asarray(sort(keys)), np.sort(np.asarray(keys), axis=1))
-    order = jax.jit(jax.vmap(lambda k: _order.host_sort(k, argsort=True)))(keys)
-    assert order.dtype == jnp.int32
-    np.testing.assert_array_equal(np.asarray(order),
-                                  np.argsort(np.asarray(keys), axis=1, kind="stable"))
+    got = jax.jit(jax.vmap(lambda k: _order.host_sort(k, ranks=True)))(keys)
+    assert got.dtype == jnp.int32
+    order = np.argsort(np.asarray(keys), axis=1, kind="stable")
+    np.testing.assert_array_equal(np.argsort(np.asarray(got), axis=1), order)
+
+
+@pytest.mark.parametrize("n", [1, 2, 17, 32, 33, 140])
+def test_ranks_every_path(n, monkeypatch):
+    """``ranks`` (pairwise comparisons, host, XLA) is the inverse of NumPy's stable argsort
+    of the sanitised values, ties to the lower index, NaN and +inf above every finite value
+    (the input has no signed zeros, where the host's keys order ``-0.0`` first)."""
+    x = jnp.asarray(_sort_input(n, seed=n + 1))
+    big = np.finfo(np.float32).max
+    v = np.nan_to_num(np.asarray(x), nan=big, posinf=big, neginf=-big)
+    want = np.argsort(np.argsort(v, axis=0, kind="stable"), axis=0, kind="stable")
+    np.testing.assert_array_equal(np.asarray(jax.jit(_order.ranks)(x)), want)
+    monkeypatch.setattr(_order, "RANKS_MAX_N", 0)
+    np.testing.assert_array_equal(np.asarray(jax.jit(_order.ranks)(x)), want)
+    monkeypatch.setattr(_order, "HOST_SORT", False)
+    np.testing.assert_array_equal(np.asarray(jax.jit(_order.ranks)(x)), want)
 
 
 @pytest.mark.parametrize("n", [17, 140])

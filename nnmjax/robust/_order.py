@@ -16,9 +16,9 @@ costs about 40 ns per element (0.56 s at (1000, 1e4)), so the sort runs in NumPy
 vectorised sort on the host, called from the compiled program, blocks of columns on a
 thread per core (:func:`host_sort`; CWTM and CWMed sum their window on the host,
 :func:`window_sum`: 24 ms at (1000, 1e4), ``nnmjax bench --cases 1000:1e4:200``). The
-derivative of every sort (network or not) is the sorting permutation, one stable
-argsort, which takes the same host path on CPU (0.32 s in XLA against about 65 ms at
-(17, 176050)).
+derivative of every sort (network or not) is the sorting permutation, from each entry's
+rank in a stable sort (:func:`ranks`): pairwise comparisons in one fused pass for small
+``n``, else the same host path on CPU (XLA's stable argsort took 0.32 s at (17, 176050)).
 """
 from __future__ import annotations
 
@@ -38,11 +38,13 @@ except ImportError:  # jax without it: host_sort copies through pure_callback
 NETWORK_MAX_N = 128
 FUSED_MAX_N = 64
 STAGE = 96
-#: Whether sorts and argsorts on the CPU backend run in NumPy (:func:`host_sort`); set it to
+#: Whether sorts and ranks on the CPU backend run in NumPy (:func:`host_sort`); set it to
 #: ``False`` to keep every sort inside the compiled program (e.g. to export it).
 HOST_SORT = True
 #: Columns per task of :func:`host_sort`.
 HOST_BLOCK = 256
+#: Largest ``n`` whose :func:`ranks` come from pairwise comparisons (``n^2`` per coordinate).
+RANKS_MAX_N = 32
 
 
 @functools.lru_cache(maxsize=None)
@@ -86,7 +88,7 @@ def sorted_rows(x):
     Returns a list of ``(d,)`` rows (network path, ``n <= NETWORK_MAX_N``; each row is
     sanitised as it enters the network, so that fuses too) or an ``(n, d)`` array (sort
     path); both index the same way. Differentiable: the network's derivative is the
-    sorting permutation, taken from one ``argsort`` (differentiating the network itself
+    sorting permutation, from each entry's rank (:func:`ranks`; differentiating the network itself
     compiles for seconds: its transposed min/max chains do not fuse).
     """
     n = x.shape[0]
@@ -129,14 +131,41 @@ def _sort_columns_jvp(primals, tangents):
 
 
 def _sorted_tangent(x, dx):
-    """The tangent of a coordinate-wise sort: ``dx`` permuted like ``x`` sorts (one stable
-    argsort of the sanitised values; on the CPU backend of their integer keys, which also
-    put ``-0.0`` before ``0.0``), zero at non-finite entries."""
+    """The tangent of a coordinate-wise sort: ``dx`` placed at each entry's rank in its
+    column's stable sort of the sanitised values (:func:`ranks`), zero at non-finite
+    entries. Written as a scatter to the ranks, so that reverse mode (its transpose) is a
+    gather: 3-5 ms at (17, 176050) where the transpose of a gather, a scatter, takes 15."""
+    r = ranks(x)
+    cols = jnp.arange(x.shape[1])[None, :]
+    return jnp.zeros_like(dx).at[r, cols].add(jnp.where(jnp.isfinite(x), dx, 0.0),
+                                              unique_indices=True)
+
+
+def ranks(x):
+    """``r[i, k]``, the position of ``x[i, k]`` in the stable sort of column ``k`` of
+    :func:`sanitize` (``x``): ``#{j : v_jk < v_ik} + #{j < i : v_jk = v_ik}``.
+
+    Pairwise comparisons in one fused pass for ``n <= RANKS_MAX_N``; past it NumPy's stable
+    argsort of the integer keys on the CPU backend (:func:`host_sort`, which also puts
+    ``-0.0`` before ``0.0``), XLA's elsewhere.
+
+    Example:
+        >>> import jax.numpy as jnp, numpy as np
+        >>> print(np.asarray(ranks(jnp.array([[3.0, 1.0], [1.0, 1.0], [2.0, 0.0]]))).tolist())
+        [[2, 1], [0, 2], [1, 0]]
+    """
+    n = x.shape[0]
+    if n <= RANKS_MAX_N:
+        v = sanitize(x)
+        rows = []
+        for i in range(n):
+            below = [(v[j] <= v[i]) if j < i else (v[j] < v[i]) for j in range(n) if j != i]
+            rows.append(functools.reduce(jnp.add, [b.astype(jnp.int32) for b in below],
+                                         jnp.zeros(x.shape[1:], jnp.int32)))
+        return jnp.stack(rows)
     if _on_host():
-        order = host_sort(_ordered_key(sanitize(x)), argsort=True)
-    else:
-        order = jnp.argsort(sanitize(x), axis=0, stable=True)
-    return jnp.take_along_axis(jnp.where(jnp.isfinite(x), dx, 0.0), order, axis=0)
+        return host_sort(_ordered_key(sanitize(x)), ranks=True)
+    return jnp.argsort(jnp.argsort(sanitize(x), axis=0, stable=True), axis=0).astype(jnp.int32)
 
 
 def _on_host() -> bool:
@@ -144,10 +173,10 @@ def _on_host() -> bool:
     return HOST_SORT and jax.default_backend() == "cpu" and jax.process_count() == 1
 
 
-def host_sort(keys, *, argsort: bool = False):
-    """``keys`` ``(n, d)`` (integers) sorted along axis 0 by NumPy, or with ``argsort`` their
-    stable sorting permutation (int32), called from the compiled program (jit, vmap and
-    ``shard_map`` apply; a vmapped batch is one call).
+def host_sort(keys, *, ranks: bool = False):
+    """``keys`` ``(n, d)`` (integers) sorted along axis 0 by NumPy, or with ``ranks`` each
+    entry's position in its column's stable sort (int32), called from the compiled program
+    (jit, vmap and ``shard_map`` apply; a vmapped batch is one call).
 
     The host sorts blocks of :data:`HOST_BLOCK` columns, each transposed to contiguous
     rows, on a thread per core (NumPy's sort releases the GIL; :func:`_host_call`).
@@ -157,8 +186,8 @@ def host_sort(keys, *, argsort: bool = False):
         >>> print(np.asarray(host_sort(jnp.array([[3, 1], [1, 2], [2, 0]]))).tolist())
         [[1, 0], [2, 1], [3, 2]]
     """
-    result = jax.ShapeDtypeStruct(keys.shape, jnp.int32 if argsort else keys.dtype)
-    return _host_call(functools.partial(_sort_blocks, argsort=argsort), result, keys)
+    result = jax.ShapeDtypeStruct(keys.shape, jnp.int32 if ranks else keys.dtype)
+    return _host_call(functools.partial(_sort_blocks, ranks=ranks), result, keys)
 
 
 def _host_call(task, result, operand):
@@ -187,16 +216,22 @@ def _pool():
     return concurrent.futures.ThreadPoolExecutor(os.cpu_count() or 1)
 
 
-def _sort_blocks(keys, out, *, argsort: bool):
-    """The host side of :func:`host_sort`: ``(..., n, d)`` NumPy keys sorted (or argsorted)
+def _sort_blocks(keys, out, *, ranks: bool):
+    """The host side of :func:`host_sort`: ``(..., n, d)`` NumPy keys sorted (or ranked)
     along axis ``-2`` into ``out``."""
     n, d = keys.shape[-2:]
     flat, flat_out = keys.reshape(-1, n, d), out.reshape(-1, n, d)
+    positions = np.broadcast_to(np.arange(n, dtype=np.int32), (HOST_BLOCK, n))
 
     def one(task):
         b, j = task
         rows = np.ascontiguousarray(flat[b, :, j:j + HOST_BLOCK].T)
-        done = np.argsort(rows, axis=1, kind="stable") if argsort else np.sort(rows, axis=1)
+        if ranks:
+            done = np.empty(rows.shape, np.int32)
+            np.put_along_axis(done, np.argsort(rows, axis=1, kind="stable"),
+                              positions[:rows.shape[0]], axis=1)
+        else:
+            done = np.sort(rows, axis=1)
         flat_out[b, :, j:j + HOST_BLOCK] = done.T
 
     _run_blocks(one, flat.shape[0], d)
