@@ -250,3 +250,30 @@ def test_records_are_kept_bit_for_bit_through_a_failed_rerun(tmp_path, capsys):
     after = {p.name: p.read_bytes() for p in (tmp_path / "runs").glob("*.json")}
     assert before == after and {json.loads(v)["key"]["rule"] for v in after.values()} == {
         "cwtm", "mean"}
+
+
+def test_plan_prices_the_adaptive_attack_from_the_same_rules_optimal_attacks():
+    """An adaptive group with no record of its own costs the same rule's measured
+    optimal-attack step times ADAPTIVE_FACTOR (not the directory's median step)."""
+    from types import SimpleNamespace
+
+    from nnmjax.experiments import estimate
+
+    def record(attack, rule, wall_s):
+        return {"key": {"dataset": "fm", "model": "cnn", "attack": attack, "rule": rule,
+                        "f": 4, "steps": 10}, "summary": {"wall_s": wall_s, "vmapped_runs": 1}}
+
+    records = [record("optimal_alie", "cwtm", 20.0), record("optimal_foe", "cwtm", 20.0),
+               record("alie", "cwtm", 1.0), record("alie", "krum", 1.0)]
+    config = SimpleNamespace(dataset="fm", model="cnn")
+
+    def group(attack, rule):
+        return SimpleNamespace(runs=[SimpleNamespace(config=config)], steps=10, resume_step=0,
+                               attack=attack, rule=rule)
+
+    seconds, how = estimate.plan_seconds([group("adaptive", "cwtm")], records)
+    assert seconds == pytest.approx(20.0 * estimate.ADAPTIVE_FACTOR) and "measured" in how
+    seconds, _ = estimate.plan_seconds([group("adaptive", "krum")], records)
+    directory_median = (0.1 + 2.0) / 2  # per run-step, over all four records
+    assert seconds == pytest.approx(10 * directory_median * estimate.SEARCH_FACTOR
+                                    * estimate.ADAPTIVE_FACTOR)
