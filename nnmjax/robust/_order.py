@@ -283,6 +283,22 @@ def window_sum(x, start: int, stop: int, *, scale: float = 1.0):
     return sum_rows(scale * sort_columns(x), start, stop)
 
 
+def median(x):
+    """The coordinate-wise median of the rows of ``x`` after :func:`sanitize`: the middle
+    row of the sorted rows, or the mean of the two middle ones for even ``n`` (halves
+    added, so the dtype's extremes do not overflow).
+
+    Example:
+        >>> import jax.numpy as jnp, numpy as np
+        >>> print(np.asarray(median(jnp.array([[0.0], [1.0], [5.0], [9.0]]))))
+        [3.]
+    """
+    n = x.shape[0]
+    if n % 2:
+        return window_sum(x, n // 2, n // 2 + 1)
+    return window_sum(x, n // 2 - 1, n // 2 + 1, scale=0.5)
+
+
 @functools.partial(jax.custom_jvp, nondiff_argnums=(1, 2, 3))
 def host_window_sum(x, start: int, stop: int, scale: float):
     """:func:`window_sum` computed by NumPy on the host, blocks of :data:`HOST_BLOCK`

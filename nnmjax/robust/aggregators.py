@@ -133,10 +133,7 @@ def cwmed(x: Real[ArrayLike, "n d"], f: int = 0) -> Float[Array, " d"]:
         [3.]
     """
     x, f = _prepare(x, f, "cwmed")
-    n = x.shape[0]
-    if n % 2:
-        return _order.window_sum(x, n // 2, n // 2 + 1)
-    return _order.window_sum(x, n // 2 - 1, n // 2 + 1, scale=0.5)
+    return _order.median(x)
 
 
 @keeps_dtype
