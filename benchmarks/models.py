@@ -30,6 +30,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from nnmjax.xla_options import jit
+
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "tests"))
 
@@ -70,7 +72,7 @@ def _gradient_case(model: str, impl: str):
         lp, _ = m.apply({"params": p, **stats}, xx, train=True, mutable=list(stats))
         return -jnp.mean(jnp.take_along_axis(lp, yy[:, None], 1))
 
-    g = jax.jit(jax.vmap(jax.grad(loss), in_axes=(None, 0, 0)))
+    g = jit(jax.vmap(jax.grad(loss), in_axes=(None, 0, 0)))
     return lambda: g(v["params"], x, y)
 
 

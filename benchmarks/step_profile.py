@@ -62,10 +62,12 @@ def machine_rates(repeats: int) -> dict:
     import jax
     import jax.numpy as jnp
 
+    from nnmjax.xla_options import jit
+
     a = jax.random.normal(jax.random.key(0), (2048, 2048), jnp.float32)
-    gemm = _timed(jax.jit(lambda a: a @ a), a, repeats=repeats)
+    gemm = _timed(jit(lambda a: a @ a), a, repeats=repeats)
     x = jnp.ones((16 * 2 ** 20,), jnp.float32)  # 64 MiB
-    stream = _timed(jax.jit(lambda x: 2.0 * x), x, repeats=repeats)
+    stream = _timed(jit(lambda x: 2.0 * x), x, repeats=repeats)
     return {"gemm_flops_per_s": 2 * 2048 ** 3 / gemm, "stream_bytes_per_s": 2 * x.nbytes / stream}
 
 
@@ -88,6 +90,7 @@ def profile(config, attack: str, rule_name: str, dataset, repeats: int, rates: d
     from nnmjax.robust import attacks, metrics
     from nnmjax.sim import build_experiment
     from nnmjax.sim.step import server_chain, step, worker_grads
+    from nnmjax.xla_options import jit
 
     exp = build_experiment(config, attack, rule_name, [1], dataset=dataset)
     state = exp.init()
@@ -97,7 +100,7 @@ def profile(config, attack: str, rule_name: str, dataset, repeats: int, rates: d
     server, agg, opt = one.opt_state
     key = jax.random.key(2)
 
-    grads_fn = jax.jit(lambda p, s, d, k: worker_grads(spec, p, s, d, k, c.weight_decay))
+    grads_fn = jit(lambda p, s, d, k: worker_grads(spec, p, s, d, k, c.weight_decay))
     args = (one.params, one.model_state, data, key)
     out = {"gradients": _timed(grads_fn, *args, repeats=repeats)}
     flops = _flops(grads_fn, *args)
@@ -107,27 +110,27 @@ def profile(config, attack: str, rule_name: str, dataset, repeats: int, rates: d
     plain = optax.chain(transforms.clip_by_worker_norm(c.clip) if c.clip else optax.identity(),
                         transforms.worker_momentum(c.momentum, c.honest))
     plain_state = plain.init(one.params)
-    out["clip + momentum"] = _timed(jax.jit(lambda g, s: plain.update(g, s, one.params)),
+    out["clip + momentum"] = _timed(jit(lambda g, s: plain.update(g, s, one.params)),
                                     grads, plain_state, repeats=repeats)
-    rows, _ = jax.jit(lambda g, s: chain.update(g, s, one.params))(grads, server)
+    rows, _ = jit(lambda g, s: chain.update(g, s, one.params))(grads, server)
     x, _ = ravel_workers(rows)
     honest = x[: c.honest]
     rule = exp.rule
     options = {"rule": rule} if attack in attacks.SEARCHING_ATTACKS else {}
     if attack != "none":
         fn = attacks.ATTACKS[attack]
-        out["attack"] = _timed(jax.jit(lambda h: fn(h, c.f, **options)), honest, repeats=repeats)
-    out["aggregation"] = _timed(jax.jit(lambda x: rule(x)), x, repeats=repeats)
+        out["attack"] = _timed(jit(lambda h: fn(h, c.f, **options)), honest, repeats=repeats)
+    out["aggregation"] = _timed(jit(lambda x: rule(x)), x, repeats=repeats)
     aggregate = rule(x)
-    out["kappa-hat"] = _timed(jax.jit(metrics.kappa_hat), aggregate, honest, repeats=repeats)
+    out["kappa-hat"] = _timed(jit(metrics.kappa_hat), aggregate, honest, repeats=repeats)
     tree_agg = jax.tree.map(lambda g: g[0], grads)
 
     def apply(g, s, p):
         updates, s = sgd.update(g, s, p)
         return optax.apply_updates(p, updates), s
 
-    out["optimizer"] = _timed(jax.jit(apply), tree_agg, opt, one.params, repeats=repeats)
-    whole = jax.jit(functools.partial(step, spec))
+    out["optimizer"] = _timed(jit(apply), tree_agg, opt, one.params, repeats=repeats)
+    whole = jit(functools.partial(step, spec))
     out["step"] = _timed(whole, one, data, hyper, repeats=repeats)
     chunk = _timed(lambda s: exp.run_chunk(s, 1)[0], state, repeats=repeats)
     out["chunk overhead"] = max(chunk - out["step"], 0.0)

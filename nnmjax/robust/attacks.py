@@ -265,10 +265,13 @@ def _line_search(damage, *, start, evals, delta, ratio):
 def _damage_fn(honest, direction, f, rule, key):
     """``etas (k,) -> ||rule(honest ++ f x (s + eta direction)) - s||^2`` for each ``eta``
     (``-1`` when not finite), on the fastest exact path: the closed form for CWTM and
-    CWMed (:func:`nnmjax.robust._subspace.window_damage_fn`), else
-    :func:`nnmjax.robust._subspace.residual_fn`."""
+    CWMed (:func:`nnmjax.robust._subspace.window_damage_fn`), mixings followed by a
+    coordinate-wise rule in column blocks (:func:`nnmjax.robust._subspace.mixed_damage_fn`),
+    else :func:`nnmjax.robust._subspace.residual_fn`."""
     if _subspace.windowed(rule):
         squares = _subspace.window_damage_fn(honest, direction, f, rule.f, rule.stages[0])
+    elif _subspace.mixed(rule):
+        squares = _subspace.mixed_damage_fn(honest, direction, f, rule, key)
     else:
         residual, small = _subspace.residual_fn(honest, direction, f, rule, key=key)
 

@@ -41,6 +41,7 @@ from nnmjax.sim.evaluate import EVAL_CHUNK, evaluate_accuracy
 from nnmjax.sim.placement import Placement, experiment_mesh, spans_processes
 from nnmjax.sim.program import STEP_KEYS, VMAPPED_KEYS, program_key
 from nnmjax.sim.step import RunState, StepSpec, init_state, learning_rate, run_steps
+from nnmjax.xla_options import jit
 from nnmjax.sim.worker_data import (RUN_AXES, data_workers, place_worker_data,
                                     worker_data_bytes, worker_parts)
 
@@ -130,13 +131,13 @@ class Experiment:
         self._vmapped_chunk = jax.vmap(functools.partial(run_steps, self.spec),
                                        in_axes=(0, RUN_AXES, 0, None), spmd_axis_name=runs)
         # on a mesh, jitted by init() once the state's layout is known
-        self._run_chunk = None if self.mesh else jax.jit(self._vmapped_chunk, static_argnums=3)
+        self._run_chunk = None if self.mesh else jit(self._vmapped_chunk, static_argnums=3)
         evaluate = functools.partial(evaluate_accuracy, self.model)
         if config.algorithm == "decentralized":  # every honest node: mean and worst
             evaluate = _mean_and_worst(jax.vmap(evaluate, in_axes=(0, 0, None, None)))
-        self._evaluate = jax.jit(jax.vmap(evaluate, in_axes=(0, 0, None, None),
+        self._evaluate = jit(jax.vmap(evaluate, in_axes=(0, 0, None, None),
                                           spmd_axis_name=runs))
-        self._init = jax.jit(jax.vmap(
+        self._init = jit(jax.vmap(
             functools.partial(init_state, self.spec, tuple(ds.x_train.shape[1:])),
             spmd_axis_name=runs))
 
@@ -147,7 +148,7 @@ class Experiment:
         if self.mesh is not None and self._run_chunk is None:
             shardings = self.placement.state_shardings(state)
             runs = NamedSharding(self.mesh, P("runs"))
-            self._run_chunk = jax.jit(self._vmapped_chunk, static_argnums=3,
+            self._run_chunk = jit(self._vmapped_chunk, static_argnums=3,
                                       out_shardings=(shardings, (runs, runs)))
             state = jax.device_put(state, shardings)
         return state
