@@ -22,8 +22,11 @@ each ended by ``jax.block_until_ready``):
   host transfers of the loss and kappa-hat, per chunk;
 - **evaluation**: ``Experiment.evaluate`` on the 10,000 test images.
 
+Every part compiles with :func:`nnmjax.xla_options.compiler_options`, as the simulator does.
+
 Floors: the gradients' FLOPs (XLA's cost analysis of the compiled gradient program) at the
-machine's measured GEMM rate (the median rate of a jitted ``2048 x 2048`` float32 matmul);
+machine's measured GEMM rate (the median rate of a jitted ``2048 x 2048`` float32 matmul,
+with XLA's default options);
 the aggregation's bytes (one read of the ``(17, d)`` float32 rows) at the measured
 streaming rate (a jitted ``2 * x`` over a 64 MiB array, read and written). Each part is
 reported in ms and as a multiple of its floor. Results in a table and in JSON
@@ -62,12 +65,10 @@ def machine_rates(repeats: int) -> dict:
     import jax
     import jax.numpy as jnp
 
-    from nnmjax.xla_options import jit
-
     a = jax.random.normal(jax.random.key(0), (2048, 2048), jnp.float32)
-    gemm = _timed(jit(lambda a: a @ a), a, repeats=repeats)
+    gemm = _timed(jax.jit(lambda a: a @ a), a, repeats=repeats)
     x = jnp.ones((16 * 2 ** 20,), jnp.float32)  # 64 MiB
-    stream = _timed(jit(lambda x: 2.0 * x), x, repeats=repeats)
+    stream = _timed(jax.jit(lambda x: 2.0 * x), x, repeats=repeats)
     return {"gemm_flops_per_s": 2 * 2048 ** 3 / gemm, "stream_bytes_per_s": 2 * x.nbytes / stream}
 
 
