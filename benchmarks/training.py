@@ -337,6 +337,10 @@ def time_byzfl(attack: str, steps: int, warmup: int, data_dir: str, *, n: int = 
 
 
 # --------------------------------------------------------------------------- report
+#: The most a vmapped seed-step may cost, as a share of one run's step.
+SEED_SHARE = 0.6
+
+
 def targets(results: dict) -> list[dict]:
     ok = [r for r in results["nnmjax"] if "s_per_step" in r]
     ours1 = {r["attack"]: r for r in ok if r["vmapped_seeds"] == 1}
@@ -345,7 +349,7 @@ def targets(results: dict) -> list[dict]:
     out = []
     fedavg = results.get("local_steps") is not None
     needs = ((("alie", 3.0), ("optimal_alie", 3.0)) if fedavg
-             else (("optimal_alie", 5.0), ("alie", 2.0)))
+             else (("optimal_alie", 6.0), ("alie", 3.0)))
     what = f"a round of {results.get('local_steps')} local steps" if fedavg else "a step"
     for attack, need in needs:
         t = {"target": f"{attack}: {what} costs >= {need:g}x less than ByzFL's",
@@ -358,11 +362,11 @@ def targets(results: dict) -> list[dict]:
         if attack not in ours1 and attack not in ours5:
             continue
         k = ours5[attack]["vmapped_seeds"] if attack in ours5 else "k"
-        t = {"target": f"{attack}: {k} vmapped seeds cost less per seed-step than one run",
-             "ratio": None, "need": 1.0, "met": None}
+        t = {"target": f"{attack}: {k} vmapped seeds cost at most {SEED_SHARE:g}x one run "
+                       "per seed-step", "ratio": None, "need": SEED_SHARE, "met": None}
         if attack in ours1 and attack in ours5:
             a, b = ours5[attack]["s_per_seed_step"], ours1[attack]["s_per_step"]
-            t.update(ratio=b / a, met=a < b)
+            t.update(ratio=a / b, met=a <= SEED_SHARE * b)
         out.append(t)
     return out
 

@@ -2,18 +2,22 @@
 
 On the CPU backend, recent jaxlib releases hand convolutions, matrix products, reductions
 and elementwise work to the YNNPACK library ("ynn fusions"). For the shapes of a robust
-learning step these run single-threaded and many times slower than XLA's own CPU kernels.
-On a 2-core Intel Xeon, jaxlib 0.10.2 (``python benchmarks/step_profile.py``, and the
-figures of the performance page of the docs):
+learning step several of these run single-threaded and many times slower than XLA's own
+CPU kernels: reductions over the worker axis (the attacks' means and standard deviations,
+kappa-hat, momentum) and the workers' Gram matrix. ``python benchmarks/xla_options.py``
+on a 2-core Intel Xeon, jaxlib 0.10.2 (``benchmarks/results/xla-options-cpu.json``),
+median ms:
 
-=============================================  ===========  ==========
-jitted on ``(17, 431080)`` float32 / the CNN    ynn fusions  XLA's own
-=============================================  ===========  ==========
-``z.sum(0)``                                   27.8 ms      0.7 ms
-``z.std(0)``                                   73.7 ms      1.7 ms
-``z @ z.T``                                    25.0 ms      3.6 ms
-13 workers' gradients, ``byzfl_cnn_mnist``     245 ms       83 ms
-=============================================  ===========  ==========
+=======================================  ===========  ==========  =====
+jitted, float32                          ynn fusions  XLA's own   ratio
+=======================================  ===========  ==========  =====
+``x.sum(0)``, ``x`` of ``(17, 431080)``  23.0         1.0         23.6x
+``x.std(0)``                             49.4         3.0         16.3x
+``x @ x.T``                              20.3         3.6         5.6x
+``2048 x 2048`` matmul                   47.2         43.1        1.09x
+13 workers' gradients, ``cnn_mnist``     92.2         84.6        1.09x
+NNM + CWTM on ``x``                      25.1         23.5        1.07x
+=======================================  ===========  ==========  =====
 
 :func:`compiler_options` turns the ynn fusions off
 (``xla_cpu_experimental_ynn_fusion_type=""``) on the CPU backend when the installed
