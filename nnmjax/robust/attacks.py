@@ -323,14 +323,19 @@ def _find_eta(honest, direction, key, *, f, rule, search, offset, grid_options):
 
 def _sequential_search(rule, search: str) -> bool:
     """Whether vmapped instances of the search run one after another rather than as one
-    batch: ByzFL's line search (one candidate at a time) on CPU, for a rule whose every
-    evaluation is its own pass over the ``(n, d)`` inputs (not evaluated in coordinates).
-    There five instances at ``(17, 176050)`` cost 11-35 % less one after another than as a
-    batch of passes; under the grid search, whose candidates are already batched, the two
-    differ by less than the noise (``python benchmarks/search.py``,
-    ``benchmarks/README.md``)."""
-    return (search == "byzfl" and jax.default_backend() == "cpu"
-            and not _subspace.in_coordinates(rule))
+    batch, on CPU: ByzFL's line search (one candidate at a time) for a rule whose every
+    evaluation is its own pass over the ``(n, d)`` inputs (not evaluated in coordinates),
+    and any search on mixings followed by a coordinate-wise rule (whose candidates are
+    evaluated per block of columns). For the line search, five instances at
+    ``(17, 176050)`` cost 11-35 % less one after another than as a batch of passes
+    (``python benchmarks/search.py``, ``benchmarks/README.md``); for the blocked
+    evaluation, a batch of instances would round the candidates' mixed rows differently
+    from one instance alone, so a vmapped run could pick another ``eta`` at a near tie than
+    the same run alone."""
+    if jax.default_backend() != "cpu":
+        return False
+    return ((search == "byzfl" and not _subspace.in_coordinates(rule))
+            or _subspace.mixed(rule))
 
 
 def _search(honest, f, rule, etas, direction, refine, zooms, brackets, key):

@@ -43,8 +43,8 @@ import optax
 
 from nnmjax.models.losses import average_batch_stats
 from nnmjax.optim import federated
-from nnmjax.sim.step import (RunState, StepSpec, draw_batches, learning_rate, server_update,
-                             worker_loss)
+from nnmjax.sim.step import (RunState, StepSpec, draw_batches, learning_rate, runs_one_by_one,
+                             server_update, worker_loss)
 from nnmjax.sim.worker_data import RunData
 
 __all__ = ["participants", "local_keys", "fedavg_round"]
@@ -92,10 +92,16 @@ def fedavg_round(spec: StepSpec, state: RunState, data: RunData,
                            weight_decay=weight_decay)
 
     lr = learning_rate(c, lr=value(hyper, "lr"))(state.step)
-    local = federated.local_updates(
-        loss_fn, state.params, batches, model_state=state.model_state,
-        optimizer=optax.sgd(lr, momentum=c.local_momentum or None),
-        clients_per_call=1 if jax.default_backend() == "cpu" else None)
+
+    def clients_train(params, model_state, batches, lr):
+        return federated.local_updates(
+            loss_fn, params, batches, model_state=model_state,
+            optimizer=optax.sgd(lr, momentum=c.local_momentum or None),
+            clients_per_call=1 if jax.default_backend() == "cpu" else None)
+
+    if runs_one_by_one(spec):
+        clients_train = jax.custom_batching.sequential_vmap(clients_train)
+    local = clients_train(state.params, state.model_state, batches, lr)
     params, opt_state, kappa = server_update(
         spec, state, federated.pseudo_gradients(local.updates), hyper)
     m_h = spec.rows[0]

@@ -43,7 +43,7 @@ from nnmjax.robust.rules import Rule
 from nnmjax.sim.worker_data import RunData
 
 __all__ = ["RunState", "StepSpec", "learning_rate", "server_chain", "worker_loss", "worker_grads", "init_state",
-           "step", "run_steps", "draw_batches", "server_update"]
+           "step", "run_steps", "draw_batches", "server_update", "runs_one_by_one"]
 
 
 def learning_rate(config: Config, lr: float | jax.Array | None = None):
@@ -169,6 +169,16 @@ def draw_batches(spec: StepSpec, data: RunData, key, workers: int):
     return drop, xb, yb
 
 
+def runs_one_by_one(spec: StepSpec) -> bool:
+    """Whether vmapped runs compute their workers' gradients one run after another
+    (``jax.custom_batching.sequential_vmap``) rather than as one batch: on the CPU backend
+    without a mesh. There each run's own parameters turn the convolutions' matmuls into
+    batched ones, which cost 1.45-1.6x more per run than one run's (13 workers' gradients
+    of ``byzfl_cnn_mnist``, 1 or 5 runs, ``python benchmarks/training.py``, the
+    performance page of the docs)."""
+    return spec.mesh is None and jax.default_backend() == "cpu"
+
+
 def worker_grads(spec: StepSpec, params, model_state, data: RunData, key, weight_decay, *,
                  per_worker: bool = False):
     """Every worker's loss and gradient (one vmap) and the new BatchNorm statistics: the
@@ -187,11 +197,15 @@ def worker_grads(spec: StepSpec, params, model_state, data: RunData, key, weight
     if c.algorithm == "dgd":
         every = gather_indexed(data.x, data.y, data.index, num_classes=spec.num_classes)
         mask = (jnp.arange(every.y.shape[1])[None, :] < every.counts[:, None]).astype(jnp.float32)
-        (losses, stats), grads = jax.vmap(grad, in_axes=(shared, shared, 0, 0, 0, 0))(
-            params, model_state, drop, every.x, every.y, mask)
+        workers = jax.vmap(grad, in_axes=(shared, shared, 0, 0, 0, 0))
+        args = (params, model_state, drop, every.x, every.y, mask)
     else:
-        (losses, stats), grads = jax.vmap(grad, in_axes=(shared, shared, 0, 0, 0))(
-            params, model_state, drop, xb, yb)
+        workers = jax.vmap(grad, in_axes=(shared, shared, 0, 0, 0))
+        args = (params, model_state, drop, xb, yb)
+    if runs_one_by_one(spec):
+        batched = workers
+        workers = jax.custom_batching.sequential_vmap(lambda *a: batched(*a))
+    (losses, stats), grads = workers(*args)
     if spec.mesh is not None and spec.mesh.shape["workers"] > 1:
         # each device computed its own workers' gradients; drop the padding
         by_worker = NamedSharding(spec.mesh, P("workers"))
