@@ -418,11 +418,13 @@ def test_optimal_attack_ignores_non_finite_outputs():
 @pytest.mark.parametrize("search", ["grid", "byzfl"])
 def test_vmapped_optimal_attacks_equal_one_by_one(name, search):
     """Under vmap (a grid's runs) each instance gets the eta of its own search, whether the
-    search runs the instances one after another (ByzFL's line search on a rule evaluated
-    over d, on CPU) or batched; the rows stay differentiable in the honest inputs with eta
-    held fixed."""
+    search runs the instances one after another (on CPU: ByzFL's line search on a rule
+    evaluated over d, and any search on mixings + a coordinate-wise rule) or batched; the
+    rows stay differentiable in the honest inputs with eta held fixed."""
     rule = nnmjax.rule(name, F_BYZ)
-    assert atk._sequential_search(rule, search) is (search == "byzfl" and name != "krum")
+    mixed = name in ("nnm+cwtm", "bucketing+cwmed")
+    assert atk._sequential_search(rule, search) is ((search == "byzfl" and name != "krum")
+                                                     or mixed)
     hs = jnp.stack([honest_data(s, h=H_ROWS, d=DIM) for s in range(3)])
     keys = jax.random.split(jax.random.key(0), 3)
     for attack in (atk.optimal_alie, atk.optimal_foe):

@@ -84,16 +84,15 @@ def fedavg_round(spec: StepSpec, state: RunState, data: RunData,
     drop, xb, yb = jax.vmap(lambda k: draw_batches(spec, data, k, clients))(
         local_keys(k_batch, c.local_steps))
     batches = jax.tree.map(lambda a: jnp.swapaxes(a, 0, 1), (drop, xb, yb))  # (clients, T)
-    weight_decay = value(hyper, "weight_decay")
-
-    def loss_fn(params, model_state, batch):
-        k, x, y = batch
-        return worker_loss(spec.model, params, model_state, k, x, y,
-                           weight_decay=weight_decay)
-
     lr = learning_rate(c, lr=value(hyper, "lr"))(state.step)
 
-    def clients_train(params, model_state, batches, lr):
+    def clients_train(params, model_state, batches, lr, weight_decay):
+        # every traced value an argument (none closed over), for sequential_vmap
+        def loss_fn(params, model_state, batch):
+            k, x, y = batch
+            return worker_loss(spec.model, params, model_state, k, x, y,
+                               weight_decay=weight_decay)
+
         return federated.local_updates(
             loss_fn, params, batches, model_state=model_state,
             optimizer=optax.sgd(lr, momentum=c.local_momentum or None),
@@ -101,7 +100,8 @@ def fedavg_round(spec: StepSpec, state: RunState, data: RunData,
 
     if runs_one_by_one(spec):
         clients_train = jax.custom_batching.sequential_vmap(clients_train)
-    local = clients_train(state.params, state.model_state, batches, lr)
+    local = clients_train(state.params, state.model_state, batches, lr,
+                          value(hyper, "weight_decay"))
     params, opt_state, kappa = server_update(
         spec, state, federated.pseudo_gradients(local.updates), hyper)
     m_h = spec.rows[0]

@@ -188,7 +188,7 @@ def worker_grads(spec: StepSpec, params, model_state, data: RunData, key, weight
     c, w = spec.config, spec.workers
     shared = 0 if per_worker else None
 
-    def loss(params, model_state, key, x, y, mask=None):
+    def loss(params, model_state, weight_decay, key, x, y, mask=None):
         return worker_loss(spec.model, params, model_state, key, x, y, mask,
                            weight_decay=weight_decay)
 
@@ -197,12 +197,12 @@ def worker_grads(spec: StepSpec, params, model_state, data: RunData, key, weight
     if c.algorithm == "dgd":
         every = gather_indexed(data.x, data.y, data.index, num_classes=spec.num_classes)
         mask = (jnp.arange(every.y.shape[1])[None, :] < every.counts[:, None]).astype(jnp.float32)
-        workers = jax.vmap(grad, in_axes=(shared, shared, 0, 0, 0, 0))
-        args = (params, model_state, drop, every.x, every.y, mask)
+        workers = jax.vmap(grad, in_axes=(shared, shared, None, 0, 0, 0, 0))
+        args = (params, model_state, weight_decay, drop, every.x, every.y, mask)
     else:
-        workers = jax.vmap(grad, in_axes=(shared, shared, 0, 0, 0))
-        args = (params, model_state, drop, xb, yb)
-    if runs_one_by_one(spec):
+        workers = jax.vmap(grad, in_axes=(shared, shared, None, 0, 0, 0))
+        args = (params, model_state, weight_decay, drop, xb, yb)
+    if runs_one_by_one(spec):  # every traced value an argument: none closed over
         batched = workers
         workers = jax.custom_batching.sequential_vmap(lambda *a: batched(*a))
     (losses, stats), grads = workers(*args)
