@@ -173,9 +173,19 @@ def runs_one_by_one(spec: StepSpec) -> bool:
     """Whether vmapped runs compute their workers' gradients one run after another
     (``jax.custom_batching.sequential_vmap``) rather than as one batch: on the CPU backend
     without a mesh. There each run's own parameters turn the convolutions' matmuls into
-    batched ones, which cost 1.45-1.6x more per run than one run's (13 workers' gradients
-    of ``byzfl_cnn_mnist``, 1 or 5 runs, ``python benchmarks/training.py``, the
-    performance page of the docs)."""
+    batched ones: the 13 workers' gradients of ``byzfl_cnn_mnist`` cost 1.49x more per run
+    batched than one by one for 1 run, 1.40x for 5 (``python benchmarks/gradients.py``,
+    ``benchmarks/results/gradients-cpu.json``). FedAvg's local steps
+    (:mod:`nnmjax.sim.fedavg`) follow the same choice.
+
+    Examples:
+        >>> from nnmjax.experiments.config import Config
+        >>> from nnmjax.sim import build_experiment
+        >>> exp = build_experiment(Config(model="logreg", n=5, f=1, batch_size=4), "alie",
+        ...                        "cwtm", seeds=[1, 2])
+        >>> runs_one_by_one(exp.spec) == (jax.default_backend() == "cpu")
+        True
+    """
     return spec.mesh is None and jax.default_backend() == "cpu"
 
 
