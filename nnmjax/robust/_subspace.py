@@ -216,14 +216,19 @@ def mixed(rule) -> bool:
     return bool(pres) and last in COORDINATEWISE and all(st in ("nnm", "bucketing") for st in pres)
 
 
+def _centred_rows(honest, direction):
+    """``w = [h_1 - s; ...; h_h - s; a]``, ``(h + 1, d)``."""
+    return jnp.concatenate([honest - jnp.mean(honest, axis=0),
+                            direction[None].astype(honest.dtype)], axis=0)
+
+
 def _mixed_coefficients(honest, direction, f, rule, key):
     """``(w, coef)`` with the mixed rows ``coef(eta) @ w`` for a :func:`mixed` rule:
     ``w = [h_1 - s; ...; h_h - s; a]`` ``(h + 1, d)`` and ``coef(eta)`` ``(m, h + 1)``, the
     mixings computed on the coordinates (no pass over ``d`` per ``eta``)."""
     *pres, _ = rule.stages
     h, rf = honest.shape[0], rule.f
-    w = jnp.concatenate([honest - jnp.mean(honest, axis=0),
-                         direction[None].astype(honest.dtype)], axis=0)
+    w = _centred_rows(honest, direction)
     hc, ac = coordinates(w[:h], direction)  # the centring pass over d is done once, for both
 
     def coef(eta):
@@ -249,8 +254,7 @@ def _mixed_coordinatewise(honest, direction, f, rule, key):
     h, rf = honest.shape[0], rule.f
     aggregate = _agg.AGGREGATORS[last]
     if not pres:
-        w = jnp.concatenate([honest - jnp.mean(honest, axis=0),
-                             direction[None].astype(honest.dtype)], axis=0)
+        w = _centred_rows(honest, direction)
         return lambda eta: aggregate(_stack(w[:h], eta * w[h], f), rf, **rule.options)
     w, coef = _mixed_coefficients(honest, direction, f, rule, key)
 
