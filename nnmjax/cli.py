@@ -204,6 +204,10 @@ def _add_run(subparsers) -> None:
     p.add_argument("--plan", action="store_true",
                    help="list the compiled groups a run would run, in order (and where a "
                         "checkpoint resumes one), then exit without running anything")
+    p.add_argument("--measure", type=int, default=None, metavar="K",
+                   help="with --plan: build each group's program and time two chunks of K "
+                        "steps and two evaluations, then estimate from these measured costs "
+                        "instead of the directory's records (each group compiles: minutes)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--no-plots", dest="plots", action="store_false",
                    help="write the records, table and summary but no figures (draw them later "
@@ -270,11 +274,15 @@ def _run_check(args) -> int:
     return 0 if equal == len(checks) else 1
 
 
-def _print_plan(config, out_dir, shard) -> int:
+def _print_plan(config, out_dir, shard, *, measure: int | None = None) -> int:
     from nnmjax.experiments import estimate, results
     from nnmjax.experiments.grid import plan_grid
 
+    if measure is not None and measure < 1:
+        raise ValueError(f"--measure must be >= 1 steps; got {measure}")
     done, groups, missing_data = plan_grid(config, out_dir, shard=shard)
+    if measure is not None:
+        return _print_measured_plan(groups, len(done), missing_data, measure)
     runs = sum(len(g.runs) for g in groups)
     left = sum(len(g.runs) * (g.steps - g.resume_step) for g in groups)
     seconds, how = estimate.plan_seconds(groups, results.load_records(out_dir))
@@ -292,6 +300,36 @@ def _print_plan(config, out_dir, shard) -> int:
     if missing_data:
         print(f"\nThe run needs data not found here, so these groups are not split by memory "
               f"(a run splits a group whose worker data exceed its budget):\n{missing_data}")
+    return 0
+
+
+def _print_measured_plan(groups, done: int, missing_data: str | None, steps: int) -> int:
+    """``--plan --measure K``: time each group's program, a line per group, then the total."""
+    from nnmjax.experiments import estimate
+    from nnmjax.experiments.grid import load_datasets
+    from nnmjax.experiments.measure import measure_groups
+
+    if missing_data:
+        raise ValueError(f"--measure runs the groups' programs, which need their data:\n"
+                         f"{missing_data}")
+    runs = sum(len(g.runs) for g in groups)
+    print(f"{runs} runs in {len(groups)} compiled groups to run ({done} already done); "
+          f"timing each group's program for 2 x {steps} steps:")
+    print(f"  {'attack / rule':34s} {'runs':>4s} {'ms/run-step':>11s} {'eval s':>7s} "
+          f"{'compile s':>9s} {'total':>8s}")
+
+    def line(c):
+        print(f"  {c.attack + ' / ' + c.rule:34s} {c.runs:4d} {1e3 * c.step_s:11.1f} "
+              f"{c.eval_s:7.2f} {c.compile_s:9.1f} {estimate.format_seconds(c.total_s):>8s}",
+              flush=True)
+
+    costs = measure_groups(groups, load_datasets([s for g in groups for s in g.runs]),
+                           steps=steps, progress=line)
+    if costs:
+        total = sum(c.total_s for c in costs)
+        print(f"\nEstimated wall time: {estimate.format_seconds(total)} (measured now: "
+              f"{sum(c.compile_s for c in costs) / 60:.0f} min of compilation, the rest "
+              f"run-steps and evaluations)")
     return 0
 
 
@@ -329,7 +367,7 @@ def _run_run(args) -> int:
         try:
             config, shard, reporter = _run_setup(args, (int(i), int(k)))
             if args.plan:
-                return _print_plan(config, args.out, shard)
+                return _print_plan(config, args.out, shard, measure=args.measure)
             stop.check()
             if args.jobs != 1:
                 status = _run_jobs(args, config, shard, stop)

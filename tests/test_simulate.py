@@ -433,13 +433,14 @@ def test_cli_run_table_plot(tmp_path, capsys):
 @pytest.mark.skipif(not Path("/usr/share/datasets/fashion-mnist").is_dir()
                     and not os.environ.get("NNMJAX_DATA_DIR"),
                     reason="Fashion-MNIST not installed (apt-get install dataset-fashion-mnist)")
-def test_fashion_mnist_paper_setting_reaches_65_percent(tmp_path):
-    """Paper setting: D-SHB, n=17, f=4, Dirichlet alpha=0.1, ALIE vs nnm+cwtm, 200 steps."""
-    cfg = load_config(None, ["dataset='fashion_mnist'", "model='paper_cnn'", "steps=200",
+def test_fashion_mnist_paper_setting_reaches_70_percent_in_100_steps(tmp_path):
+    """Paper setting: D-SHB, n=17, f=4, Dirichlet alpha=0.1, ALIE vs nnm+cwtm, 100 steps
+    (seed 1 is at 0.77 there)."""
+    cfg = load_config(None, ["dataset='fashion_mnist'", "model='paper_cnn'", "steps=100",
                              "lr=0.75", "attacks=['alie']", "rules=['nnm+cwtm']", "baseline=false",
                              "eval_every=50", "augment_flip=true", "seeds=[1]"])
     rec, = run_grid(cfg, tmp_path, progress=False)
-    assert rec["summary"]["max_test_acc"] >= 0.65, rec["curves"]["test_acc"]
+    assert rec["summary"]["max_test_acc"] >= 0.70, rec["curves"]["test_acc"]
 
 
 def test_shards_partition_the_grid(tmp_path, tiny_config):

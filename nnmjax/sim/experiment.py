@@ -40,7 +40,8 @@ from nnmjax.optim import transforms
 from nnmjax.sim.evaluate import EVAL_CHUNK, evaluate_accuracy
 from nnmjax.sim.placement import Placement, experiment_mesh, spans_processes
 from nnmjax.sim.program import STEP_KEYS, VMAPPED_KEYS, program_key
-from nnmjax.sim.step import RunState, StepSpec, init_state, learning_rate, run_steps
+from nnmjax.sim.step import (RunState, StepSpec, init_state, learning_rate, run_steps,
+                             runs_one_by_one)
 from nnmjax.xla_options import jit
 from nnmjax.sim.worker_data import (RUN_AXES, data_workers, place_worker_data,
                                     worker_data_bytes, worker_parts)
@@ -135,6 +136,8 @@ class Experiment:
         evaluate = functools.partial(evaluate_accuracy, self.model)
         if config.algorithm == "decentralized":  # every honest node: mean and worst
             evaluate = _mean_and_worst(jax.vmap(evaluate, in_axes=(0, 0, None, None)))
+        if runs_one_by_one(self.spec):  # as the gradients: batched convolutions are slower
+            evaluate = jax.custom_batching.sequential_vmap(evaluate)
         self._evaluate = jit(jax.vmap(evaluate, in_axes=(0, 0, None, None),
                                           spmd_axis_name=runs))
         self._init = jit(jax.vmap(

@@ -176,7 +176,8 @@ def runs_one_by_one(spec: StepSpec) -> bool:
     batched ones: the 13 workers' gradients of ``byzfl_cnn_mnist`` cost 1.49x more per run
     batched than one by one for 1 run, 1.40x for 5 (``python benchmarks/gradients.py``,
     ``benchmarks/results/gradients-cpu.json``). FedAvg's local steps
-    (:mod:`nnmjax.sim.fedavg`) follow the same choice.
+    (:mod:`nnmjax.sim.fedavg`) and the evaluation of the runs' test accuracy
+    (:class:`nnmjax.sim.Experiment`) follow the same choice.
 
     Examples:
         >>> from nnmjax.experiments.config import Config
