@@ -1,6 +1,10 @@
 """A grid's cost on this machine from each group's measured step cost, with the current code.
 
-``python benchmarks/grid_cost.py [CONFIG] [--steps 10] [--set KEY=VALUE ...] [--out F]``
+``GLIBC_TUNABLES=glibc.malloc.hugetlb=1 python benchmarks/grid_cost.py [CONFIG] [--steps 10]
+[--set KEY=VALUE ...] [--out F]``
+
+(the huge pages ``nnmjax run`` gives itself, :mod:`nnmjax.bench.hugepages`; the JSON records
+which were in effect).
 
 Default CONFIG: the committed Fashion-MNIST Table 2 grid
 (``experiments/paper/fashion_mnist_table2.toml``: 61 groups, 305 runs of 800 steps). Every
@@ -27,6 +31,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 from training import machine_info  # noqa: E402
 
+from nnmjax.bench import hugepages  # noqa: E402
 from nnmjax.experiments.config import load_grid  # noqa: E402
 from nnmjax.experiments.estimate import format_seconds  # noqa: E402
 from nnmjax.experiments.grid import load_datasets, plan_grid  # noqa: E402
@@ -64,7 +69,8 @@ def main(argv=None) -> int:
         per_attack[c.attack] += c.total_s
     print(f"estimated grid wall time: {format_seconds(total)} ({total / 3600:.2f} h); "
           + ", ".join(f"{a} {v / 3600:.2f} h" for a, v in per_attack.items()))
-    out = {"schema": 1, "machine": machine_info(), "code": code_info(),
+    out = {"schema": 1, "machine": machine_info(), "hugepages": hugepages.status(),
+           "code": code_info(),
            "argv": list(argv if argv is not None else sys.argv[1:]), "config": args.config,
            "steps_per_chunk": args.steps, "measure_wall_s": time.perf_counter() - start,
            "total_s": total, "per_attack_s": dict(per_attack),

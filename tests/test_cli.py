@@ -218,6 +218,34 @@ def test_plan_estimates_the_wall_time(tmp_path, capsys):
     assert "Estimated wall time:" in plan and "measured in this directory" in plan
 
 
+def test_plan_measure_times_each_group_and_writes_nothing(tmp_path, capsys):
+    """--plan --measure K builds and times every group's program (a line each, then the
+    total); it writes no record, and bad values or missing data are one-line errors."""
+    out = ["--out", str(tmp_path / "out")]
+    grid = [*TINY, "--set", "attacks=['sign_flipping', 'alie']"]
+    assert main(["run", *out, "--plan", "--measure", "1", *grid]) == 0
+    text = capsys.readouterr().out
+    assert "timing each group's program for 2 x 1 steps" in text
+    for group in ("sign_flipping / cwtm", "alie / cwtm", "none / mean"):
+        assert group in text, group
+    assert "Estimated wall time:" in text and "measured now" in text
+    assert not (tmp_path / "out" / "runs").exists()
+    _fails(capsys, ["run", *out, "--plan", "--measure", "0", *TINY], "--measure must be >= 1")
+    _fails(capsys, ["run", *out, "--plan", "--measure", "1", *TINY, "--set", "dataset='mnist'",
+                    "--set", f"data_dir='{tmp_path}'"], "need their data", lines=None)
+
+
+def test_measure_group_rejects_bad_steps(tmp_path):
+    from nnmjax.experiments.config import Config
+    from nnmjax.experiments.grid import plan_grid
+    from nnmjax.experiments.measure import measure_group
+
+    group = plan_grid(Config(model="logreg", n=5, f=1, steps=4), tmp_path).groups[0]
+    for steps in (0, 1.5, True):
+        with pytest.raises(ValueError, match="steps must be an integer >= 1"):
+            measure_group(group, {}, steps=steps)
+
+
 def test_help_lists_keys_and_names_with_examples(capsys):
     with pytest.raises(SystemExit):
         main(["run", "--help"])
