@@ -265,23 +265,45 @@ def _mixed_coordinatewise(honest, direction, f, rule, key):
     return residual
 
 
+def _nnm_windowed(rule) -> bool:
+    """Whether ``rule`` is NNM followed by CWTM or CWMed: NNM gives the ``f`` identical
+    Byzantine rows identical neighbourhoods, so its mixed rows are ``h`` mixed honest rows
+    and ``f`` copies of one more, and the window's closed form
+    (:func:`_window_evaluator`) applies to them."""
+    return isinstance(rule, Rule) and rule.stages[:-1] == ("nnm",) and rule.stages[-1] in WINDOWED
+
+
 def mixed_damage_fn(honest, direction, f: int, rule, key, *, block: int = 2048):
     """``etas (k,) -> ||residual(eta)||^2`` for a :func:`mixed` rule, every ``eta`` of a
     block of ``block`` columns at a time: the mixing coefficients of all candidates first
     (``(k, m, h + 1)``, no pass over ``d``), then, per block, the mixed rows of every
     candidate (one product) and the aggregator, in cache. One pass over ``w`` for all
     candidates instead of one per candidate; the same sums as
-    :func:`_mixed_coordinatewise` in another order (float32 round-off)."""
+    :func:`_mixed_coordinatewise` in another order (float32 round-off).
+
+    For NNM followed by CWTM or CWMed (:func:`_nnm_windowed`) the product forms only the
+    ``h`` mixed honest rows and the one mixed Byzantine row, and the aggregator is the
+    window's closed form on the ``h`` sorted honest ones (a sort of ``h`` rows, not
+    ``h + f``)."""
     last = rule.stages[-1]
     w, coef = _mixed_coefficients(honest, direction, f, rule, key)
     aggregate = _agg.AGGREGATORS[last]
+    h = honest.shape[0]
+    rows_used = h + f
+    if _nnm_windowed(rule):
+        rows_used = h + 1  # the f Byzantine rows' mixings are one row, f times
+        evaluate = _window_evaluator(h, f, rule.f, last)
+
+        def aggregate(y, rule_f):
+            rows = _order.sorted_rows(y[:h])
+            return evaluate(jnp.stack(rows) if isinstance(rows, list) else rows, y[h], 1.0)
     d = w.shape[1]
     block = min(block, d)
     pad = (-d) % block  # zero columns: zero residual
     blocks = jnp.pad(w, ((0, 0), (0, pad))).reshape(w.shape[0], -1, block).transpose(1, 0, 2)
 
     def damage(etas):
-        coefs = jax.vmap(coef)(etas)
+        coefs = jax.vmap(coef)(etas)[:, :rows_used]
 
         def one_block(wb):
             y = jnp.einsum("enk,kb->enb", coefs, wb, precision=jax.lax.Precision.HIGHEST)
