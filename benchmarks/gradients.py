@@ -16,16 +16,14 @@ Results go to ``benchmarks/results/gradients-<backend>.json`` (or ``--out``).
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
-import time
 from pathlib import Path
 
 import jax
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from training import machine_info  # noqa: E402
+from training import interleaved_samples, machine_info, write_record  # noqa: E402
 
 from nnmjax.models import make_model  # noqa: E402
 from nnmjax.models.losses import nll  # noqa: E402
@@ -61,15 +59,7 @@ def main(argv=None) -> int:
     rows = []
     for runs in args.runs:
         fargs, fns = programs(args.model, runs)
-        samples = {k: [] for k in fns}
-        for fn in fns.values():
-            jax.block_until_ready(fn(*fargs))
-        for _ in range(args.repeats):
-            for k, fn in fns.items():
-                t = time.perf_counter()
-                jax.block_until_ready(fn(*fargs))
-                samples[k].append(time.perf_counter() - t)
-        for k, v in samples.items():
+        for k, v in interleaved_samples(fns, fargs, args.repeats).items():
             med = statistics.median(v)
             rows.append({"runs": runs, "way": k, "median_s": med, "per_run_ms": 1e3 * med / runs,
                          "samples_s": v})
@@ -77,8 +67,7 @@ def main(argv=None) -> int:
                   flush=True)
     out = {"schema": 1, "machine": machine_info(), "argv": list(argv or sys.argv[1:]),
            "model": args.model, "workers": WORKERS, "batch": BATCH, "results": rows}
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(out, indent=1) + "\n")
+    write_record(args.out, out)
     print(f"wrote {args.out}")
     return 0
 

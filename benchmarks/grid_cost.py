@@ -18,7 +18,6 @@ Results go to ``benchmarks/results/grid-cost-<backend>.json`` (or ``--out``).
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
 import time
@@ -29,7 +28,7 @@ import jax
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from training import machine_info  # noqa: E402
+from training import machine_info, write_record  # noqa: E402
 
 from nnmjax.bench import hugepages  # noqa: E402
 from nnmjax.experiments.config import load_grid  # noqa: E402
@@ -75,8 +74,7 @@ def main(argv=None) -> int:
            "steps_per_chunk": args.steps, "measure_wall_s": time.perf_counter() - start,
            "total_s": total, "per_attack_s": dict(per_attack),
            "groups": [c._asdict() for c in costs]}
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(out, indent=1) + "\n")
+    write_record(args.out, out)
     print(f"wrote {args.out}")
     return 0
 

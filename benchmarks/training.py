@@ -624,22 +624,41 @@ def main(argv=None) -> int:
         results["nnmjax"].sort(key=lambda r: (r["vmapped_seeds"], attacks.index(r["attack"])))
         results["byzfl"].sort(key=lambda r: attacks.index(r["attack"]))
         record.update(results, targets=targets(results))
-        _write(out, record)  # after every case: an interrupted run keeps what it measured
+        write_record(out, record)  # after every case: an interrupted run keeps what it measured
 
     machine["loadavg_at_end"] = list(os.getloadavg())
     record.update(complete=True)
-    _write(out, record)
+    write_record(out, record)
     print()
     print(format_table(record))
     print(f"\nwrote {out}")
     return 0
 
 
-def _write(out: Path, record: dict):
+def write_record(out, record: dict) -> None:
+    """Write a benchmark's JSON record to ``out`` (its folder created), atomically: a
+    temporary file, then a rename."""
+    out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_suffix(out.suffix + ".tmp")
     tmp.write_text(json.dumps(record, indent=1) + "\n")
     tmp.replace(out)
+
+
+def interleaved_samples(fns: dict, args, repeats: int) -> dict:
+    """``{name: [seconds, ...]}``: each function of ``fns`` called once on ``args`` (warm-up),
+    then ``repeats`` rounds calling each in turn, every call timed to completion."""
+    import jax
+
+    for fn in fns.values():
+        jax.block_until_ready(fn(*args))
+    samples = {k: [] for k in fns}
+    for _ in range(repeats):
+        for k, fn in fns.items():
+            t = time.perf_counter()
+            jax.block_until_ready(fn(*args))
+            samples[k].append(time.perf_counter() - t)
+    return samples
 
 
 def _fashion_dir(config) -> str:

@@ -15,17 +15,14 @@ Results go to ``benchmarks/results/xla-options-<backend>.json`` (or ``--out``).
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
-import time
 from pathlib import Path
 
 import jax
-import jax.numpy as jnp
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from training import machine_info  # noqa: E402
+from training import interleaved_samples, machine_info, write_record  # noqa: E402
 
 from nnmjax import xla_options  # noqa: E402
 from nnmjax.aggregators import cwtm  # noqa: E402
@@ -67,14 +64,7 @@ def main(argv=None) -> int:
     for name, (fn, fargs) in cases().items():
         compiled = {k: jax.jit(fn, compiler_options=o).lower(*fargs).compile()
                     for k, o in options.items()}
-        samples = {k: [] for k in options}
-        for k, c in compiled.items():
-            jax.block_until_ready(c(*fargs))
-        for _ in range(args.repeats):
-            for k, c in compiled.items():
-                t = time.perf_counter()
-                jax.block_until_ready(c(*fargs))
-                samples[k].append(time.perf_counter() - t)
+        samples = interleaved_samples(compiled, fargs, args.repeats)
         med = {k: statistics.median(v) for k, v in samples.items()}
         rows.append({"case": name, "median_s": med, "ratio": med["default"] / med["nnmjax"],
                      "samples_s": samples})
@@ -82,8 +72,7 @@ def main(argv=None) -> int:
               f"{1e3 * med['nnmjax']:8.1f} ms  x{med['default'] / med['nnmjax']:.2f}", flush=True)
     out = {"schema": 1, "machine": machine_info(), "argv": list(argv or sys.argv[1:]),
            "options": options, "results": rows}
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(out, indent=1))
+    write_record(args.out, out)
     print(f"wrote {args.out}")
     return 0
 
