@@ -274,7 +274,7 @@ def _run_check(args) -> int:
     return 0 if equal == len(checks) else 1
 
 
-def _print_plan(config, out_dir, shard, *, measure: int | None = None) -> int:
+def _print_plan(config, out_dir, shard, *, measure: int | None = None, stop=None) -> int:
     from nnmjax.experiments import estimate, results
     from nnmjax.experiments.grid import plan_grid
 
@@ -282,7 +282,7 @@ def _print_plan(config, out_dir, shard, *, measure: int | None = None) -> int:
         raise ValueError(f"--measure must be >= 1 steps; got {measure}")
     done, groups, missing_data = plan_grid(config, out_dir, shard=shard)
     if measure is not None:
-        return _print_measured_plan(groups, len(done), missing_data, measure)
+        return _print_measured_plan(groups, len(done), missing_data, measure, stop)
     runs = sum(len(g.runs) for g in groups)
     left = sum(len(g.runs) * (g.steps - g.resume_step) for g in groups)
     seconds, how = estimate.plan_seconds(groups, results.load_records(out_dir))
@@ -303,10 +303,14 @@ def _print_plan(config, out_dir, shard, *, measure: int | None = None) -> int:
     return 0
 
 
-def _print_measured_plan(groups, done: int, missing_data: str | None, steps: int) -> int:
-    """``--plan --measure K``: time each group's program, a line per group, then the total."""
+def _print_measured_plan(groups, done: int, missing_data: str | None, steps: int,
+                         stop=None) -> int:
+    """``--plan --measure K``: time each group's program, a line per group, then the total.
+    A signal (``stop``) ends it after the group being measured, with one line and
+    ``128 + signal``."""
     from nnmjax.experiments import estimate
     from nnmjax.experiments.grid import load_datasets
+    from nnmjax.experiments.interrupt import Stopped, exit_status
     from nnmjax.experiments.measure import measure_groups
 
     if missing_data:
@@ -318,13 +322,23 @@ def _print_measured_plan(groups, done: int, missing_data: str | None, steps: int
     print(f"  {'attack / rule':34s} {'runs':>4s} {'ms/run-step':>11s} {'eval s':>7s} "
           f"{'compile s':>9s} {'total':>8s}")
 
+    measured = []
+
     def line(c):
+        measured.append(c)
         print(f"  {c.attack + ' / ' + c.rule:34s} {c.runs:4d} {1e3 * c.step_s:11.1f} "
               f"{c.eval_s:7.2f} {c.compile_s:9.1f} {estimate.format_seconds(c.total_s):>8s}",
               flush=True)
+        if stop is not None:
+            stop.check()
 
-    costs = measure_groups(groups, load_datasets([s for g in groups for s in g.runs]),
-                           steps=steps, progress=line)
+    try:
+        costs = measure_groups(groups, load_datasets([s for g in groups for s in g.runs]),
+                               steps=steps, progress=line)
+    except Stopped as e:
+        print(f"nnmjax run: stopped by {e} after measuring {len(measured)} of {len(groups)} "
+              f"groups; --plan writes nothing", file=sys.stderr)
+        return exit_status(e.signum)
     if costs:
         total = sum(c.total_s for c in costs)
         print(f"\nEstimated wall time: {estimate.format_seconds(total)} (measured now: "
@@ -367,7 +381,7 @@ def _run_run(args) -> int:
         try:
             config, shard, reporter = _run_setup(args, (int(i), int(k)))
             if args.plan:
-                return _print_plan(config, args.out, shard, measure=args.measure)
+                return _print_plan(config, args.out, shard, measure=args.measure, stop=stop)
             stop.check()
             if args.jobs != 1:
                 status = _run_jobs(args, config, shard, stop)

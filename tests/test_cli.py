@@ -235,6 +235,29 @@ def test_plan_measure_times_each_group_and_writes_nothing(tmp_path, capsys):
                     "--set", f"data_dir='{tmp_path}'"], "need their data", lines=None)
 
 
+def test_plan_measure_stops_after_the_group_being_measured(tmp_path, capsys, monkeypatch):
+    """A signal during --plan --measure: the group being timed finishes, then one line on
+    stderr and exit 130, no traceback."""
+    from nnmjax.cli import _print_plan
+    from nnmjax.experiments.config import load_grid
+    from nnmjax.experiments.interrupt import StopRequest
+    from nnmjax.sim import Experiment
+
+    config = load_grid(None, [s for s in TINY if "=" in s] + ["attacks=['sign_flipping', 'alie']"])
+    stop, real = StopRequest(), Experiment.run_chunk
+
+    def chunk(self, state, steps):
+        stop.signal = signal.SIGINT
+        return real(self, state, steps)
+
+    monkeypatch.setattr(Experiment, "run_chunk", chunk)
+    assert _print_plan(config, tmp_path, (0, 1), measure=1, stop=stop) == 130
+    captured = capsys.readouterr()
+    assert "sign_flipping / cwtm" in captured.out and "alie / cwtm" not in captured.out
+    assert "stopped by SIGINT after measuring 1 of 3 groups" in captured.err
+    assert "Traceback" not in captured.err
+
+
 def test_measure_group_rejects_bad_steps(tmp_path):
     from nnmjax.experiments.config import Config
     from nnmjax.experiments.grid import plan_grid

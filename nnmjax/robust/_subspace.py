@@ -287,16 +287,19 @@ def mixed_damage_fn(honest, direction, f: int, rule, key, *, block: int = 2048):
     ``h + f``)."""
     last = rule.stages[-1]
     w, coef = _mixed_coefficients(honest, direction, f, rule, key)
-    aggregate = _agg.AGGREGATORS[last]
     h = honest.shape[0]
-    rows_used = h + f
     if _nnm_windowed(rule):
         rows_used = h + 1  # the f Byzantine rows' mixings are one row, f times
         evaluate = _window_evaluator(h, f, rule.f, last)
 
-        def aggregate(y, rule_f):
+        def residual(y):
             rows = _order.sorted_rows(y[:h])
             return evaluate(jnp.stack(rows) if isinstance(rows, list) else rows, y[h], 1.0)
+    else:
+        rows_used, aggregate = h + f, _agg.AGGREGATORS[last]
+
+        def residual(y):
+            return aggregate(y, rule.f, **rule.options)
     d = w.shape[1]
     block = min(block, d)
     pad = (-d) % block  # zero columns: zero residual
@@ -307,7 +310,7 @@ def mixed_damage_fn(honest, direction, f: int, rule, key, *, block: int = 2048):
 
         def one_block(wb):
             y = jnp.einsum("enk,kb->enb", coefs, wb, precision=jax.lax.Precision.HIGHEST)
-            res = jax.vmap(lambda yy: aggregate(yy, rule.f, **rule.options))(y)
+            res = jax.vmap(residual)(y)
             return jnp.sum(jnp.square(res), axis=1)
 
         return jnp.sum(jax.lax.map(one_block, blocks), axis=0)
