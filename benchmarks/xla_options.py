@@ -8,7 +8,7 @@ the median of ``--repeats`` calls each, compile excluded, and ``ratio = default 
 The cases are the reductions a robust step makes over ``(17, 431080)`` worker rows
 (ByzFL's ``cnn_mnist`` size), the Gram matrix of those rows, a ``2048 x 2048`` matmul,
 the 13 honest workers' gradients of ``byzfl_cnn_mnist`` on 25 images each (one vmap, the
-convolutions as im2col matmuls, as the simulator runs them on CPU) and NNM + CWTM.
+model's default convolutions) and NNM + CWTM.
 
 Results go to ``benchmarks/results/xla-options-<backend>.json`` (or ``--out``).
 """

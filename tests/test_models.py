@@ -52,7 +52,7 @@ def _numpy_variables(model, x, **kw):
     return jax.tree_util.tree_map_with_path(fill, shapes)
 
 
-@pytest.mark.parametrize("impl", ["shift", "im2col", "xla"])
+@pytest.mark.parametrize("impl", ["shift", "im2col", "xla", "xla_cpu"])
 @pytest.mark.parametrize("k, stride, pad, bias, out_hw", [(5, 1, 0, True, (7, 6)),
                                                           (3, 2, 1, False, (6, 5)),
                                                           (1, 2, 0, False, (6, 5))])
@@ -79,6 +79,27 @@ def test_conv5_matches_flax_conv(impl, k, stride, pad, bias, out_hw):
     assert y.shape == (2, 3) + out_hw + (4,)
     _close(y, y_ref)
     _close(gy, gy_ref)
+
+
+@pytest.mark.parametrize("stride", [1, 2])
+def test_conv_nhwc_gradient_equals_autodiff_batched_kernels_inside_scan(stride):
+    """The gradient of ``conv_nhwc`` where the simulator takes it: under ``vmap`` with each
+    worker's own kernel (decentralized nodes, FedAvg clients) and inside ``lax.scan``."""
+    from nnmjax.models.layers import conv_nhwc
+
+    x = RNG.normal(size=(3, 2, 12, 11, 4)).astype(np.float32)
+    k = RNG.normal(size=(3, 5, 5, 4, 6)).astype(np.float32)
+    ref = lambda x, k: jax.lax.conv_general_dilated(
+        x, k, (stride, stride), "VALID", dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    mine = lambda x, k: conv_nhwc(x, k, stride)
+
+    def grads(conv):
+        def step(carry, _):
+            g = jax.vmap(jax.grad(lambda x, k: jnp.sum(jnp.sin(conv(x, k))), (0, 1)))(*carry)
+            return carry, g
+        return jax.jit(lambda x, k: jax.lax.scan(step, (x, k), None, length=2)[1])(x, k)
+
+    _close(grads(mine), grads(ref))
 
 
 def test_max_pool2_matches_flax():

@@ -170,8 +170,8 @@ class ResNet(nn.Module):
     block: type
     stage_sizes: Sequence[int]
     num_classes: int = 10
-    #: convolution formulation, as :class:`nnmjax.models.Conv5`'s (``"auto"``: im2col on
-    #: CPU, XLA's convolution elsewhere)
+    #: convolution formulation, as :class:`nnmjax.models.Conv5`'s (``"auto"``: XLA's
+    #: convolution, with :func:`nnmjax.models.layers.conv_nhwc`'s gradient on CPU)
     impl: str = "auto"
 
     @nn.compact
