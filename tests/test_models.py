@@ -102,6 +102,21 @@ def test_conv_nhwc_gradient_equals_autodiff_batched_kernels_inside_scan(stride):
     _close(grads(mine), grads(ref))
 
 
+def test_conv_nhwc_second_order_gradient_equals_autodiff():
+    from nnmjax.models.layers import conv_nhwc
+
+    x = RNG.normal(size=(2, 9, 8, 3)).astype(np.float32)
+    k = RNG.normal(size=(3, 3, 3, 2)).astype(np.float32)
+    ref = lambda x, k: jax.lax.conv_general_dilated(
+        x, k, (2, 2), "VALID", dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+    def hvp_like(conv):
+        inner = jax.grad(lambda x, k: jnp.sum(jnp.tanh(conv(x, k))), (0, 1))
+        return jax.grad(lambda x, k: sum(jnp.sum(g ** 2) for g in inner(x, k)), (0, 1))(x, k)
+
+    _close(hvp_like(lambda x, k: conv_nhwc(x, k, 2)), hvp_like(ref))
+
+
 def test_max_pool2_matches_flax():
     x = RNG.normal(size=(3, 9, 8, 5)).astype(np.float32)  # odd H: floor, like VALID
     g = RNG.normal(size=(3, 4, 4, 5)).astype(np.float32)

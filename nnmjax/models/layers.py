@@ -149,6 +149,9 @@ def conv_nhwc(x: Array, kernel: Array, stride: int = 1) -> Array:
     * ``dK[i, j, c, o] = sum_{b,h,w} x[b, s*h+i, s*w+j, c] dy[b, h, w, o]``: ``x`` as
       ``[c, H, W, b]`` correlated with ``dy`` as ``[Ho, Wo, b, o]`` dilated by ``s``.
 
+    A ``jax.custom_vjp``: reverse mode (``jax.grad``, also of a gradient) only;
+    forward mode (``jax.jvp``) needs ``lax.conv_general_dilated`` (``Conv5(impl="xla")``).
+
     Args:
         x: inputs ``[B, H, W, cin]``.
         kernel: ``[k, k, cin, cout]``.

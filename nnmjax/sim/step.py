@@ -172,9 +172,9 @@ def draw_batches(spec: StepSpec, data: RunData, key, workers: int):
 def runs_one_by_one(spec: StepSpec) -> bool:
     """Whether vmapped runs compute their workers' gradients one run after another
     (``jax.custom_batching.sequential_vmap``) rather than as one batch: on the CPU backend
-    without a mesh. There each run's own parameters turn the convolutions' matmuls into
-    batched ones: the 13 workers' gradients of ``byzfl_cnn_mnist`` cost 1.49x more per run
-    batched than one by one for 1 run, 1.40x for 5 (``python benchmarks/gradients.py``,
+    without a mesh. There each run's own parameters turn the convolutions into grouped
+    ones: the 13 workers' gradients of ``byzfl_cnn_mnist`` for 5 runs cost 1.52x more per
+    run batched than one by one (1.05x for 1 run; ``python benchmarks/gradients.py``,
     ``benchmarks/results/gradients-cpu.json``). FedAvg's local steps
     (:mod:`nnmjax.sim.fedavg`) and the evaluation of the runs' test accuracy
     (:class:`nnmjax.sim.Experiment`) follow the same choice.
