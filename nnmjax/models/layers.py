@@ -21,11 +21,10 @@ and its learning rates (e.g. ``0.75``) are tuned for that scale.
 Why ``"xla_cpu"``: XLA's CPU backend runs a convolution with its Eigen kernels only in the
 ``NHWC``/``HWIO`` layout. Autodiff gives the kernel gradient another layout, which XLA
 rewrites outside loops but not inside a ``lax.scan`` (the simulator's steps), where the
-convolution falls back to a naive loop: 5.6x slower for the paper CNN's gradients. On a
-2-core Intel Xeon, 13 workers x 25 images inside a ``lax.scan`` (``python
-benchmarks/models.py --model cifar_cnn``, figures in the performance page of the docs):
-the CIFAR CNN 2.5 s per step against 18.0 s (im2col) and 114 s (``"xla"``), the paper CNN
-76 ms against 90 ms (im2col).
+convolution falls back to a naive loop. One simulator step of 17 workers x 25 images on a
+2-core Intel Xeon (``python benchmarks/models.py --model paper_cnn``, also ``cifar_cnn``;
+figures in the performance page of the docs): the paper CNN 0.105 s against 0.129 s
+(im2col) and 0.491 s (``"xla"``), the CIFAR CNN 4.18 s against 14.7 s (im2col).
 
 Max pooling is a reshape + max (``pool="reshape"``) or ``flax.linen.max_pool``
 (``pool="flax"``).
