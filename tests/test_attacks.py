@@ -580,6 +580,7 @@ def test_mixed_search_as_damaging_as_one_candidate_at_a_time(attack, name, monke
     fn = getattr(atk, attack)
     blocked = jax.jit(jax.vmap(lambda x: fn(x, f, rule=rule)))(cases)
     monkeypatch.setattr(_subspace, "mixed", lambda rule: False)
+    atk._eta_program.cache_clear()  # the search programs kept per rule were traced blocked
     one = jax.jit(jax.vmap(lambda x: fn(x, f, rule=rule)))(cases)
 
     def damage(hs, byz):
@@ -588,6 +589,24 @@ def test_mixed_search_as_damaging_as_one_candidate_at_a_time(attack, name, monke
     ratio = np.array([damage(hs, a) / max(damage(hs, b), 1e-12)
                       for hs, a, b in zip(cases, blocked, one)])
     assert np.median(ratio) >= 1 - 1e-4 and ratio.mean() >= 0.97, ratio
+
+
+def test_an_eager_optimal_attack_compiles_its_search_once_per_rule():
+    """Called outside jit, the search is one program kept per rule and options (not run
+    primitive by primitive), reused by the next call, and equal to the jitted attack."""
+    rule = nnmjax.rule("nnm+cwtm", F_BYZ)
+    h = jnp.asarray(honest_data(0, h=H_ROWS, d=DIM))
+    atk._eta_program.cache_clear()
+    for attack in (atk.optimal_alie, atk.optimal_foe):
+        eager = attack(h, F_BYZ, rule=rule)
+        again = attack(h + 1.0, F_BYZ, rule=rule)
+        jitted = jax.jit(lambda h: attack(h, F_BYZ, rule=rule))(h)
+        np.testing.assert_allclose(np.asarray(eager), np.asarray(jitted), rtol=1e-6, atol=1e-6)
+        assert again.shape == eager.shape
+    info = atk._eta_program.cache_info()
+    assert (info.misses, info.hits) == (2, 4)  # one program per attack (offset), then reused
+    atk.optimal_alie(h, F_BYZ, rule=rule, etas=jnp.linspace(0.0, 2.0, 5))  # an array: not kept
+    assert atk._eta_program.cache_info().misses == 2
 
 
 def test_optimal_attack_randomized_rule_needs_key():

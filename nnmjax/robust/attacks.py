@@ -15,6 +15,7 @@ on data (:func:`nnmjax.data.label_flip`).
 """
 from __future__ import annotations
 
+import functools
 import math
 from typing import Callable, NamedTuple, Sequence
 
@@ -298,15 +299,27 @@ def _optimal(honest, f, rule, direction, key, search, offset, grid_options):
     (``jax.custom_batching.sequential_vmap``) where :func:`_sequential_search` says so."""
     if search not in SEARCHES:
         raise ValueError(f"search must be one of {SEARCHES}; got {search!r}")
+    args = (f, rule, search, offset, tuple(sorted(grid_options.items())))
+    try:
+        run = _eta_program(*args)
+    except TypeError:  # an unhashable option (an array of etas): a program of this call only
+        run = _eta_program.__wrapped__(*args)
+    eta = run(*jax.lax.stop_gradient((honest, direction)), key)
+    return _repeat(jnp.mean(honest, axis=0) + eta * direction, f), eta
 
+
+@functools.lru_cache(maxsize=64)
+def _eta_program(f, rule, search, offset, grid_options):
+    """:func:`_find_eta` as one jitted program (kept per rule and options), so that an eager
+    call compiles the search once instead of running it primitive by primitive; under an
+    outer trace (a step, a grid's vmap) it is traced into the caller's program."""
     def run(honest, direction, key):
         return _find_eta(honest, direction, key, f=f, rule=rule, search=search, offset=offset,
-                        grid_options=grid_options)
+                        grid_options=dict(grid_options))
 
     if _sequential_search(rule, search):
         run = jax.custom_batching.sequential_vmap(run)
-    eta = run(*jax.lax.stop_gradient((honest, direction)), key)
-    return _repeat(jnp.mean(honest, axis=0) + eta * direction, f), eta
+    return jax.jit(run)
 
 
 def _find_eta(honest, direction, key, *, f, rule, search, offset, grid_options):
