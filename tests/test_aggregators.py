@@ -602,6 +602,41 @@ def test_subset_rules_refuse_huge_enumerations(name):
         AGGREGATORS[name](config_x(9, 3, 2), 2, max_subsets=10)
 
 
+def _psd_batches(count, k, seed):
+    """Adversarial batches of ``count`` PSD ``k x k`` matrices for SMEA's pruned arg-min:
+    random, identical copies (ties), all zero, a few NaN, one clear minimum."""
+    rng = np.random.default_rng(seed)
+    a = rng.normal(size=(count, k, 3))
+    rand = a @ np.swapaxes(a, 1, 2)
+    tied = np.repeat(rand[:5], -(-count // 5), axis=0)[:count]
+    nan = rand.copy()
+    nan[[count - 1, count // 2]] = np.nan
+    clear = rand + 10.0 * np.eye(k)
+    clear[count - 3] = np.eye(k)
+    return [rand, tied, np.zeros_like(rand), nan, clear]
+
+
+@pytest.mark.parametrize("count", [40, 300, 1500])
+def test_smea_pruned_argmin_equals_full_argmin(count):
+    """The lower-bound pruning returns exactly ``jnp.argmin`` of the exact top eigenvalues:
+    ties to the lowest index, NaN first, excluded matrices last, alone or vmapped."""
+    from nnmjax.robust._spectral import argmin_top_eigenvalue
+
+    rng = np.random.default_rng(count)
+    batches = _psd_batches(count, 6, count)
+    masks = [np.zeros(count, bool), rng.random(count) < 0.9, np.ones(count, bool)]
+    fn = jax.jit(argmin_top_eigenvalue)
+    for m in batches:
+        top = np.linalg.eigvalsh(np.nan_to_num(m, nan=0.0))[:, -1]
+        top = np.where(np.isnan(m).any(axis=(1, 2)), -np.inf, top)
+        for mask in masks:
+            want = int(np.argmin(np.where(mask, np.inf, top)))
+            assert int(fn(jnp.asarray(m, jnp.float32), jnp.asarray(mask))) == want
+    m = jnp.asarray(np.stack(batches), jnp.float32)
+    got = jax.vmap(argmin_top_eigenvalue)(m, jnp.zeros(m.shape[:2], bool))
+    assert got.tolist() == [int(fn(b, jnp.zeros(count, bool))) for b in m]
+
+
 @pytest.mark.parametrize("name,opts,word", [
     ("gm", {"nu": 0.0}, "nu"), ("gm", {"nu": -1.0}, "nu"), ("gm", {"max_iter": 0}, "max_iter"),
     ("gm", {"tol": -1.0}, "tol"), ("gm", {"init": "mean"}, "init"),
