@@ -1,21 +1,23 @@
 """The exact arg-min of the top eigenvalue over many small symmetric PSD matrices (SMEA).
 
 ``argmin_s lambda_max(M_s)`` over ``C`` matrices ``M_s`` (``k x k``) without an
-eigendecomposition of every one: a Rayleigh quotient after ``POWER_ITERS`` power iterations
-is a lower bound ``L_s <= lambda_max(M_s)`` for every matrix (at ``O(k^2)`` per iteration),
-and the exact top eigenvalues (``eigvalsh``) are computed for the ``CHUNK`` matrices of
-smallest ``L_s``, then in equal rounds of at most ``LARGE_CHUNK`` matrices of smallest ``L_s`` not yet
-computed (``lax.top_k``, no sort) until the smallest bound left exceeds the best exact
-value found by the relative margin ``MARGIN`` (far above float32 rounding of either
-quantity, both relative to ``lambda_max`` for a PSD matrix). Every matrix left out then has ``lambda_max`` above the
-minimum, so the result is the full ``jnp.argmin`` of the exact top eigenvalues: ties to the
-lowest index, a NaN first. When many matrices tie (identical Byzantine rows make identical
-submatrices) or every bound is weak, later rounds run; in the worst case all of them, as many
-``eigvalsh`` as the unpruned search plus the bounds.
+eigendecomposition of every one: a Rayleigh quotient after ``POWER_ITERS`` power
+iterations is a lower bound ``L_s <= lambda_max(M_s)`` for every matrix (at ``O(k^2)`` per
+iteration), and the exact top eigenvalues (``eigvalsh``) are computed for the ``CHUNK``
+matrices of smallest ``L_s``, then in equal rounds of at most ``LARGE_CHUNK`` matrices of
+smallest ``L_s`` not yet computed (``lax.top_k``, no sort) until the smallest bound left
+exceeds the best exact value found by the relative margin ``MARGIN`` (far above float32
+rounding of either quantity, both relative to ``lambda_max`` for a PSD matrix). Every
+matrix left out then has ``lambda_max`` above the minimum, so the result is the full
+``jnp.argmin`` of the exact top eigenvalues: ties to the lowest index, a NaN first. When
+many matrices tie (identical Byzantine rows make identical submatrices) or every bound is
+weak, later rounds run; in the worst case all of them, as many ``eigvalsh`` as the
+unpruned search plus the bounds.
 
 Inside a column-sharded call (:func:`nnmjax.scale.sharding.shard_rule`) every matrix gets
-its ``eigvalsh`` (no loop): there the Gram pass over the sharded ``d`` dominates, and XLA's
-CPU runtime with several host devices was seen to hang on this loop after the collectives.
+its ``eigvalsh`` (no loop): there the Gram pass over the sharded ``d`` dominates, and
+XLA's CPU runtime with several host devices was seen to hang on this loop after the
+collectives.
 
 Only the index is returned, and it is computed on ``lax.stop_gradient`` of the matrices:
 the arg-min is piecewise constant, and the ``lax.while_loop`` then needs no reverse-mode

@@ -563,8 +563,9 @@ def smea(x: Real[ArrayLike, "n d"], f: int, *, max_subsets: int = 200_000) -> Fl
     and ``eigvalsh`` runs only on those that could still win (``_spectral``), so a call costs
     ``O(C(n, f) (n - f)^3)`` for the centred matrices and bounds plus a few hundred small
     eigendecompositions, all of them only when the subsets tie. ``C(n, f)`` subsets are
-    enumerated statically and refused past ``max_subsets``. No robustness coefficient in Definition 2's sense is proven here;
-    ``nnmjax audit`` at ``n = 17`` finds ratios of 0.26, 0.60, 0.75, 0.94 at ``f = 1..4``
+    enumerated statically and refused past ``max_subsets``. No robustness coefficient in
+    Definition 2's sense is proven here; ``nnmjax audit`` at ``n = 17`` finds ratios of
+    0.26, 0.60, 0.75, 0.94 at ``f = 1..4``
     (``docs/audit.md``).
 
     Args:
