@@ -30,8 +30,3 @@ def columns_sharded(axis: str):
 def dsum(v):
     """``v``, a partial sum over this block's columns, summed over all blocks."""
     return v if _AXIS is None else jax.lax.psum(v, _AXIS)
-
-
-def active() -> bool:
-    """Whether the rule being traced runs on one block of columns (inside ``shard_rule``)."""
-    return _AXIS is not None

@@ -14,10 +14,8 @@ many matrices tie (identical Byzantine rows make identical submatrices) or every
 weak, later rounds run; in the worst case all of them, as many ``eigvalsh`` as the
 unpruned search plus the bounds.
 
-Inside a column-sharded call (:func:`nnmjax.scale.sharding.shard_rule`) every matrix gets
-its ``eigvalsh`` (no loop): there the Gram pass over the sharded ``d`` dominates, and
-XLA's CPU runtime with several host devices was seen to hang on this loop after the
-collectives.
+The exact eigenvalues come from :func:`nnmjax.robust._linalg.eigvalsh` (LAPACK in chunks
+that never wait on XLA's CPU thread pool).
 
 Only the index is returned, and it is computed on ``lax.stop_gradient`` of the matrices:
 the arg-min is piecewise constant, and the ``lax.while_loop`` then needs no reverse-mode
@@ -28,7 +26,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from nnmjax.robust import _shard
+from nnmjax.robust import _linalg
 
 #: Exact top eigenvalues computed in the first round ...
 CHUNK = 256
@@ -84,9 +82,9 @@ def argmin_top_eigenvalue(m, excluded):
     count = m.shape[0]
 
     def exact(idx):
-        return _key(jnp.where(excluded[idx], jnp.inf, jnp.linalg.eigvalsh(m[idx])[:, -1]))
+        return _key(jnp.where(excluded[idx], jnp.inf, _linalg.eigvalsh(m[idx])[:, -1]))
 
-    if count <= CHUNK or _shard.active():
+    if count <= CHUNK:
         return jnp.argmin(exact(jnp.arange(count))).astype(jnp.int32)
     # finite (excluded and overflowed matrices at the largest float), so that a computed
     # matrix (ranked -inf below) never ties with one left and every round takes new ones
