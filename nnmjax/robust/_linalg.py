@@ -7,8 +7,9 @@ whenever the batch holds at least ``LAPACK_MIN_WORK`` estimated FLOP (``5 k^3`` 
 batched decompositions run at once as the pool has workers (two independent ``eigh`` in
 one program on a 2-core machine, or one per device of a program sharded over host
 devices), every worker waits for chunks that no worker is free to run, and the program
-never finishes (0 % CPU; seen in ``nnmjax audit --rules nnm+dnc`` and in SMEA under
-``shard_rule``).
+never finishes at 0 % CPU: for example the audit of NNM + DnC, whose search runs the
+rule's gradient beside its smoothed values, or SMEA under ``shard_rule`` on 8 host
+devices.
 
 :func:`eigh` and :func:`eigvalsh` compute exactly what ``jnp.linalg.eigh`` and
 ``jnp.linalg.eigvalsh`` compute (the same LAPACK routine on the same matrices), but on
