@@ -15,7 +15,8 @@ devices.
 ``jnp.linalg.eigvalsh`` compute (the same LAPACK routine on the same matrices), but on
 the CPU backend a batch is decomposed ``chunk_size(k)`` matrices at a time in a
 ``lax.map``, each call below the threshold, so LAPACK runs on the calling thread and
-nothing waits on the pool. ``jax.vmap`` of either reaches the same path
+nothing waits on the pool (``lax.platform_dependent``: the platform the program is lowered
+for decides). ``jax.vmap`` of either reaches the same path
 (``jax.custom_batching.custom_vmap``: the mapped axes join the batch), and their
 derivatives are the standard ones (``jax.custom_jvp``, the formula of
 ``jnp.linalg.eigh``'s JVP), so ``jax.grad`` works through them. Accelerators keep their
@@ -57,10 +58,14 @@ def _decompose(m, values_only: bool):
     for s in batch:
         count *= s
     c = chunk_size(k)
-    if count <= c or jax.default_backend() != "cpu":
+    if count <= c:
         return fn(m)
-    out = jax.lax.map(fn, m.reshape((count, k, k)), batch_size=c)
-    return jax.tree_util.tree_map(lambda a: a.reshape(batch + a.shape[1:]), out)
+
+    def chunked(m):
+        out = jax.lax.map(fn, m.reshape((count, k, k)), batch_size=c)
+        return jax.tree_util.tree_map(lambda a: a.reshape(batch + a.shape[1:]), out)
+
+    return jax.lax.platform_dependent(m, cpu=chunked, default=fn)
 
 
 def _batched(values_only: bool):
