@@ -1,4 +1,4 @@
-"""``_linalg.eigh`` / ``eigvalsh``: the same values as ``jnp.linalg``, and no compiled program
+"""``linalg.eigh`` / ``eigvalsh``: the same values as ``jnp.linalg``, and no compiled program
 of a rule, of its gradient or of an optimal attack holds a LAPACK batch large enough for
 jaxlib to split it over XLA's CPU thread pool (the split blocks a pool worker; several at
 once deadlock: ``nnmjax audit --rules nnm+dnc``, SMEA sharded over host devices)."""
@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 import nnmjax
-from nnmjax.robust import _linalg, attacks
+from nnmjax.robust import attacks, linalg
 from rulecases import KEY, feasible
 
 #: Rules whose programs decompose matrices (SMEA, DnC, CAF) or may, plus compositions.
@@ -33,7 +33,7 @@ def lapack_batches(text):
 
 def assert_no_pool_wait(text):
     calls = lapack_batches(text)
-    blocking = [c for c in calls if c[1] > 1 and c[1] * 5 * c[2] ** 3 >= _linalg.LAPACK_MIN_WORK]
+    blocking = [c for c in calls if c[1] > 1 and c[1] * 5 * c[2] ** 3 >= linalg.LAPACK_MIN_WORK]
     assert not blocking, blocking
     return calls
 
@@ -46,15 +46,15 @@ def _symmetric(shape, seed=0):
 @pytest.mark.parametrize("shape", [(17, 17), (40, 17, 17), (5, 7, 9, 9), (3, 40, 40)])
 def test_equals_jnp_linalg(shape):
     m = _symmetric(shape)
-    w, v = jax.jit(_linalg.eigh)(m)
+    w, v = jax.jit(linalg.eigh)(m)
     w0, v0 = jnp.linalg.eigh(m)
     np.testing.assert_array_equal(w, w0)
     np.testing.assert_array_equal(v, v0)
-    np.testing.assert_array_equal(jax.jit(_linalg.eigvalsh)(m), jnp.linalg.eigvalsh(m))
+    np.testing.assert_array_equal(jax.jit(linalg.eigvalsh)(m), jnp.linalg.eigvalsh(m))
     batched = m.reshape((-1,) + m.shape[-2:])
-    np.testing.assert_array_equal(jax.vmap(_linalg.eigvalsh)(batched),
+    np.testing.assert_array_equal(jax.vmap(linalg.eigvalsh)(batched),
                                   jnp.linalg.eigvalsh(batched))
-    assert_no_pool_wait(jax.jit(jax.vmap(_linalg.eigh)).lower(batched).as_text())
+    assert_no_pool_wait(jax.jit(jax.vmap(linalg.eigh)).lower(batched).as_text())
 
 
 def test_derivatives_equal_jnp_linalg():
@@ -67,14 +67,14 @@ def test_derivatives_equal_jnp_linalg():
             return jnp.sum(jnp.sin(w)) + jnp.sum(weights * v[:, -1] ** 2)
         return fn
 
-    got = jax.jit(jax.vmap(jax.grad(loss(_linalg.eigh))))(m)
+    got = jax.jit(jax.vmap(jax.grad(loss(linalg.eigh))))(m)
     want = jax.vmap(jax.grad(loss(jnp.linalg.eigh)))(m)
     np.testing.assert_allclose(got, want, atol=1e-5)
-    got = jax.grad(lambda a: jnp.sum(_linalg.eigvalsh(a) ** 3))(m[0])
+    got = jax.grad(lambda a: jnp.sum(linalg.eigvalsh(a) ** 3))(m[0])
     want = jax.grad(lambda a: jnp.sum(jnp.linalg.eigvalsh(a) ** 3))(m[0])
     np.testing.assert_allclose(got, want, rtol=1e-5)
     tangent = _symmetric((17, 17), seed=2)
-    _, dw = jax.jvp(_linalg.eigvalsh, (m[0],), (tangent,))
+    _, dw = jax.jvp(linalg.eigvalsh, (m[0],), (tangent,))
     _, (dw0, _) = jax.jvp(jnp.linalg.eigh, (m[0],), (tangent,))
     np.testing.assert_allclose(dw, dw0, rtol=1e-5, atol=1e-5)
 

@@ -14,7 +14,7 @@ many matrices tie (identical Byzantine rows make identical submatrices) or every
 weak, later rounds run; in the worst case all of them, as many ``eigvalsh`` as the
 unpruned search plus the bounds.
 
-The exact eigenvalues come from :func:`nnmjax.robust._linalg.eigvalsh` (LAPACK in chunks
+The exact eigenvalues come from :func:`nnmjax.robust.linalg.eigvalsh` (LAPACK in chunks
 that never wait on XLA's CPU thread pool).
 
 Only the index is returned, and it is computed on ``lax.stop_gradient`` of the matrices:
@@ -26,7 +26,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from nnmjax.robust import _linalg
+from nnmjax.robust import linalg
 
 #: Exact top eigenvalues computed in the first round ...
 CHUNK = 256
@@ -82,7 +82,7 @@ def argmin_top_eigenvalue(m, excluded):
     count = m.shape[0]
 
     def exact(idx):
-        return _key(jnp.where(excluded[idx], jnp.inf, _linalg.eigvalsh(m[idx])[:, -1]))
+        return _key(jnp.where(excluded[idx], jnp.inf, linalg.eigvalsh(m[idx])[:, -1]))
 
     if count <= CHUNK:
         return jnp.argmin(exact(jnp.arange(count))).astype(jnp.int32)

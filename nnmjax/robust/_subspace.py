@@ -28,7 +28,7 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 
-from nnmjax.robust import _gram, _linalg, _order
+from nnmjax.robust import _gram, _order, linalg
 from nnmjax.robust import aggregators as _agg
 from nnmjax.robust import preaggregators as _pre
 from nnmjax.robust.rules import RANDOMIZED, Rule
@@ -149,7 +149,7 @@ def _honest_coordinates(centred):
     """Rows of ``centred`` (h, d) as coordinates ``(h, h)`` in an orthonormal basis of their
     span, ``U sqrt(Lambda)`` from ``G = U Lambda U^T``, plus what is needed to place
     another vector in that basis."""
-    lam, u = _linalg.eigh(_gram.gram(centred))
+    lam, u = linalg.eigh(_gram.gram(centred))
     lam = jnp.maximum(lam, 0.0)
     return u * jnp.sqrt(lam), lam, u
 

@@ -53,7 +53,7 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, ArrayLike, Float, Real
 
-from nnmjax.robust import _gram, _linalg, _order, _spectral
+from nnmjax.robust import _gram, _order, _spectral, linalg
 from nnmjax.robust.detection import dnc, signguard
 from nnmjax.robust._checks import as_matrix, check_f, check_int, check_positive, keeps_dtype
 from nnmjax.robust._shard import dsum
@@ -661,7 +661,7 @@ def caf(x: Real[ArrayLike, "n d"], f: int) -> Float[Array, " d"]:
         sq = jnp.sqrt(jnp.maximum(w, 0.0))
         if n <= CAF_EIGH_MAX_N:
             k = jax.vmap(lambda e: centred(w, e))(jnp.eye(n, dtype=x.dtype))
-            lams, us = _linalg.eigh(sq[:, None] * k * sq[None, :])
+            lams, us = linalg.eigh(sq[:, None] * k * sq[None, :])
             return lams[-1], us[:, -1]
 
         def step(u, _):

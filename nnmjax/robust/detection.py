@@ -23,7 +23,7 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray, Real
 
-from nnmjax.robust import _gram, _linalg
+from nnmjax.robust import _gram, linalg
 from nnmjax.robust._checks import as_matrix, check_f, check_int, check_positive, keeps_dtype
 
 __all__ = ["dnc", "signguard", "mean_shift_labels", "estimate_bandwidth"]
@@ -92,7 +92,7 @@ def dnc(x: Real[ArrayLike, "n d"], f: int, *, key: PRNGKeyArray, sub_dim: int = 
         s = clean[:, idx]
         mu = (finite @ s) / jnp.maximum(jnp.sum(finite), 1.0)
         c = jnp.where(far[:, None], 0.0, s - mu)
-        lam, u = _linalg.eigh(jnp.matmul(c, c.T, precision=jax.lax.Precision.HIGHEST))
+        lam, u = linalg.eigh(jnp.matmul(c, c.T, precision=jax.lax.Precision.HIGHEST))
         score = jnp.where(far, jnp.inf, lam[-1] * jnp.square(u[:, -1]))
         good = jnp.zeros((n,), bool).at[jnp.argsort(score, stable=True)[: n - remove]].set(True)
         keep = keep & good

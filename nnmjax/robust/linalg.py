@@ -24,12 +24,12 @@ batched solvers.
 
 Examples:
     >>> import jax, jax.numpy as jnp
-    >>> from nnmjax.robust import _linalg
+    >>> from nnmjax.robust import linalg
     >>> m = jnp.stack([jnp.diag(jnp.array([3.0, 1.0])), jnp.array([[2.0, 1.0], [1.0, 2.0]])])
-    >>> jax.vmap(_linalg.eigvalsh)(m)
+    >>> jax.vmap(linalg.eigvalsh)(m)
     Array([[1., 3.],
            [1., 3.]], dtype=float32)
-    >>> _linalg.chunk_size(17), _linalg.chunk_size(9), _linalg.chunk_size(40)
+    >>> linalg.chunk_size(17), linalg.chunk_size(9), linalg.chunk_size(40)
     (8, 54, 1)
 """
 from __future__ import annotations
@@ -94,7 +94,7 @@ def eigh(m):
 
     Examples:
         >>> import jax.numpy as jnp
-        >>> from nnmjax.robust._linalg import eigh
+        >>> from nnmjax.robust.linalg import eigh
         >>> w, v = eigh(jnp.array([[2.0, 1.0], [1.0, 2.0]]))
         >>> w
         Array([1., 3.], dtype=float32)
@@ -122,7 +122,7 @@ def eigvalsh(m):
 
     Examples:
         >>> import jax.numpy as jnp
-        >>> from nnmjax.robust._linalg import eigvalsh
+        >>> from nnmjax.robust.linalg import eigvalsh
         >>> eigvalsh(jnp.array([[2.0, 1.0], [1.0, 2.0]]))
         Array([1., 3.], dtype=float32)
     """
