@@ -34,6 +34,8 @@ Examples:
 """
 from __future__ import annotations
 
+import math
+
 import jax
 import jax.numpy as jnp
 
@@ -54,9 +56,7 @@ def _decompose(m, values_only: bool):
     fn = jnp.linalg.eigvalsh if values_only else (lambda a: tuple(jnp.linalg.eigh(a)))
     k = m.shape[-1]
     batch = m.shape[:-2]
-    count = 1
-    for s in batch:
-        count *= s
+    count = math.prod(batch)
     c = chunk_size(k)
     if count <= c:
         return fn(m)
