@@ -57,6 +57,28 @@ def test_equals_jnp_linalg(shape):
     assert_no_pool_wait(jax.jit(jax.vmap(linalg.eigh)).lower(batched).as_text())
 
 
+@pytest.mark.parametrize("bad, word", [(np.ones((3, 4)), "shape"), (np.ones(3), "shape"),
+                                       (np.eye(3, dtype=np.complex64), "real")])
+def test_bad_inputs_raise_a_clear_error(bad, word):
+    for fn in (linalg.eigh, linalg.eigvalsh):
+        with pytest.raises(ValueError, match=word):
+            fn(bad)
+
+
+@pytest.mark.parametrize("dtype", [jnp.float16, jnp.bfloat16, jnp.float32, jnp.float64,
+                                   jnp.int32, jnp.bool_])
+def test_every_dtype(dtype):
+    """Half precisions decomposed in float32 and returned in their dtype; integers and
+    booleans give float32; float64 where enabled (float32 otherwise, as JAX stores it)."""
+    m = jnp.asarray(np.array([[2.0, 1.0, 0.0], [1.0, 2.0, 0.0], [0.0, 0.0, 1.0]]), dtype)
+    want = jnp.linalg.eigvalsh(m.astype(jnp.float32))
+    w, v = linalg.eigh(m)
+    out = m.dtype if jnp.issubdtype(m.dtype, jnp.floating) else jnp.float32
+    assert w.dtype == v.dtype == linalg.eigvalsh(m).dtype == out
+    tol = 1e-2 if jnp.finfo(out).bits == 16 else 1e-6
+    np.testing.assert_allclose(np.asarray(w, np.float32), want, atol=tol)
+
+
 def test_derivatives_equal_jnp_linalg():
     m = _symmetric((30, 17, 17), seed=1)
     weights = jnp.arange(17.0)

@@ -87,10 +87,29 @@ _eigvalsh_batched = _batched(True)
 _eigh_batched = _batched(False)
 
 
-@jax.custom_jvp
+def _as_real_square(m, name: str):
+    """``m`` as a real floating array of square matrices, computed in at least float32,
+    and the dtype to return (``m``'s, float32 for integers and booleans)."""
+    m = jnp.asarray(m)
+    if m.ndim < 2 or m.shape[-1] != m.shape[-2]:
+        raise ValueError(f"{name} needs symmetric matrices of shape (..., k, k); "
+                         f"got shape {m.shape}")
+    if jnp.issubdtype(m.dtype, jnp.complexfloating):
+        raise ValueError(f"{name} takes real symmetric matrices; got {m.dtype} "
+                         "(use jnp.linalg.eigh for Hermitian ones)")
+    out = m.dtype if jnp.issubdtype(m.dtype, jnp.floating) else jnp.dtype(jnp.float32)
+    return m.astype(jnp.promote_types(out, jnp.float32)), out
+
+
 def eigh(m):
     """``jnp.linalg.eigh(m)`` of symmetric ``(..., k, k)`` ``m``: ascending eigenvalues
     ``w`` and eigenvectors ``v`` (columns), ``m = v diag(w) v^T``.
+
+    float16 and bfloat16 matrices are decomposed in float32 and the results returned in
+    their dtype; integers and booleans give float32.
+
+    Raises:
+        ValueError: if ``m`` is not a real array of square matrices.
 
     Examples:
         >>> import jax.numpy as jnp
@@ -99,15 +118,36 @@ def eigh(m):
         >>> w
         Array([1., 3.], dtype=float32)
     """
+    m, out = _as_real_square(m, "eigh")
+    w, v = _eigh(m)
+    return w.astype(out), v.astype(out)
+
+
+def eigvalsh(m):
+    """``jnp.linalg.eigvalsh(m)`` of symmetric ``(..., k, k)`` ``m``: the ascending
+    eigenvalues (dtypes and errors as :func:`eigh`).
+
+    Examples:
+        >>> import jax.numpy as jnp
+        >>> from nnmjax.robust.linalg import eigvalsh
+        >>> eigvalsh(jnp.array([[2.0, 1.0], [1.0, 2.0]]))
+        Array([1., 3.], dtype=float32)
+    """
+    m, out = _as_real_square(m, "eigvalsh")
+    return _eigvalsh(m).astype(out)
+
+
+@jax.custom_jvp
+def _eigh(m):
     return _eigh_batched(m)
 
 
-@eigh.defjvp
+@_eigh.defjvp
 def _eigh_jvp(primals, tangents):
     """``dw = diag(v^T dm v)``, ``dv = v (F o v^T dm v)`` with ``F_ij = 1 / (w_j - w_i)``
     off the diagonal (``dm`` symmetrised), as ``jnp.linalg.eigh``'s JVP."""
     (m,), (dm,) = primals, tangents
-    w, v = eigh(m)
+    w, v = _eigh(m)
     dm = 0.5 * (dm + jnp.swapaxes(dm, -1, -2))
     proj = jnp.swapaxes(v, -1, -2) @ dm @ v
     eye = jnp.eye(m.shape[-1], dtype=w.dtype)
@@ -116,20 +156,11 @@ def _eigh_jvp(primals, tangents):
 
 
 @jax.custom_jvp
-def eigvalsh(m):
-    """``jnp.linalg.eigvalsh(m)`` of symmetric ``(..., k, k)`` ``m``: the ascending
-    eigenvalues.
-
-    Examples:
-        >>> import jax.numpy as jnp
-        >>> from nnmjax.robust.linalg import eigvalsh
-        >>> eigvalsh(jnp.array([[2.0, 1.0], [1.0, 2.0]]))
-        Array([1., 3.], dtype=float32)
-    """
+def _eigvalsh(m):
     return _eigvalsh_batched(m)
 
 
-@eigvalsh.defjvp
+@_eigvalsh.defjvp
 def _eigvalsh_jvp(primals, tangents):
     (w, _), (dw, _) = _eigh_jvp(primals, tangents)
     return w, dw
