@@ -20,6 +20,13 @@ that never wait on XLA's CPU thread pool).
 Only the index is returned, and it is computed on ``lax.stop_gradient`` of the matrices:
 the arg-min is piecewise constant, and the ``lax.while_loop`` then needs no reverse-mode
 derivative (``jax.grad`` through SMEA works).
+
+Under ``jax.vmap`` on the CPU backend the instances run one after another
+(``jax.custom_batching.sequential_vmap``), each with its own rounds: a batched
+``while_loop`` runs every instance for as many rounds as the slowest one needs, and the
+exact eigenvalues are computed in chunks either way (:mod:`nnmjax.robust.linalg`). The
+index is the same; the audit's SMEA searches (72-80 vmapped evaluations per step) and a
+grid's vmapped seeds gain (``docs/audit.md``).
 """
 from __future__ import annotations
 
@@ -79,6 +86,13 @@ def argmin_top_eigenvalue(m, excluded):
         1
     """
     m = jax.lax.stop_gradient(m)
+    if jax.default_backend() == "cpu":
+        return _sequential_argmin(m, excluded)
+    return _argmin(m, excluded)
+
+
+def _argmin(m, excluded):
+    """:func:`argmin_top_eigenvalue` of one instance (batched by ``vmap`` off the CPU)."""
     count = m.shape[0]
 
     def exact(idx):
@@ -115,3 +129,7 @@ def argmin_top_eigenvalue(m, excluded):
     size = -(-rest // -(-rest // LARGE_CHUNK))  # equal rounds that end with the last matrix
     _, _, best_idx = jax.lax.while_loop(more, chunk(size), state)
     return best_idx
+
+
+#: :func:`_argmin` with vmapped instances run one after another (the CPU backend).
+_sequential_argmin = jax.custom_batching.sequential_vmap(_argmin)
