@@ -635,6 +635,30 @@ def test_smea_pruned_argmin_equals_full_argmin(count):
     m = jnp.asarray(np.stack(batches), jnp.float32)
     got = jax.vmap(argmin_top_eigenvalue)(m, jnp.zeros(m.shape[:2], bool))
     assert got.tolist() == [int(fn(b, jnp.zeros(count, bool))) for b in m]
+    mask = jnp.asarray(masks[1])
+    want = [int(fn(b, mask)) for b in m]
+    assert jax.vmap(argmin_top_eigenvalue, in_axes=(0, None))(m, mask).tolist() == want
+    nested = jax.jit(jax.vmap(jax.vmap(argmin_top_eigenvalue, in_axes=(0, None)),
+                              in_axes=(0, None)))(m[:4].reshape((2, 2) + m.shape[1:]), mask)
+    assert nested.reshape(-1).tolist() == want[:4]
+
+
+def test_smea_vmapped_instances_run_one_after_another_on_cpu():
+    """On the CPU backend vmapped instances of the pruned arg-min run one after another (one
+    more loop around the instance's own: a batched ``while_loop`` would run each for the
+    slowest one's rounds), and ``jax.grad`` of SMEA still works under ``vmap``."""
+    from nnmjax.robust import _spectral
+
+    m, excluded = jnp.zeros((400, 6, 6), jnp.float32), jnp.zeros((400,), bool)
+
+    def batching_rules(fn):  # the custom vmap rules in the program (eigvalsh's, and ours)
+        return str(jax.make_jaxpr(fn)(m, excluded)).count("custom_vmap_call")
+
+    extra = 1 if jax.default_backend() == "cpu" else 0
+    assert batching_rules(_spectral.argmin_top_eigenvalue) == batching_rules(_spectral._argmin) + extra
+    x = jnp.asarray(np.random.default_rng(0).normal(size=(3, 9, 4)), jnp.float32)
+    grads = jax.jit(jax.vmap(jax.grad(lambda v: jnp.sum(aggregators.smea(v, 3)))))(x)
+    assert grads.shape == x.shape and bool(jnp.all(jnp.isfinite(grads)))
 
 
 @pytest.mark.parametrize("name,opts,word", [

@@ -145,7 +145,9 @@ def ranks(x):
     """``r[i, k]``, the position of ``x[i, k]`` in the stable sort of column ``k`` of
     :func:`sanitize` (``x``): ``#{j : v_jk < v_ik} + #{j < i : v_jk = v_ik}``.
 
-    Pairwise comparisons in one fused pass for ``n <= RANKS_MAX_N``; past it NumPy's stable
+    Pairwise comparisons in one fused pass for ``n <= RANKS_MAX_N`` (each row against all
+    rows at once: ``n`` operations over ``(n, d)``, which trace and compile faster than
+    ``n^2`` operations of one row against another); past it NumPy's stable
     argsort of the integer keys on the CPU backend (:func:`host_sort`, which also puts
     ``-0.0`` before ``0.0``), XLA's elsewhere.
 
@@ -157,12 +159,11 @@ def ranks(x):
     n = x.shape[0]
     if n <= RANKS_MAX_N:
         v = sanitize(x)
-        rows = []
-        for i in range(n):
-            below = [(v[j] <= v[i]) if j < i else (v[j] < v[i]) for j in range(n) if j != i]
-            rows.append(functools.reduce(jnp.add, [b.astype(jnp.int32) for b in below],
-                                         jnp.zeros(x.shape[1:], jnp.int32)))
-        return jnp.stack(rows)
+        i = jnp.arange(n).reshape((n,) + (1,) * (x.ndim - 1))
+        r = jnp.zeros(x.shape, jnp.int32)
+        for j in range(n):  # row j against every row: n ops over (n, d), one fusion
+            r = r + ((v[j] < v) | ((v[j] == v) & (j < i))).astype(jnp.int32)
+        return r
     if _on_host():
         return host_sort(_ordered_key(sanitize(x)), ranks=True)
     return jnp.argsort(jnp.argsort(sanitize(x), axis=0, stable=True), axis=0).astype(jnp.int32)
