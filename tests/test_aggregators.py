@@ -655,7 +655,8 @@ def test_smea_vmapped_instances_run_one_after_another_on_cpu():
         return str(jax.make_jaxpr(fn)(m, excluded)).count("custom_vmap_call")
 
     extra = 1 if jax.default_backend() == "cpu" else 0
-    assert batching_rules(_spectral.argmin_top_eigenvalue) == batching_rules(_spectral._argmin) + extra
+    assert (batching_rules(_spectral.argmin_top_eigenvalue)
+            == batching_rules(_spectral._argmin) + extra)
     x = jnp.asarray(np.random.default_rng(0).normal(size=(3, 9, 4)), jnp.float32)
     grads = jax.jit(jax.vmap(jax.grad(lambda v: jnp.sum(aggregators.smea(v, 3)))))(x)
     assert grads.shape == x.shape and bool(jnp.all(jnp.isfinite(grads)))

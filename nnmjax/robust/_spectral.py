@@ -25,8 +25,7 @@ Under ``jax.vmap`` on the CPU backend the instances run one after another
 (``jax.custom_batching.sequential_vmap``), each with its own rounds: a batched
 ``while_loop`` runs every instance for as many rounds as the slowest one needs, and the
 exact eigenvalues are computed in chunks either way (:mod:`nnmjax.robust.linalg`). The
-index is the same; the audit's SMEA searches (72-80 vmapped evaluations per step) and a
-grid's vmapped seeds gain (``docs/audit.md``).
+index is the same.
 """
 from __future__ import annotations
 
