@@ -21,8 +21,8 @@ Only the index is returned, and it is computed on ``lax.stop_gradient`` of the m
 the arg-min is piecewise constant, and the ``lax.while_loop`` then needs no reverse-mode
 derivative (``jax.grad`` through SMEA works).
 
-Under ``jax.vmap`` on the CPU backend the instances run one after another
-(``jax.custom_batching.sequential_vmap``), each with its own rounds: a batched
+Under ``jax.vmap`` on the CPU backend the instances of more than ``CHUNK`` matrices run
+one after another (``jax.custom_batching.sequential_vmap``), each with its own rounds: a batched
 ``while_loop`` runs every instance for as many rounds as the slowest one needs, and the
 exact eigenvalues are computed in chunks either way (:mod:`nnmjax.robust.linalg`). The
 index is the same.
@@ -85,7 +85,7 @@ def argmin_top_eigenvalue(m, excluded):
         1
     """
     m = jax.lax.stop_gradient(m)
-    if jax.default_backend() == "cpu":
+    if jax.default_backend() == "cpu" and m.shape[0] > CHUNK:  # only a while_loop needs it
         return _sequential_argmin(m, excluded)
     return _argmin(m, excluded)
 
