@@ -21,7 +21,7 @@ Only the index is returned, and it is computed on ``lax.stop_gradient`` of the m
 the arg-min is piecewise constant, and the ``lax.while_loop`` then needs no reverse-mode
 derivative (``jax.grad`` through SMEA works).
 
-Under ``jax.vmap`` on the CPU backend the instances of more than ``CHUNK`` matrices run
+Under ``jax.vmap``, in a program lowered for the CPU, the instances of more than ``CHUNK`` matrices run
 one after another (``jax.custom_batching.sequential_vmap``), each with its own rounds: a batched
 ``while_loop`` runs every instance for as many rounds as the slowest one needs, and the
 exact eigenvalues are computed in chunks either way (:mod:`nnmjax.robust.linalg`). The
@@ -85,9 +85,10 @@ def argmin_top_eigenvalue(m, excluded):
         1
     """
     m = jax.lax.stop_gradient(m)
-    if jax.default_backend() == "cpu" and m.shape[0] > CHUNK:  # only a while_loop needs it
-        return _sequential_argmin(m, excluded)
-    return _argmin(m, excluded)
+    if m.shape[0] <= CHUNK:  # no while_loop: one batched search serves every instance
+        return _argmin(m, excluded)
+    # the platform the program is lowered for (not the default backend at trace time)
+    return jax.lax.platform_dependent(m, excluded, cpu=_sequential_argmin, default=_argmin)
 
 
 def _argmin(m, excluded):
