@@ -21,11 +21,11 @@ Only the index is returned, and it is computed on ``lax.stop_gradient`` of the m
 the arg-min is piecewise constant, and the ``lax.while_loop`` then needs no reverse-mode
 derivative (``jax.grad`` through SMEA works).
 
-Under ``jax.vmap``, in a program lowered for the CPU, the instances of more than ``CHUNK`` matrices run
-one after another (``jax.custom_batching.sequential_vmap``), each with its own rounds: a batched
-``while_loop`` runs every instance for as many rounds as the slowest one needs, and the
-exact eigenvalues are computed in chunks either way (:mod:`nnmjax.robust.linalg`). The
-index is the same.
+Under ``jax.vmap``, in a program lowered for the CPU, the instances of more than ``CHUNK``
+matrices run one after another (``jax.custom_batching.sequential_vmap``), each with its own
+rounds: a batched ``while_loop`` runs every instance for as many rounds as the slowest one
+needs, and the exact eigenvalues are computed in chunks either way
+(:mod:`nnmjax.robust.linalg`). The index is the same.
 """
 from __future__ import annotations
 
