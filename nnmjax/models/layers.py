@@ -16,7 +16,9 @@ and its learning rates (e.g. ``0.75``) are tuned for that scale.
 * ``"xla_cpu"``: ``lax.conv_general_dilated`` with the gradient of :func:`conv_nhwc`, whose
   three convolutions are all in the ``NHWC``/``HWIO`` layout;
 * ``"flax"`` (models only): ``flax.linen.Conv`` itself, the reference;
-* ``"auto"`` (default): ``"xla_cpu"`` on CPU, ``"xla"`` elsewhere.
+* ``"auto"`` (default): ``"xla_cpu"`` in a program lowered for the CPU, ``"xla"`` in one
+  lowered for any other platform (``lax.platform_dependent``: the platform of the lowering
+  decides, not the default backend at trace time). Reverse mode only, as ``"xla_cpu"``.
 
 Why ``"xla_cpu"``: XLA's CPU backend runs a convolution with its Eigen kernels only in the
 ``NHWC``/``HWIO`` layout. Autodiff gives the kernel gradient another layout, which XLA
@@ -121,11 +123,9 @@ def dense_torch_init(features: int, fan_in: int, name: str | None = None) -> nn.
 # ----------------------------------------------------------------- conv and pool
 
 
-def _resolve_impl(impl: str) -> str:
+def _check_impl(impl: str) -> str:
     if impl not in CONV_IMPLS:
         raise ValueError(f"impl: unknown convolution implementation {impl!r}; valid are {CONV_IMPLS}")
-    if impl == "auto":
-        return "xla_cpu" if jax.default_backend() == "cpu" else "xla"
     return impl
 
 
@@ -256,7 +256,7 @@ class Conv5(nn.Module):
         def window(i, j):  # the input under kernel offset (i, j), [..., Ho, Wo, cin]
             return x[..., i:i + s * (Ho - 1) + 1:s, j:j + s * (Wo - 1) + 1:s, :]
 
-        impl = _resolve_impl(self.impl)
+        impl = _check_impl(self.impl)
         if impl == "shift":
             y = None
             for i in range(k):
@@ -266,10 +266,14 @@ class Conv5(nn.Module):
         elif impl == "im2col":
             cols = jnp.concatenate([window(i, j) for i in range(k) for j in range(k)], axis=-1)
             y = cols @ kernel.reshape(k * k * cin, self.features)
-        else:  # "xla", "xla_cpu" and "flax": lax.conv_general_dilated (what nn.Conv calls)
+        else:  # "auto", "xla", "xla_cpu", "flax": lax.conv_general_dilated (as nn.Conv)
             batch = x.shape[:-3]
             xx = x.reshape((-1,) + x.shape[-3:])
-            y = conv_nhwc(xx, kernel, s) if impl == "xla_cpu" else _valid(xx, kernel, s)
+            cpu, xla = (lambda a, b: conv_nhwc(a, b, s)), (lambda a, b: _valid(a, b, s))
+            if impl == "auto":
+                y = jax.lax.platform_dependent(xx, kernel, cpu=cpu, default=xla)
+            else:
+                y = cpu(xx, kernel) if impl == "xla_cpu" else xla(xx, kernel)
             y = y.reshape(batch + y.shape[1:])
         if not self.use_bias:
             return y

@@ -116,11 +116,8 @@ def sort_columns(x):
     (exact: the keys map back to the same floats; ``-0.0`` sorts before ``0.0``): NumPy's
     sort on the CPU backend (:func:`host_sort`), else XLA's along the rows of the keys'
     transpose. Differentiable: the derivative is the sorting permutation."""
-    keys = _ordered_key(sanitize(x))
-    if _on_host():
-        keys = host_sort(keys)
-    else:
-        keys = jnp.sort(keys.T, axis=1).T
+    keys = _on_host_or_device(host_sort, lambda k: jnp.sort(k.T, axis=1).T,
+                              _ordered_key(sanitize(x)))
     return _from_key(keys, x.dtype)
 
 
@@ -164,14 +161,20 @@ def ranks(x):
         for j in range(n):  # row j against every row: n ops over (n, d), one fusion
             r = r + ((v[j] < v) | ((v[j] == v) & (j < i))).astype(jnp.int32)
         return r
-    if _on_host():
-        return host_sort(_ordered_key(sanitize(x)), ranks=True)
-    return jnp.argsort(jnp.argsort(sanitize(x), axis=0, stable=True), axis=0).astype(jnp.int32)
+    return _on_host_or_device(
+        lambda v: host_sort(_ordered_key(v), ranks=True),
+        lambda v: jnp.argsort(jnp.argsort(v, axis=0, stable=True), axis=0).astype(jnp.int32),
+        sanitize(x))
 
 
-def _on_host() -> bool:
-    """Whether sorts run in NumPy: :data:`HOST_SORT`, the CPU backend, one process."""
-    return HOST_SORT and jax.default_backend() == "cpu" and jax.process_count() == 1
+def _on_host_or_device(host, device, *args):
+    """``host(*args)`` (NumPy, called from the program) where the program is lowered for
+    the CPU, :data:`HOST_SORT` is set and there is one process; else ``device(*args)``. The
+    platform of the lowering decides (``lax.platform_dependent``), not the default backend
+    at trace time."""
+    if not (HOST_SORT and jax.process_count() == 1):
+        return device(*args)
+    return jax.lax.platform_dependent(*args, cpu=host, default=device)
 
 
 def host_sort(keys, *, ranks: bool = False):
@@ -279,9 +282,8 @@ def window_sum(x, start: int, stop: int, *, scale: float = 1.0):
     """
     if x.shape[0] <= NETWORK_MAX_N:
         return sum_rows([r if scale == 1.0 else scale * r for r in sorted_rows(x)], start, stop)
-    if _on_host():
-        return host_window_sum(x, start, stop, scale)
-    return sum_rows(scale * sort_columns(x), start, stop)
+    return _on_host_or_device(lambda v: host_window_sum(v, start, stop, scale),
+                              lambda v: sum_rows(scale * sort_columns(v), start, stop), x)
 
 
 def median(x):

@@ -32,6 +32,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from nnmjax._platform import sequential_on_cpu
 from nnmjax.robust import linalg
 
 #: Exact top eigenvalues computed in the first round ...
@@ -87,8 +88,7 @@ def argmin_top_eigenvalue(m, excluded):
     m = jax.lax.stop_gradient(m)
     if m.shape[0] <= CHUNK:  # no while_loop: one batched search serves every instance
         return _argmin(m, excluded)
-    # the platform the program is lowered for (not the default backend at trace time)
-    return jax.lax.platform_dependent(m, excluded, cpu=_sequential_argmin, default=_argmin)
+    return sequential_on_cpu(_argmin)(m, excluded)
 
 
 def _argmin(m, excluded):
@@ -130,6 +130,3 @@ def _argmin(m, excluded):
     _, _, best_idx = jax.lax.while_loop(more, chunk(size), state)
     return best_idx
 
-
-#: :func:`_argmin` with vmapped instances run one after another (the CPU backend).
-_sequential_argmin = jax.custom_batching.sequential_vmap(_argmin)

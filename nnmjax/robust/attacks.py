@@ -24,6 +24,7 @@ import jax.numpy as jnp
 import optax
 from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray, Real
 
+from nnmjax._platform import sequential_on_cpu
 from nnmjax.robust import _subspace
 from nnmjax.robust._checks import as_matrix, check_int
 
@@ -296,7 +297,7 @@ def _optimal(honest, f, rule, direction, key, search, offset, grid_options):
     ``eta`` is piecewise constant in the inputs (its derivative is zero), so it is searched
     on stopped gradients and the rows ``s + eta direction`` are formed outside the search.
     Under ``vmap`` (a grid's runs) the search runs the instances one after another
-    (``jax.custom_batching.sequential_vmap``) where :func:`_sequential_search` says so."""
+    (:func:`nnmjax._platform.sequential_on_cpu`) where :func:`_sequential_search` says so."""
     if search not in SEARCHES:
         raise ValueError(f"search must be one of {SEARCHES}; got {search!r}")
     args = (f, rule, search, offset, tuple(sorted(grid_options.items())))
@@ -318,7 +319,7 @@ def _eta_program(f, rule, search, offset, grid_options):
                         grid_options=dict(grid_options))
 
     if _sequential_search(rule, search):
-        run = jax.custom_batching.sequential_vmap(run)
+        run = sequential_on_cpu(run)
     return jax.jit(run)
 
 
@@ -344,9 +345,8 @@ def _sequential_search(rule, search: str) -> bool:
     (``python benchmarks/search.py``, ``benchmarks/README.md``); for the blocked
     evaluation, a batch of instances would round the candidates' mixed rows differently
     from one instance alone, so a vmapped run could pick another ``eta`` at a near tie than
-    the same run alone."""
-    if jax.default_backend() != "cpu":
-        return False
+    the same run alone. The choice applies where the program is lowered for the CPU
+    (:func:`nnmjax._platform.sequential_on_cpu`)."""
     return ((search == "byzfl" and not _subspace.in_coordinates(rule))
             or _subspace.mixed(rule))
 

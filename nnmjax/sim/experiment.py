@@ -34,6 +34,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
+from nnmjax._platform import sequential_on_cpu
 from nnmjax.experiments.config import Config
 from nnmjax.models import make_model
 from nnmjax.optim import transforms
@@ -137,7 +138,7 @@ class Experiment:
         if config.algorithm == "decentralized":  # every honest node: mean and worst
             evaluate = _mean_and_worst(jax.vmap(evaluate, in_axes=(0, 0, None, None)))
         if runs_one_by_one(self.spec):  # as the gradients: batched convolutions are slower
-            evaluate = jax.custom_batching.sequential_vmap(evaluate)
+            evaluate = sequential_on_cpu(evaluate)
         self._evaluate = jit(jax.vmap(evaluate, in_axes=(0, 0, None, None),
                                           spmd_axis_name=runs))
         self._init = jit(jax.vmap(

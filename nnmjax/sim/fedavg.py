@@ -41,6 +41,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from nnmjax._platform import sequential_on_cpu
 from nnmjax.models.losses import average_batch_stats
 from nnmjax.optim import federated
 from nnmjax.sim.step import (RunState, StepSpec, draw_batches, learning_rate, runs_one_by_one,
@@ -93,13 +94,17 @@ def fedavg_round(spec: StepSpec, state: RunState, data: RunData,
             return worker_loss(spec.model, params, model_state, k, x, y,
                                weight_decay=weight_decay)
 
-        return federated.local_updates(
-            loss_fn, params, batches, model_state=model_state,
-            optimizer=optax.sgd(lr, momentum=c.local_momentum or None),
-            clients_per_call=1 if jax.default_backend() == "cpu" else None)
+        def train(clients_per_call):  # on the CPU one client at a time, else all at once
+            return lambda params, model_state, batches: federated.local_updates(
+                loss_fn, params, batches, model_state=model_state,
+                optimizer=optax.sgd(lr, momentum=c.local_momentum or None),
+                clients_per_call=clients_per_call)
+
+        return jax.lax.platform_dependent(params, model_state, batches, cpu=train(1),
+                                          default=train(None))
 
     if runs_one_by_one(spec):
-        clients_train = jax.custom_batching.sequential_vmap(clients_train)
+        clients_train = sequential_on_cpu(clients_train)
     local = clients_train(state.params, state.model_state, batches, lr,
                           value(hyper, "weight_decay"))
     params, opt_state, kappa = server_update(

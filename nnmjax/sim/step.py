@@ -31,6 +31,7 @@ import jax.numpy as jnp
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from nnmjax._platform import sequential_on_cpu
 from nnmjax.data import gather_indexed, sample_indexed_batches
 from nnmjax.experiments.config import Config
 from nnmjax.models.losses import average_batch_stats, nll
@@ -170,10 +171,10 @@ def draw_batches(spec: StepSpec, data: RunData, key, workers: int):
 
 
 def runs_one_by_one(spec: StepSpec) -> bool:
-    """Whether vmapped runs compute their workers' gradients one run after another
-    (``jax.custom_batching.sequential_vmap``) rather than as one batch: on the CPU backend
-    without a mesh. There each run's own parameters turn the convolutions into grouped
-    ones: the 13 workers' gradients of ``byzfl_cnn_mnist`` for 5 runs cost 1.52x more per
+    """Whether vmapped runs compute their workers' gradients one run after another rather
+    than as one batch, where the program is lowered for the CPU
+    (:func:`nnmjax._platform.sequential_on_cpu`): without a mesh. On the CPU each run's own
+    parameters turn the convolutions into grouped ones: the 13 workers' gradients of ``byzfl_cnn_mnist`` for 5 runs cost 1.52x more per
     run batched than one by one (1.05x for 1 run; ``python benchmarks/gradients.py``,
     ``benchmarks/results/gradients-cpu.json``). FedAvg's local steps
     (:mod:`nnmjax.sim.fedavg`) and the evaluation of the runs' test accuracy
@@ -184,10 +185,10 @@ def runs_one_by_one(spec: StepSpec) -> bool:
         >>> from nnmjax.sim import build_experiment
         >>> exp = build_experiment(Config(model="logreg", n=5, f=1, batch_size=4), "alie",
         ...                        "cwtm", seeds=[1, 2])
-        >>> runs_one_by_one(exp.spec) == (jax.default_backend() == "cpu")
+        >>> runs_one_by_one(exp.spec)
         True
     """
-    return spec.mesh is None and jax.default_backend() == "cpu"
+    return spec.mesh is None
 
 
 def worker_grads(spec: StepSpec, params, model_state, data: RunData, key, weight_decay, *,
@@ -215,7 +216,7 @@ def worker_grads(spec: StepSpec, params, model_state, data: RunData, key, weight
         args = (params, model_state, weight_decay, drop, xb, yb)
     if runs_one_by_one(spec):  # every traced value an argument: none closed over
         batched = workers
-        workers = jax.custom_batching.sequential_vmap(lambda *a: batched(*a))
+        workers = sequential_on_cpu(lambda *a: batched(*a))
     (losses, stats), grads = workers(*args)
     if spec.mesh is not None and spec.mesh.shape["workers"] > 1:
         # each device computed its own workers' gradients; drop the padding
