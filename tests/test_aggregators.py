@@ -643,6 +643,24 @@ def test_smea_pruned_argmin_equals_full_argmin(count):
     assert nested.reshape(-1).tolist() == want[:4]
 
 
+@pytest.mark.parametrize("d", [2, 9])
+def test_smea_scatter_and_gram_matrices_pick_the_reference_subset(d):
+    """``d < n - f`` takes the ``d x d`` scatter matrices, ``d >= n - f`` the centred Gram
+    matrices: both pick the reference's subset on random rows, tied Byzantine copies and a
+    large common offset."""
+    n, f = 9, 2
+    rng = np.random.default_rng(d)
+    fn = jitted("smea", f)
+    for case in range(3):
+        x = rng.normal(size=(n, d)).astype(np.float32)
+        if case == 1:
+            x[-f:] = 3.0 * x[0]
+        if case == 2:
+            x += np.float32(1e4)
+        np.testing.assert_allclose(np.asarray(fn(jnp.asarray(x))), ref.smea(x, f),
+                                   rtol=1e-5, atol=1e-5 * (1 + np.abs(x).max()))
+
+
 def test_smea_gradient_under_vmap():
     """``jax.grad`` of SMEA works under ``vmap`` (the arg-min is on stopped gradients; the
     lowering of its vmapped instances is tested in ``tests/test_platform.py``)."""

@@ -43,6 +43,8 @@ LARGE_CHUNK = 2048
 POWER_ITERS = 16
 #: Relative margin between a lower bound and the best exact value before a matrix is pruned.
 MARGIN = 1e-3
+#: Matrices per block of the power iterations on the CPU (:func:`_lower_bounds`).
+BOUND_BLOCK = 256
 
 
 def _key(v):
@@ -53,7 +55,23 @@ def _key(v):
 def _lower_bounds(m):
     """Rayleigh quotients ``(C,)`` after :data:`POWER_ITERS` power iterations from the unit
     vector of each matrix's largest diagonal entry (whose quotient is at least
-    ``lambda_max / k``)."""
+    ``lambda_max / k``). In a program lowered for the CPU, in blocks of :data:`BOUND_BLOCK`
+    matrices (``lax.map``), each block in cache for all its iterations."""
+    count = m.shape[0]
+    if count <= BOUND_BLOCK:
+        return _power_bounds(m)
+    blocks = -(-count // BOUND_BLOCK)
+
+    def blocked(m):
+        pad = jnp.zeros((blocks * BOUND_BLOCK - count,) + m.shape[1:], m.dtype)
+        grouped = jnp.concatenate([m, pad]).reshape((blocks, BOUND_BLOCK) + m.shape[1:])
+        return jax.lax.map(_power_bounds, grouped).reshape(-1)[:count]
+
+    return jax.lax.platform_dependent(m, cpu=blocked, default=_power_bounds)
+
+
+def _power_bounds(m):
+    """:func:`_lower_bounds` of ``m`` in one batch."""
     k = m.shape[-1]
     v = jax.nn.one_hot(jnp.argmax(jnp.diagonal(m, axis1=1, axis2=2), axis=1), k, dtype=m.dtype)
 
