@@ -11,7 +11,7 @@ XLA's CPU fusion degrades past ~500 comparators (n ~ 64), so for
 separated by ``optimization_barrier`` (one materialisation per stage; measured
 ~30-50 ms at (100, 1e5) against ~900 ms for ``jnp.sort``). Past
 ``NETWORK_MAX_N`` rows we sort integer keys whose order is the floats' order
-(:func:`sort_columns`). On accelerators that is XLA's sort; on the CPU backend XLA's sort
+(:func:`sort_columns`). On accelerators that is XLA's sort; on the CPU XLA's sort
 costs about 40 ns per element (0.56 s at (1000, 1e4)), so the sort runs in NumPy's
 vectorised sort on the host, called from the compiled program, blocks of columns on a
 thread per core (:func:`host_sort`; CWTM and CWMed sum their window on the host,
@@ -38,7 +38,7 @@ except ImportError:  # jax without it: host_sort copies through pure_callback
 NETWORK_MAX_N = 128
 FUSED_MAX_N = 64
 STAGE = 96
-#: Whether sorts and ranks on the CPU backend run in NumPy (:func:`host_sort`); set it to
+#: Whether sorts and ranks lowered for the CPU run in NumPy (:func:`host_sort`); set it to
 #: ``False`` to keep every sort inside the compiled program (e.g. to export it).
 HOST_SORT = True
 #: Columns per task of :func:`host_sort`.
@@ -114,8 +114,8 @@ def _from_key(k, dtype):
 def sort_columns(x):
     """``jnp.sort(sanitize(x), axis=0)``, computed as a sort of the integer keys of ``x``
     (exact: the keys map back to the same floats; ``-0.0`` sorts before ``0.0``): NumPy's
-    sort on the CPU backend (:func:`host_sort`), else XLA's along the rows of the keys'
-    transpose. Differentiable: the derivative is the sorting permutation."""
+    sort in a program lowered for the CPU (:func:`host_sort`), else XLA's along the rows of
+    the keys' transpose. Differentiable: the derivative is the sorting permutation."""
     keys = _on_host_or_device(host_sort, lambda k: jnp.sort(k.T, axis=1).T,
                               _ordered_key(sanitize(x)))
     return _from_key(keys, x.dtype)
@@ -145,7 +145,7 @@ def ranks(x):
     Pairwise comparisons in one fused pass for ``n <= RANKS_MAX_N`` (each row against all
     rows at once: ``n`` operations over ``(n, d)``, which trace and compile faster than
     ``n^2`` operations of one row against another); past it NumPy's stable
-    argsort of the integer keys on the CPU backend (:func:`host_sort`, which also puts
+    argsort of the integer keys lowered for the CPU (:func:`host_sort`, which also puts
     ``-0.0`` before ``0.0``), XLA's elsewhere.
 
     Example:

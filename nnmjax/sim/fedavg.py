@@ -8,7 +8,7 @@ Each round (McMahan et al., 2017, with a robust server as ByzFL's ``FedAvg``):
 2. every sampled client runs ``local_steps`` SGD steps (``lr`` on ``lr_schedule`` at the
    round, ``local_momentum``, a fresh optimizer state each round) from the global model on
    its own minibatches, one ``jax.vmap`` over clients of a ``lax.scan`` over steps
-   (:func:`nnmjax.optim.federated.local_updates`; on the CPU backend a ``lax.map``, one
+   (:func:`nnmjax.optim.federated.local_updates`; lowered for the CPU a ``lax.map``, one
    client at a time, which XLA runs faster there), and sends ``Delta_i = w_i - w``;
 3. the Byzantine clients send attacked updates (computed from the honest ones as in D-SHB;
    under label flipping they train on flipped labels instead);
