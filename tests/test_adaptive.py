@@ -72,6 +72,27 @@ def test_adaptive_improves_where_the_rule_has_a_gradient():
     assert _damage(rule, honest, adv, None) > start * (1 + 1e-6)
 
 
+def test_adaptive_stops_at_a_fixed_point():
+    """On a plateau of the rule (CWTM at a start whose Byzantine values are all trimmed: zero
+    gradient) the ascent stops after one step: 50 steps evaluate the rule as often as one,
+    and return the same rows; vmapped instances stop on their own."""
+    calls = []
+    cwtm = nnmjax.rule("cwtm", F)
+
+    def counted(x):
+        jax.debug.callback(lambda: calls.append(1))
+        return cwtm(x)
+
+    honest = jnp.stack([_honest("random", seed) for seed in range(2)])
+    runs = {}
+    for steps in (1, 50):
+        calls.clear()
+        fn = jax.jit(jax.vmap(lambda h: attacks.adaptive(h, F, rule=counted, steps=steps)))
+        runs[steps] = (np.asarray(fn(honest)), len(calls))
+    np.testing.assert_array_equal(runs[1][0], runs[50][0])
+    assert runs[1][1] == runs[50][1]
+
+
 def test_adaptive_constraints():
     honest = _honest("random", seed=2)
     rule = nnmjax.rule("nnm+cwtm", F)

@@ -482,7 +482,10 @@ def adaptive(honest: Real[ArrayLike, "h d"], f: int, *, rule: Callable,
     ``Z`` for ``steps`` steps, through ``jax.grad`` of the rule actually in use (the
     sorting networks, selections and mixings are differentiated where they are locally
     linear). Every iterate is scored with the true rule and the best rows are returned, so
-    the result is at least as damaging as both optimal attacks. ``constraint``: ``None``;
+    the result is at least as damaging as both optimal attacks. The ascent stops at a fixed
+    point (zero gradient and first moment), where the remaining steps could change nothing;
+    it runs on stopped gradients, so the rows' derivative is that of ``s + sigma * Z`` with
+    ``Z`` held fixed (as the optimal attacks' ``eta``). ``constraint``: ``None``;
     ``"range"`` keeps every coordinate inside the honest rows' range; ``"ball"`` keeps each
     row within ``radius`` (default: the largest honest distance to ``s``) of ``s`` (the
     start is projected too, so then the bound above holds for the projected start).
@@ -532,55 +535,76 @@ def adaptive(honest: Real[ArrayLike, "h d"], f: int, *, rule: Callable,
     lo, hi = jnp.min(honest, axis=0), jnp.max(honest, axis=0)
     if radius is None:
         radius = jnp.sqrt(jnp.max(jnp.sum(jnp.square(honest - s), axis=1)))
-
-    def project(z):
-        if constraint == "range":
-            return jnp.clip(z, (lo - s) / sigma, (hi - s) / sigma)
-        if constraint == "ball":
-            norm = jnp.sqrt(jnp.sum(jnp.square(z * sigma), axis=1, keepdims=True))
-            return z * jnp.minimum(1.0, radius / jnp.maximum(norm, jnp.finfo(z.dtype).tiny))
-        return z
+    bounds = (lo, hi, jnp.asarray(radius, honest.dtype))
 
     def damage_rows(rows):
         out = _subspace.call(rule, jnp.concatenate([honest, rows], axis=0), key)
         err = jnp.sum(jnp.square(out - s))
         return jnp.where(jnp.isfinite(err), err, -1.0)
 
-    def damage(z):
-        return damage_rows(s + sigma * z)
-
     if constraint is not None:
-        starts = [s + sigma * project((b - s) / sigma) for b in starts]
+        starts = [s + sigma * _project(constraint, (b - s) / sigma, s, sigma, *bounds)
+                  for b in starts]
     scores = [damage_rows(b) for b in starts]
     first = scores[0] >= scores[1]
     rows0 = jnp.where(first, starts[0], starts[1])  # scored exactly as they are
     best0 = jnp.maximum(scores[0], scores[1])
     z0 = (rows0 - s) / sigma
     try:
-        jax.eval_shape(jax.grad(damage), z0)
+        jax.eval_shape(jax.grad(lambda z: damage_rows(s + sigma * z)), z0)
     except Exception as e:  # noqa: BLE001 - any tracing failure: not differentiable
         import warnings
 
         warnings.warn(f"adaptive: {rule!r} cannot be differentiated ({type(e).__name__}); "
                       "using the better of optimal ALIE and optimal FOE", stacklevel=2)
         return rows0
-    opt = optax.adam(lr)
+    ascend = sequential_on_cpu(functools.partial(_ascend, rule, optax.adam(lr), steps,
+                                                 constraint))
+    improved, z = ascend(*jax.lax.stop_gradient((honest, s, sigma, *bounds, z0, best0)), key)
+    return jnp.where(improved, s + sigma * z, rows0).astype(honest.dtype)
 
-    def step(carry, _):
-        z, state, best_rows, best = carry
+
+def _project(constraint, z, s, sigma, lo, hi, radius):
+    """``z`` (rows ``s + sigma z``) projected onto :func:`adaptive`'s ``constraint``."""
+    if constraint == "range":
+        return jnp.clip(z, (lo - s) / sigma, (hi - s) / sigma)
+    if constraint == "ball":
+        norm = jnp.sqrt(jnp.sum(jnp.square(z * sigma), axis=1, keepdims=True))
+        return z * jnp.minimum(1.0, radius / jnp.maximum(norm, jnp.finfo(z.dtype).tiny))
+    return z
+
+
+def _ascend(rule, opt, steps, constraint, honest, s, sigma, lo, hi, radius, z0, best0, key):
+    """:func:`adaptive`'s ascent from ``z0`` (damage ``best0``): ``(improved, z)``, whether an
+    iterate beat ``best0`` and the best one. It stops once an iterate is a fixed point (zero
+    gradient, zero first moment, and the step leaves ``z`` as it is), which every later step
+    would keep: the result of all ``steps`` steps without the steps that cannot change it
+    (a plateau of the rule, e.g. CWTM with every Byzantine value trimmed). Every traced
+    value is an argument, so that vmapped instances run one after another on the CPU
+    (:func:`nnmjax._platform.sequential_on_cpu`), each stopping on its own."""
+    def damage(z):
+        out = _subspace.call(rule, jnp.concatenate([honest, s + sigma * z], axis=0), key)
+        err = jnp.sum(jnp.square(out - s))
+        return jnp.where(jnp.isfinite(err), err, -1.0)
+
+    def more(carry):
+        return (carry[0] < steps) & ~carry[-1]
+
+    def step(carry):
+        i, z, state, best_z, best, improved, _ = carry
         val, g = jax.value_and_grad(damage)(z)
         take = val > best
-        best_rows = jnp.where(take, s + sigma * z, best_rows)
-        best = jnp.where(take, val, best)
+        best_z, best = jnp.where(take, z, best_z), jnp.where(take, val, best)
         g = jnp.where(jnp.isfinite(g), g, 0.0)
         updates, state = opt.update(-g, state, z)
-        return (project(optax.apply_updates(z, updates)), state, best_rows, best), None
+        z_next = _project(constraint, optax.apply_updates(z, updates), s, sigma, lo, hi, radius)
+        frozen = jnp.all(g == 0) & jnp.all(state[0].mu == 0) & jnp.all(z_next == z)
+        return i + 1, z_next, state, best_z, best, improved | take, frozen
 
-    (z, _, best_rows, best), _ = jax.lax.scan(step, (z0, opt.init(z0), rows0, best0), None,
-                                              length=steps)
-    last = s + sigma * z
-    return jnp.where(damage_rows(last) > best, last, best_rows).astype(honest.dtype)
-
+    init = (jnp.int32(0), z0, opt.init(z0), z0, best0, jnp.array(False), jnp.array(False))
+    _, z, _, best_z, best, improved, _ = jax.lax.while_loop(more, step, init)
+    take = damage(z) > best
+    return improved | take, jnp.where(take, z, best_z)
 
 
 #: The perturbation directions of :func:`minmax` and :func:`minsum`.
