@@ -30,7 +30,7 @@ ROUGH_STEP_S = {"paper_cnn": 0.125, "mlp": 0.018}
 SEARCH_FACTOR = 2.4
 #: A step under the adaptive attack against a step under optimal ALIE on the same rule: the
 #: median of the whole-step ratios of ``benchmarks/step_profile.py --attacks optimal_alie
-#: adaptive`` (1.58 Krum, 2.18 NNM + CWTM, 2.81 CWTM, 3.37 GM; paper CNN, 2-core CPU).
+#: adaptive`` (1.84 CWTM, 2.40 NNM + CWTM, 2.61 Krum, 4.83 GM; paper CNN, 2-core CPU).
 ADAPTIVE_FACTOR = 2.5
 _OPTIMAL = ("optimal_alie", "optimal_foe")
 _SEARCHING = _OPTIMAL + ("adaptive",)

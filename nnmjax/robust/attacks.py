@@ -576,22 +576,20 @@ def _project(constraint, z, s, sigma, lo, hi, radius):
 
 def _ascend(rule, opt, steps, constraint, honest, s, sigma, lo, hi, radius, z0, best0, key):
     """:func:`adaptive`'s ascent from ``z0`` (damage ``best0``): ``(improved, z)``, whether an
-    iterate beat ``best0`` and the best one. It stops once an iterate is a fixed point (zero
+    iterate beat ``best0`` and the best one. Once an iterate is a fixed point (zero
     gradient, zero first moment, and the step leaves ``z`` as it is), which every later step
-    would keep: the result of all ``steps`` steps without the steps that cannot change it
-    (a plateau of the rule, e.g. CWTM with every Byzantine value trimmed). Every traced
+    would keep, the remaining steps are skipped (``lax.cond`` in the ``lax.scan``): the
+    result of all ``steps`` steps without the steps that cannot change it (a plateau of the
+    rule, e.g. CWTM with every Byzantine value trimmed). Every traced
     value is an argument, so that vmapped instances run one after another on the CPU
-    (:func:`nnmjax._platform.sequential_on_cpu`), each stopping on its own."""
+    (:func:`nnmjax._platform.sequential_on_cpu`), each skipping on its own."""
     def damage(z):
         out = _subspace.call(rule, jnp.concatenate([honest, s + sigma * z], axis=0), key)
         err = jnp.sum(jnp.square(out - s))
         return jnp.where(jnp.isfinite(err), err, -1.0)
 
-    def more(carry):
-        return (carry[0] < steps) & ~carry[-1]
-
     def step(carry):
-        i, z, state, best_z, best, improved, _ = carry
+        z, state, best_z, best, improved, _ = carry
         val, g = jax.value_and_grad(damage)(z)
         take = val > best
         best_z, best = jnp.where(take, z, best_z), jnp.where(take, val, best)
@@ -599,10 +597,13 @@ def _ascend(rule, opt, steps, constraint, honest, s, sigma, lo, hi, radius, z0, 
         updates, state = opt.update(-g, state, z)
         z_next = _project(constraint, optax.apply_updates(z, updates), s, sigma, lo, hi, radius)
         frozen = jnp.all(g == 0) & jnp.all(state[0].mu == 0) & jnp.all(z_next == z)
-        return i + 1, z_next, state, best_z, best, improved | take, frozen
+        return z_next, state, best_z, best, improved | take, frozen
 
-    init = (jnp.int32(0), z0, opt.init(z0), z0, best0, jnp.array(False), jnp.array(False))
-    _, z, _, best_z, best, improved, _ = jax.lax.while_loop(more, step, init)
+    def maybe_step(carry, _):
+        return jax.lax.cond(carry[-1], lambda c: c, step, carry), None
+
+    init = (z0, opt.init(z0), z0, best0, jnp.array(False), jnp.array(False))
+    (z, _, best_z, best, improved, _), _ = jax.lax.scan(maybe_step, init, None, length=steps)
     take = damage(z) > best
     return improved | take, jnp.where(take, z, best_z)
 
