@@ -13,8 +13,8 @@ import nnmjax
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "nnmjax"
 #: Each layer may import only from layers of lower or equal rank.
-RANKS = {"_suggest": 0, "xla_options": 0, "robust": 0, "scale": 1, "optim": 2, "models": 3, "data": 3, "sim": 4,
-         "experiments": 5, "bench": 6, "cli": 7}
+RANKS = {"_suggest": 0, "_platform": 0, "xla_options": 0, "robust": 0, "scale": 1, "optim": 2,
+         "models": 3, "data": 3, "sim": 4, "experiments": 5, "bench": 6, "cli": 7}
 #: Modules ranked apart from their folder: a config describes one run to the simulator
 #: (below it) as much as a grid to the experiment layer.
 MODULE_RANKS = {"nnmjax.experiments.config": 3}
