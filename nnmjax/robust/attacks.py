@@ -538,9 +538,7 @@ def adaptive(honest: Real[ArrayLike, "h d"], f: int, *, rule: Callable,
     bounds = (lo, hi, jnp.asarray(radius, honest.dtype))
 
     def damage_rows(rows):
-        out = _subspace.call(rule, jnp.concatenate([honest, rows], axis=0), key)
-        err = jnp.sum(jnp.square(out - s))
-        return jnp.where(jnp.isfinite(err), err, -1.0)
+        return _rows_damage(rule, honest, rows, s, key)
 
     if constraint is not None:
         starts = [s + sigma * _project(constraint, (b - s) / sigma, s, sigma, *bounds)
@@ -564,6 +562,13 @@ def adaptive(honest: Real[ArrayLike, "h d"], f: int, *, rule: Callable,
     return jnp.where(improved, s + sigma * z, rows0).astype(honest.dtype)
 
 
+def _rows_damage(rule, honest, rows, s, key):
+    """``||rule(honest ++ rows) - s||^2``, ``-1`` where it is not finite."""
+    out = _subspace.call(rule, jnp.concatenate([honest, rows], axis=0), key)
+    err = jnp.sum(jnp.square(out - s))
+    return jnp.where(jnp.isfinite(err), err, -1.0)
+
+
 def _project(constraint, z, s, sigma, lo, hi, radius):
     """``z`` (rows ``s + sigma z``) projected onto :func:`adaptive`'s ``constraint``."""
     if constraint == "range":
@@ -580,13 +585,11 @@ def _ascend(rule, opt, steps, constraint, honest, s, sigma, lo, hi, radius, z0, 
     gradient, zero first moment, and the step leaves ``z`` as it is), which every later step
     would keep, the remaining steps are skipped (``lax.cond`` in the ``lax.scan``): the
     result of all ``steps`` steps without the steps that cannot change it (a plateau of the
-    rule, e.g. CWTM with every Byzantine value trimmed). Every traced
-    value is an argument, so that vmapped instances run one after another on the CPU
+    rule, e.g. CWTM with every Byzantine value trimmed). Every traced value is an argument,
+    so that vmapped instances run one after another on the CPU
     (:func:`nnmjax._platform.sequential_on_cpu`), each skipping on its own."""
     def damage(z):
-        out = _subspace.call(rule, jnp.concatenate([honest, s + sigma * z], axis=0), key)
-        err = jnp.sum(jnp.square(out - s))
-        return jnp.where(jnp.isfinite(err), err, -1.0)
+        return _rows_damage(rule, honest, s + sigma * z, s, key)
 
     def step(carry):
         z, state, best_z, best, improved, _ = carry
