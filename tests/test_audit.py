@@ -59,6 +59,15 @@ def test_the_mean_is_found_unbounded():
     assert r.worst_ratio > 100 * r.lower_bound
 
 
+def test_a_rule_that_depends_on_the_origin_is_found_unbounded():
+    """SignGuard's norm and sign filters let rows beside ``n - f`` identical rows away from
+    the origin into the average: Proposition 6's S0 at an offset gives an infinite ratio,
+    whereas a translation-equivariant rule keeps its Proposition 6 value."""
+    r = audit.audit("signguard", N, 1, D, restarts=4, steps=2)
+    assert r.worst_ratio == np.inf and r.source == "proposition6_offset"
+    assert audit.audit("cwtm", N, 1, D, restarts=4, steps=2).worst_ratio < 1
+
+
 def test_a_callable_rule():
     def median(x):
         return jnp.median(x, axis=0)

@@ -24,6 +24,9 @@ chosen positions. The search, all restarts vmapped in one compiled call:
   in the Byzantine rows (Krum's selection, NNM's neighbourhoods). Every iterate is
   scored with the true rule, and the best kept;
 * **final scoring**: the best candidates are re-placed at more positions and scored,
+  with Proposition 6's ``S0`` moved away from the origin (``n - f`` identical rows
+  ``(1, ..., 1)`` and ``f`` rows beside them: a rule that depends on the origin must
+  still return the common row) at as many positions,
   in float64 on the host, over every ``S`` of size ``n - f`` (Definition 2's maximum;
   the chosen ``S`` alone when ``C(n, f)`` exceeds ``max_subsets``).
 
@@ -298,6 +301,18 @@ def _starts(n: int, f: int, d: int, restarts: int, rng) -> _Start:
     return _Start(np.stack(hs), np.stack(bs), perm, tied, names)
 
 
+def _offset_instance(n: int, f: int, d: int) -> np.ndarray:
+    """Proposition 6's ``S0`` away from the origin: ``n - f`` copies of ``c = (1, ..., 1)``
+    and ``f`` copies of ``c + e_1 / 2``.
+
+    A translation-equivariant rule sees ``S0`` itself; a rule that depends on the origin
+    (norms, signs, clipping) must still return ``c`` here, or its ratio is infinite (the
+    honest spread is 0). Scored as it is (it cannot be normalised)."""
+    c = np.ones((n, d))
+    c[n - f:, 0] += 0.5
+    return c
+
+
 def _normalise(hraw, braw):
     """Honest rows to mean 0 and unit spread, the Byzantine rows by the same affine map."""
     mu = jnp.mean(hraw, axis=0)
@@ -342,16 +357,18 @@ def _make_search(call, n: int, f: int, d: int, steps: int, lr: float, sigma: flo
         grads = [jnp.tensordot(diff, u, axes=1) / samples for u in us]
         return vals[0], tree.unflatten(grads)
 
-    def run_one(hraw, braw, perm, tied, key, noise, smooth, auto):
+    def run_one(hraw, braw, perm, tied, key, noise, smooth):
+        """One restart: Adam ascent on the smoothed surrogate (``smooth``) or along
+        ``jax.grad``, keeping the best iterate by the true rule's score."""
         params = _normalise(hraw, braw)
         state = opt.init(params)
 
         def step(carry, k):
             params, state, best = carry
-            val, g = value_and_smoothed_grad(params, perm, tied, key, k)
-            if auto:  # restarts that follow jax.grad; the smoothed value is the same score
-                g_auto = jax.grad(score)(params, perm, tied, key)
-                g = jax.tree_util.tree_map(lambda a, b: jnp.where(smooth, a, b), g, g_auto)
+            if smooth:
+                val, g = value_and_smoothed_grad(params, perm, tied, key, k)
+            else:  # the value of jax.value_and_grad is the same score of the same point
+                val, g = jax.value_and_grad(score)(params, perm, tied, key)
             better = val > best[0]  # the true rule's score of the current point
             best = (jnp.where(better, val, best[0]),
                     jax.tree_util.tree_map(lambda a, b: jnp.where(better, a, b), params, best[1]))
@@ -365,12 +382,21 @@ def _make_search(call, n: int, f: int, d: int, steps: int, lr: float, sigma: flo
         return best[0], best[1][0], best[1][1]
 
     def build(auto):
-        """One vmap over all restarts: odd ones follow the smoothed surrogate, even ones
-        ``jax.grad`` (all smoothed when ``auto`` is false)."""
-        def search(hraw, braw, perm, tied, keys, noise):
-            smooth = (jnp.arange(hraw.shape[0]) % 2 == 1) | (not auto)
-            return jax.vmap(lambda *a: run_one(*a, auto=auto))(
-                hraw, braw, perm, tied, keys, noise, smooth)
+        """Odd restarts follow the smoothed surrogate, even ones ``jax.grad`` (all smoothed
+        when ``auto`` is false): two vmaps, so that each restart pays only for its own
+        ascent."""
+        def group(args, smooth):
+            return jax.vmap(lambda *a: run_one(*a, smooth=smooth))(*args)
+
+        def search(*args):
+            if not auto:
+                return group(args, True)
+            r = args[0].shape[0]
+            order = np.r_[np.arange(0, r, 2), np.arange(1, r, 2)]
+            grad = group(jax.tree_util.tree_map(lambda a: a[0::2], args), False)
+            smoothed = group(jax.tree_util.tree_map(lambda a: a[1::2], args), True)
+            back = np.argsort(order)
+            return tuple(jnp.concatenate([g, s])[back] for g, s in zip(grad, smoothed))
 
         return jax.jit(search)
 
@@ -465,6 +491,11 @@ def audit(rule, n: int, f: int, d: int = 8, *, restarts: int = 32, steps: int = 
         cands.append(np.concatenate([st.honest[i], st.byz[i]]))
         masks.append(np.arange(n) < h)
         sources.append(st.source[i])
+    offset = _offset_instance(n, f, d)
+    for p in [np.arange(n)] + [rng.permutation(n) for _ in range(placements)]:
+        cands.append(offset[p])
+        masks.append(p < h)
+        sources.append("proposition6_offset")
     xs = np.stack(cands).astype(np.float32)
     keys = jax.random.split(jax.random.key(seed + 1), len(xs))
     outs = np.asarray(jax.jit(jax.vmap(call))(jnp.asarray(xs), keys), np.float64)
