@@ -545,12 +545,21 @@ def refusal(rule, n: int, f: int) -> str | None:
         >>> audit.refusal("nnm+cwtm", 17, 4) is None
         True
     """
+    return _named_refusal(rule, n, f) if isinstance(rule, str) else _trace_refusal(rule, n, f)
+
+
+def _trace_refusal(rule, n: int, f: int) -> str | None:
+    """:func:`refusal` by tracing the rule on an ``(n, 1)`` input."""
     try:
         _, call = _resolve(rule, f)
         jax.eval_shape(call, jax.ShapeDtypeStruct((n, 1), jnp.float32), jax.random.key(0))
     except ValueError as e:
         return str(e)
     return None
+
+
+#: :func:`refusal` of a rule name, traced once per ``(name, n, f)`` in a process.
+_named_refusal = functools.lru_cache(maxsize=1024)(_trace_refusal)
 
 
 def _one(args):
