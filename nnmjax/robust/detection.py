@@ -5,10 +5,11 @@ listed in :data:`nnmjax.robust.rules.RANDOMIZED`. Rows whose norm is not finite 
 +-Inf, or overflowing values) are removed before anything else and never enter a mean.
 Neither rule has a proven robustness coefficient in the sense of Definition 2 of the
 paper. ``nnmjax audit`` at ``n = 17`` (``docs/audit.md``) finds, for ``f = 1..8``, DnC
-ratios of 0.26, 0.60, 3.11, 1.70, 6.82, 69.9, 14.9, 70.0, and SignGuard ratios of 0.97,
-1.13 and 1.36 at ``f = 1..3`` but unbounded ones at ``f = 4, 6, 7`` and about 8e15 at
-``f = 8``. Those of NNM + DnC equal NNM + Multi-Krum's at every ``f`` (0.26 to 30.2);
-those of NNM + SignGuard are within 10 % of them up to ``f = 7`` and unbounded at ``f = 8``.
+ratios of 0.26, 0.60, 3.11, 1.70, 6.82, 69.9, 14.9, 70.0, and unbounded SignGuard ratios
+at every ``f``: next to ``n - f`` identical rows away from the origin, rows beside them
+pass the norm and sign filters and move the average. Those of NNM + DnC equal NNM +
+Multi-Krum's at every ``f`` (0.26 to 30.2); NNM + SignGuard is unbounded at every ``f``
+too.
 
 * :func:`dnc`: Divide-and-Conquer (Shejwalkar and Houmansadr, NDSS 2021, Algorithm 2):
   on random coordinate subsets, score each row by its squared projection on the top
