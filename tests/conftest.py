@@ -2,23 +2,25 @@
 and start the long tests first.
 
 JAX's numerical configuration is deliberately left alone (float32, default device): every
-test file runs in the same process and must see the library's defaults. The one setting
-made here is where compiled programs are kept: a persistent compilation cache in a fresh
-directory for this test session (unless ``JAX_COMPILATION_CACHE_DIR`` is already set), so
-that the many tests and subprocesses (CLI, notebooks, two-process runs) that build the same
-XLA program compile it once, across ``pytest -n`` workers too. A cached program is the same
-executable, so results are unchanged; the directory is removed when the session ends.
+test file runs in the same process and must see the library's defaults. The settings made
+here concern compilation only, since most of the suite's time is XLA compiling small
+programs:
+
+* a persistent compilation cache in a fresh directory for this test session (unless
+  ``JAX_COMPILATION_CACHE_DIR`` is already set), so that the many tests and subprocesses
+  (CLI, notebooks, two-process runs) that build the same XLA program compile it once,
+  across ``pytest -n`` workers too; every program is kept, however short its compilation
+  (``JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS=0`` unless set). A cached program is the
+  same executable, so results are unchanged; the directory is removed when the session
+  ends;
+* XLA's lowest backend optimisation level, :data:`TEST_XLA_FLAG`, appended to
+  ``XLA_FLAGS`` (which the processes the tests start inherit) unless ``XLA_FLAGS`` sets a
+  level: the same programs, float rounding that may differ in the last bits from a
+  default build (every comparison in the suite is between programs compiled alike, or to
+  a tolerance). The benchmarks and ``experiments/`` results run at XLA's default.
 
 Tests marked ``slow`` (end-to-end runs of a minute or more on 2 cores) are collected first,
 so that ``pytest -n 2`` does not finish on one worker running a long test alone.
-
-Most of the suite's time is XLA compiling small programs, so the tests (and the processes
-they start, which inherit ``XLA_FLAGS``) compile at XLA's lowest backend optimisation
-level, :data:`TEST_XLA_FLAG`: the same operations and programs, 17 % less wall time for
-the whole suite on 2 cores, float rounding that may differ in the last bits from a
-default build (every comparison in the suite is between programs compiled alike, or to
-a tolerance). Set ``XLA_FLAGS`` with any ``--xla_backend_optimization_level`` to choose
-another level. The benchmarks and ``experiments/`` results run at XLA's default.
 """
 from __future__ import annotations
 
@@ -41,6 +43,10 @@ if "--xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", ""):
     os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {TEST_XLA_FLAG}".strip()
 
 _CACHE_ENV = "JAX_COMPILATION_CACHE_DIR"
+#: Every program is kept, not only those compiling for over a second (JAX's default): the
+#: two ``-n`` workers and the subprocesses share the small ones too.
+_MIN_TIME_ENV = "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"
+os.environ.setdefault(_MIN_TIME_ENV, "0")
 _owned_cache: str | None = None
 
 
@@ -54,6 +60,8 @@ def pytest_configure(config):
         import jax
 
         jax.config.update("jax_compilation_cache_dir", os.environ[_CACHE_ENV])
+        jax.config.update("jax_persistent_cache_min_compile_time_secs",
+                          float(os.environ[_MIN_TIME_ENV]))
 
 
 def pytest_unconfigure(config):
