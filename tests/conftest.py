@@ -9,10 +9,8 @@ programs:
 * a persistent compilation cache in a fresh directory for this test session (unless
   ``JAX_COMPILATION_CACHE_DIR`` is already set), so that the many tests and subprocesses
   (CLI, notebooks, two-process runs) that build the same XLA program compile it once,
-  across ``pytest -n`` workers too; every program is kept, however short its compilation
-  (``JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS=0`` unless set). A cached program is the
-  same executable, so results are unchanged; the directory is removed when the session
-  ends;
+  across ``pytest -n`` workers too. A cached program is the same executable, so results
+  are unchanged; the directory is removed when the session ends;
 * XLA's lowest backend optimisation level, :data:`TEST_XLA_FLAG`, appended to
   ``XLA_FLAGS`` (which the processes the tests start inherit) unless ``XLA_FLAGS`` sets a
   level: the same programs, float rounding that may differ in the last bits from a
@@ -43,10 +41,6 @@ if "--xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", ""):
     os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {TEST_XLA_FLAG}".strip()
 
 _CACHE_ENV = "JAX_COMPILATION_CACHE_DIR"
-#: Every program is kept, not only those compiling for over a second (JAX's default): the
-#: two ``-n`` workers and the subprocesses share the small ones too.
-_MIN_TIME_ENV = "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"
-os.environ.setdefault(_MIN_TIME_ENV, "0")
 _owned_cache: str | None = None
 
 
@@ -60,8 +54,6 @@ def pytest_configure(config):
         import jax
 
         jax.config.update("jax_compilation_cache_dir", os.environ[_CACHE_ENV])
-        jax.config.update("jax_persistent_cache_min_compile_time_secs",
-                          float(os.environ[_MIN_TIME_ENV]))
 
 
 def pytest_unconfigure(config):
