@@ -639,11 +639,17 @@ def _run_audit(args) -> int:
 
     from nnmjax.experiments import interrupt
 
+    refused = 0
     for name in names:
         for f in fs:
             reason = audit.refusal(name, args.n, f)
             if reason:
+                refused += 1
                 print(f"  skipped {name} f={f}: {reason}", file=sys.stderr)
+    if refused == len(names) * len(fs):
+        print(f"nnmjax audit: no rule accepts n = {args.n} with the f asked for: nothing to "
+              "audit", file=sys.stderr)
+        return 2
     interrupt.KEPT_NOTE[0] = f"the finished audits are kept in {out / 'partial-audit.json'}"
     t0 = time.perf_counter()
     results = audit.audit_many(names, args.n, fs, jobs=args.jobs, progress=progress,

@@ -150,6 +150,17 @@ def test_audit_command_errors(argv, word, tmp_path):
     assert len(p.stderr.strip().splitlines()) == 1
 
 
+def test_audit_command_with_every_pair_refused(tmp_path):
+    """Bulyan needs n >= 4f + 3: at n = 9, f = 3 there is nothing to audit, and the command
+    says so (exit 2) instead of failing on an empty table."""
+    p = subprocess.run([sys.executable, "-m", "nnmjax.cli", "audit", "--rules", "bulyan",
+                        "--n", "9", "--f", "3", "--out", str(tmp_path)],
+                       capture_output=True, text=True, timeout=120)
+    assert p.returncode == 2 and "Traceback" not in p.stderr
+    assert "skipped bulyan f=3" in p.stderr and "nothing to audit" in p.stderr
+    assert not (tmp_path / "audit.json").exists()
+
+
 def test_written_files_honour_the_umask(tmp_path):
     import os
 
