@@ -72,6 +72,25 @@ def test_adaptive_improves_where_the_rule_has_a_gradient():
     assert _damage(rule, honest, adv, None) > start * (1 + 1e-6)
 
 
+def test_adaptive_on_an_equivariant_rule_stays_in_the_span():
+    """An equivariant rule's ascent runs in a frame of the span of the centred honest rows
+    and its start (``d = 40 > h + 1``): GM's rows lie in the span of the centred honest
+    rows and the two starts, and beat both strictly."""
+    rule = _rule("gm")
+    rng = np.random.default_rng(7)
+    honest = jnp.asarray(rng.normal(size=(H, 40)) + rng.normal(size=40), jnp.float32)
+    adv, *starts = jax.jit(lambda h: (attacks.adaptive(h, F, rule=rule, steps=20, lr=0.05),
+                                      attacks.optimal_alie(h, F, rule=rule),
+                                      attacks.optimal_foe(h, F, rule=rule)))(honest)
+    s = honest.mean(0)
+    span = np.concatenate([np.asarray(honest - s), np.asarray([b[0] - s for b in starts])]).T
+    rows = np.asarray(adv - s).T
+    coef = np.linalg.lstsq(span, rows, rcond=None)[0]
+    np.testing.assert_allclose(span @ coef, rows, atol=1e-4 * np.abs(rows).max())
+    start = max(_damage(rule, honest, b, None) for b in starts)
+    assert _damage(rule, honest, adv, None) > start * (1 + 1e-6)
+
+
 def test_adaptive_stops_at_a_fixed_point():
     """On a plateau of the rule (CWTM at a start whose Byzantine values are all trimmed: zero
     gradient) the ascent stops after one step: 50 steps evaluate the rule as often as one,
@@ -94,16 +113,20 @@ def test_adaptive_stops_at_a_fixed_point():
 
 
 def test_adaptive_constraints():
+    """``"range"`` (over ``d``, NNM + CWTM) and ``"ball"`` (Krum: the ascent in a frame of
+    the span, here on bfloat16 rows, returned in bfloat16)."""
     honest = _honest("random", seed=2)
-    rule = nnmjax.rule("nnm+cwtm", F)
     inside, ball = jax.jit(lambda h: (
-        attacks.adaptive(h, F, rule=rule, constraint="range", steps=3),
-        attacks.adaptive(h, F, rule=rule, constraint="ball", radius=0.5, steps=3)))(honest)
+        attacks.adaptive(h, F, rule=nnmjax.rule("nnm+cwtm", F), constraint="range", steps=3),
+        attacks.adaptive(h.astype(jnp.bfloat16), F, rule=nnmjax.rule("krum", F),
+                         constraint="ball", radius=0.5, steps=3)))(honest)
     lo, hi = honest.min(0), honest.max(0)
     assert bool(jnp.all((inside >= lo - 1e-5) & (inside <= hi + 1e-5)))
-    assert float(jnp.max(jnp.linalg.norm(ball - honest.mean(0), axis=1))) <= 0.5 * (1 + 1e-5)
+    assert ball.dtype == jnp.bfloat16 and bool(jnp.all(jnp.isfinite(ball)))
+    s = honest.astype(jnp.bfloat16).astype(jnp.float32).mean(0)
+    assert float(jnp.max(jnp.linalg.norm(ball.astype(jnp.float32) - s, axis=1))) <= 0.5 * 1.01
     with pytest.raises(ValueError, match="constraint"):
-        attacks.adaptive(honest, F, rule=rule, constraint="box")
+        attacks.adaptive(honest, F, rule=nnmjax.rule("cwtm", F), constraint="box")
 
 
 def test_adaptive_falls_back_for_caf_with_a_warning():

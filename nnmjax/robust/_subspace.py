@@ -16,6 +16,11 @@ the ``h + 1`` rows of ``W = [h_1 - s; ...; h_h - s; a]``. Hence:
   needs one ``(n, h + 1) @ (h + 1, d)`` product and the aggregator over ``d``, with
   neither the stacked inputs nor the mixing's Gram pass per ``eta``.
 
+The adaptive attack's gradient ascent over ``f`` free rows uses the first point in the
+form of :func:`frame`: an equivariant rule's damage, and its gradient with respect to each
+row, depend on the rows only through the span of the centred honest rows and the starting
+rows, so the whole ascent runs on ``h + 1`` coordinates.
+
 Any other rule (clipping, ARC, centred clipping, CAF, GM from zero, a user's callable) is
 evaluated on the stacked inputs as they are. The three agree to float32 round-off
 (``tests/test_attacks.py``).
@@ -168,6 +173,24 @@ def coordinates(centred, direction):
     pad = jnp.zeros((hc.shape[0], 1), hc.dtype)
     return (jnp.concatenate([hc, pad], axis=1),
             jnp.concatenate([par, jnp.sqrt(jnp.maximum(perp2, 0.0))[None]]))
+
+
+def frame(centred, directions):
+    """An orthonormal frame of the span of the centred honest rows and ``directions``:
+    ``(coords, q)`` with ``jnp.concatenate([centred, directions]) = coords @ q`` and the
+    rows of ``q`` orthonormal, ``coords`` ``(h + k, m)`` and ``q`` ``(m, d)``,
+    ``m = min(h + k, d)`` (a Householder QR of the stacked rows, in at least float32).
+
+    Every vector ``c @ q`` has the norm of ``c`` and the distances between such vectors
+    are those of their coordinates, so a translation and rotation equivariant rule gives
+    ``rule(coords) @ q`` on the stacked rows. Householder QR is backward stable column by
+    column: the honest rows' coordinates are accurate at their own scale whatever the
+    norms of ``directions`` (a large common offset in FOE's ``-s``), and a rank-deficient
+    stack (centred rows sum to zero) still gets orthonormal ``q``."""
+    w = jnp.concatenate([centred, directions], axis=0)
+    w = w.astype(jnp.promote_types(w.dtype, jnp.float32))
+    q, r = jnp.linalg.qr(w.T)
+    return r.T, q.T
 
 
 def _stack(honest, byz_row, f):

@@ -490,6 +490,17 @@ def adaptive(honest: Real[ArrayLike, "h d"], f: int, *, rule: Callable,
     row within ``radius`` (default: the largest honest distance to ``s``) of ``s`` (the
     start is projected too, so then the bound above holds for the projected start).
 
+    For a rule whose every stage is translation and rotation equivariant (Krum, GM, MDA,
+    NNM followed by one of them, ...: the rules the optimal attacks evaluate in
+    coordinates), the damage's gradient with respect to each row lies in the span of the
+    centred rows, so the ascent never leaves the span of the centred honest rows and the
+    start. There it runs on the rows' ``h + 1`` coordinates in an orthonormal frame of
+    that span (one QR over ``d``; ``sigma`` the honest coordinates' standard deviation),
+    and the rows are mapped back once; the rule runs over ``d`` only to score the two
+    starts and the result (coordinates reproduce it to round-off, which can flip a near
+    tie of a selection, where the optimal attacks' ``eta`` sits). ``"range"`` is
+    not rotation invariant, so with it the ascent runs over ``d`` for every rule.
+
     A randomized rule is called with ``key`` (the attacker's own draw). A rule that cannot
     be differentiated (e.g. CAF's ``while_loop``) gets the starting rows, with a warning.
 
@@ -527,14 +538,38 @@ def adaptive(honest: Real[ArrayLike, "h d"], f: int, *, rule: Callable,
     if constraint not in (None, "range", "ball"):
         raise ValueError(f"constraint must be None, 'range' or 'ball'; got {constraint!r}")
     check_int(steps, name="steps", rule="adaptive", low=0)
-    s = jnp.mean(honest, axis=0)
     starts = [attack(honest, f, rule=rule, key=key, search=search)
               for attack in (optimal_alie, optimal_foe)]
+    if radius is None:
+        radius = jnp.sqrt(jnp.max(jnp.sum(jnp.square(honest - jnp.mean(honest, axis=0)),
+                                          axis=1)))
+    if not (_subspace.in_coordinates(rule) and constraint != "range" and f):
+        return _adaptive_rows(rule, honest, starts, key, steps, lr, constraint,
+                              radius).astype(honest.dtype)
+    s = jnp.mean(honest, axis=0)
+    if constraint == "ball":
+        starts = [s + _project(constraint, b - s, s, 1.0, None, None, radius) for b in starts]
+    # the starts and the result are scored over d: coordinates reproduce the rule to
+    # round-off, which can flip a near tie of a selection (where the optimal attacks' eta
+    # sits)
+    scores = jnp.stack([_rows_damage(rule, honest, b, s, key) for b in starts])
+    best = jnp.argmax(scores)
+    coords, q = _subspace.frame(honest - s, jnp.stack(starts)[best, :1] - s)
+    rows = _adaptive_rows(rule, coords[:-1], [_repeat(coords[-1], f)], key, steps, lr,
+                          constraint, radius)
+    rows = (s + jnp.matmul(rows, q, precision=jax.lax.Precision.HIGHEST)).astype(honest.dtype)
+    gain = _rows_damage(rule, honest, rows, s, key) > scores[best]
+    return jnp.where(gain, rows, jnp.stack(starts)[best].astype(honest.dtype))
+
+
+def _adaptive_rows(rule, honest, starts, key, steps, lr, constraint, radius):
+    """:func:`adaptive` on ``honest`` ``(h, d')`` and its starting ``(f, d')`` rows, in the
+    coordinates that ``honest`` is given in (the rows' own or an orthonormal frame's): the
+    most damaging start, and the ascent from it where it gains."""
+    s = jnp.mean(honest, axis=0)
     sigma = _std(honest)
     sigma = jnp.where(sigma > 0, sigma, jnp.maximum(jnp.mean(sigma), jnp.finfo(honest.dtype).tiny))
     lo, hi = jnp.min(honest, axis=0), jnp.max(honest, axis=0)
-    if radius is None:
-        radius = jnp.sqrt(jnp.max(jnp.sum(jnp.square(honest - s), axis=1)))
     bounds = (lo, hi, jnp.asarray(radius, honest.dtype))
 
     def damage_rows(rows):
@@ -543,10 +578,9 @@ def adaptive(honest: Real[ArrayLike, "h d"], f: int, *, rule: Callable,
     if constraint is not None:
         starts = [s + sigma * _project(constraint, (b - s) / sigma, s, sigma, *bounds)
                   for b in starts]
-    scores = [damage_rows(b) for b in starts]
-    first = scores[0] >= scores[1]
-    rows0 = jnp.where(first, starts[0], starts[1])  # scored exactly as they are
-    best0 = jnp.maximum(scores[0], scores[1])
+    scores = jnp.stack([damage_rows(b) for b in starts])
+    rows0 = jnp.stack(starts)[jnp.argmax(scores)]  # scored exactly as they are
+    best0 = jnp.max(scores)
     z0 = (rows0 - s) / sigma
     try:
         jax.eval_shape(jax.grad(lambda z: damage_rows(s + sigma * z)), z0)
@@ -554,12 +588,12 @@ def adaptive(honest: Real[ArrayLike, "h d"], f: int, *, rule: Callable,
         import warnings
 
         warnings.warn(f"adaptive: {rule!r} cannot be differentiated ({type(e).__name__}); "
-                      "using the better of optimal ALIE and optimal FOE", stacklevel=2)
+                      "using the better of optimal ALIE and optimal FOE", stacklevel=3)
         return rows0
     ascend = sequential_on_cpu(functools.partial(_ascend, rule, optax.adam(lr), steps,
                                                  constraint))
     improved, z = ascend(*jax.lax.stop_gradient((honest, s, sigma, *bounds, z0, best0)), key)
-    return jnp.where(improved, s + sigma * z, rows0).astype(honest.dtype)
+    return jnp.where(improved, s + sigma * z, rows0)
 
 
 def _rows_damage(rule, honest, rows, s, key):
