@@ -159,38 +159,63 @@ def _honest_coordinates(centred):
     return u * jnp.sqrt(lam), lam, u
 
 
+def _split(centred, direction):
+    """The honest rows' coordinates and eigendecomposition ``(hc, lam, u)``, which
+    eigenvectors are above round-off (``keep``), and ``a``'s projection on their span
+    (``par``) and the norm of the rest (``perp``)."""
+    hc, lam, u = _honest_coordinates(centred)
+    b = jnp.matmul(centred, direction, precision=jax.lax.Precision.HIGHEST)
+    keep = lam > jnp.max(lam) * (16 * jnp.finfo(centred.dtype).eps)
+    par = jnp.where(keep, (u.T @ b) / jnp.sqrt(jnp.where(keep, lam, 1.0)), 0.0)
+    norm2 = jnp.dot(direction, direction, precision=jax.lax.Precision.HIGHEST)
+    return hc, lam, u, keep, par, jnp.sqrt(jnp.maximum(norm2 - par @ par, 0.0)), norm2
+
+
 def coordinates(centred, direction):
     """The centred honest rows ``h_i - s`` and ``a`` as coordinates ``(h, h + 1)`` and
     ``(h + 1,)`` in an orthonormal basis of their span. The honest block comes from the
     eigendecomposition of the honest Gram matrix alone (accurate at the honest spread's
     scale, whatever ``||a||``); ``a`` is split into its projection on that span and one
     orthogonal coordinate."""
-    hc, lam, u = _honest_coordinates(centred)
-    b = jnp.matmul(centred, direction, precision=jax.lax.Precision.HIGHEST)
-    keep = lam > jnp.max(lam) * (16 * jnp.finfo(centred.dtype).eps)
-    par = jnp.where(keep, (u.T @ b) / jnp.sqrt(jnp.where(keep, lam, 1.0)), 0.0)
-    perp2 = jnp.dot(direction, direction, precision=jax.lax.Precision.HIGHEST) - par @ par
+    hc, _, _, _, par, perp, _ = _split(centred, direction)
     pad = jnp.zeros((hc.shape[0], 1), hc.dtype)
-    return (jnp.concatenate([hc, pad], axis=1),
-            jnp.concatenate([par, jnp.sqrt(jnp.maximum(perp2, 0.0))[None]]))
+    return jnp.concatenate([hc, pad], axis=1), jnp.concatenate([par, perp[None]])
 
 
-def frame(centred, directions):
-    """An orthonormal frame of the span of the centred honest rows and ``directions``:
-    ``(coords, q)`` with ``jnp.concatenate([centred, directions]) = coords @ q`` and the
-    rows of ``q`` orthonormal, ``coords`` ``(h + k, m)`` and ``q`` ``(m, d)``,
-    ``m = min(h + k, d)`` (a Householder QR of the stacked rows, in at least float32).
+def frame(centred, direction):
+    """The centred honest rows and ``direction`` in an orthonormal frame of their span:
+    ``(honest_coords (h, h + 1), direction_coords (h + 1,), free (h + 1,), to_rows)``, in
+    at least float32.
 
-    Every vector ``c @ q`` has the norm of ``c`` and the distances between such vectors
-    are those of their coordinates, so a translation and rotation equivariant rule gives
-    ``rule(coords) @ q`` on the stacked rows. Householder QR is backward stable column by
-    column: the honest rows' coordinates are accurate at their own scale whatever the
-    norms of ``directions`` (a large common offset in FOE's ``-s``), and a rank-deficient
-    stack (centred rows sum to zero) still gets orthonormal ``q``."""
-    w = jnp.concatenate([centred, directions], axis=0)
-    w = w.astype(jnp.promote_types(w.dtype, jnp.float32))
-    q, r = jnp.linalg.qr(w.T)
-    return r.T, q.T
+    The coordinates are those of :func:`coordinates` (one Gram pass over the honest
+    rows). ``free`` marks the frame's directions that exist over ``d``: the honest Gram's
+    eigenvectors above round-off, and the part of ``direction`` outside their span when
+    it exceeds ``1e-3`` of ``direction``'s norm (below that, ``||a||^2 - ||a_par||^2`` is
+    too inexact to define it); the other coordinates are zero. ``to_rows(c)`` maps
+    coordinates ``(m, h + 1)`` back to centred rows ``(m, d)``, combinations of the
+    centred honest rows and ``direction`` (``to_rows(honest_coords) = centred`` to
+    round-off), ignoring the coordinates that are not ``free``. Distances between such
+    rows are those of their coordinates, so a translation and rotation equivariant rule
+    of rows given in coordinates is, mapped back, the rule of the mapped rows."""
+    dtype = jnp.promote_types(centred.dtype, jnp.float32)
+    centred, direction = centred.astype(dtype), direction.astype(dtype)
+    hc, lam, u, keep, par, perp, norm2 = _split(centred, direction)
+    has_perp = perp > 1e-3 * jnp.sqrt(norm2)
+    perp = jnp.where(has_perp, perp, 0.0)
+    free = jnp.concatenate([keep, has_perp[None]])
+    inv = jnp.where(keep, 1.0 / jnp.sqrt(jnp.where(keep, lam, 1.0)), 0.0)
+    inv_perp = jnp.where(has_perp, 1.0 / jnp.where(has_perp, perp, 1.0), 0.0)
+
+    def to_rows(c):
+        c = jnp.where(free, c, 0.0)
+        beta = c[:, -1] * inv_perp
+        alpha = ((c[:, :-1] - beta[:, None] * par) * inv) @ u.T
+        return (jnp.matmul(alpha, centred, precision=jax.lax.Precision.HIGHEST)
+                + beta[:, None] * direction)
+
+    pad = jnp.zeros((hc.shape[0], 1), dtype)
+    return (jnp.concatenate([jnp.where(keep, hc, 0.0), pad], axis=1),
+            jnp.concatenate([par, perp[None]]), free, to_rows)
 
 
 def _stack(honest, byz_row, f):

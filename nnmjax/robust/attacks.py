@@ -554,21 +554,25 @@ def adaptive(honest: Real[ArrayLike, "h d"], f: int, *, rule: Callable,
     # sits)
     scores = jnp.stack([_rows_damage(rule, honest, b, s, key) for b in starts])
     best = jnp.argmax(scores)
-    coords, q = _subspace.frame(honest - s, jnp.stack(starts)[best, :1] - s)
-    rows = _adaptive_rows(rule, coords[:-1], [_repeat(coords[-1], f)], key, steps, lr,
-                          constraint, radius)
-    rows = (s + jnp.matmul(rows, q, precision=jax.lax.Precision.HIGHEST)).astype(honest.dtype)
+    hc, start, free, to_rows = _subspace.frame(honest - s, jnp.stack(starts)[best, 0] - s)
+    rows = _adaptive_rows(rule, hc, [_repeat(start, f)], key, steps, lr, constraint, radius,
+                          free=free)
+    rows = (s + to_rows(rows)).astype(honest.dtype)
     gain = _rows_damage(rule, honest, rows, s, key) > scores[best]
     return jnp.where(gain, rows, jnp.stack(starts)[best].astype(honest.dtype))
 
 
-def _adaptive_rows(rule, honest, starts, key, steps, lr, constraint, radius):
+def _adaptive_rows(rule, honest, starts, key, steps, lr, constraint, radius, free=None):
     """:func:`adaptive` on ``honest`` ``(h, d')`` and its starting ``(f, d')`` rows, in the
     coordinates that ``honest`` is given in (the rows' own or an orthonormal frame's): the
-    most damaging start, and the ascent from it where it gains."""
+    most damaging start, and the ascent from it where it gains. Coordinates outside
+    ``free`` (a mask, default all) keep the start's values."""
     s = jnp.mean(honest, axis=0)
     sigma = _std(honest)
     sigma = jnp.where(sigma > 0, sigma, jnp.maximum(jnp.mean(sigma), jnp.finfo(honest.dtype).tiny))
+    if free is not None:
+        sigma = jnp.where(free, sigma, 0.0)
+    unit = jnp.where(sigma > 0, sigma, 1.0)  # divides; the rows are s + sigma z
     lo, hi = jnp.min(honest, axis=0), jnp.max(honest, axis=0)
     bounds = (lo, hi, jnp.asarray(radius, honest.dtype))
 
@@ -576,12 +580,12 @@ def _adaptive_rows(rule, honest, starts, key, steps, lr, constraint, radius):
         return _rows_damage(rule, honest, rows, s, key)
 
     if constraint is not None:
-        starts = [s + sigma * _project(constraint, (b - s) / sigma, s, sigma, *bounds)
+        starts = [s + sigma * _project(constraint, (b - s) / unit, s, sigma, *bounds)
                   for b in starts]
     scores = jnp.stack([damage_rows(b) for b in starts])
     rows0 = jnp.stack(starts)[jnp.argmax(scores)]  # scored exactly as they are
     best0 = jnp.max(scores)
-    z0 = (rows0 - s) / sigma
+    z0 = jnp.where(sigma > 0, rows0 - s, 0.0) / unit
     try:
         jax.eval_shape(jax.grad(lambda z: damage_rows(s + sigma * z)), z0)
     except Exception as e:  # noqa: BLE001 - any tracing failure: not differentiable
@@ -593,7 +597,7 @@ def _adaptive_rows(rule, honest, starts, key, steps, lr, constraint, radius):
     ascend = sequential_on_cpu(functools.partial(_ascend, rule, optax.adam(lr), steps,
                                                  constraint))
     improved, z = ascend(*jax.lax.stop_gradient((honest, s, sigma, *bounds, z0, best0)), key)
-    return jnp.where(improved, s + sigma * z, rows0)
+    return jnp.where(improved, jnp.where(sigma > 0, s + sigma * z, rows0), rows0)
 
 
 def _rows_damage(rule, honest, rows, s, key):
