@@ -184,19 +184,20 @@ def coordinates(centred, direction):
 
 def frame(centred, direction):
     """The centred honest rows and ``direction`` in an orthonormal frame of their span:
-    ``(honest_coords (h, h + 1), direction_coords (h + 1,), free (h + 1,), to_rows)``, in
-    at least float32.
+    ``(honest_coords (h, h + 1), direction_coords (h + 1,), free (h + 1,), combination)``,
+    in at least float32.
 
     The coordinates are those of :func:`coordinates` (one Gram pass over the honest
     rows). ``free`` marks the frame's directions that exist over ``d``: the honest Gram's
     eigenvectors above round-off, and the part of ``direction`` outside their span when
     it exceeds ``1e-3`` of ``direction``'s norm (below that, ``||a||^2 - ||a_par||^2`` is
-    too inexact to define it); the other coordinates are zero. ``to_rows(c)`` maps
-    coordinates ``(m, h + 1)`` back to centred rows ``(m, d)``, combinations of the
-    centred honest rows and ``direction`` (``to_rows(honest_coords) = centred`` to
-    round-off), ignoring the coordinates that are not ``free``. Distances between such
-    rows are those of their coordinates, so a translation and rotation equivariant rule
-    of rows given in coordinates is, mapped back, the rule of the mapped rows."""
+    too inexact to define it); the other coordinates are zero. ``combination(c)`` gives
+    the coefficients ``(alpha (m, h), beta (m,))`` of the rows with coordinates ``c``
+    ``(m, h + 1)`` over ``d``: ``alpha @ centred + beta[:, None] * direction`` (for
+    ``honest_coords``, ``centred`` to round-off), ignoring the coordinates that are not
+    ``free``. Distances between such rows are those of their coordinates, so a
+    translation and rotation equivariant rule of rows given in coordinates is, mapped
+    back, the rule of the mapped rows."""
     dtype = jnp.promote_types(centred.dtype, jnp.float32)
     centred, direction = centred.astype(dtype), direction.astype(dtype)
     hc, lam, u, keep, par, perp, norm2 = _split(centred, direction)
@@ -206,16 +207,14 @@ def frame(centred, direction):
     inv = jnp.where(keep, 1.0 / jnp.sqrt(jnp.where(keep, lam, 1.0)), 0.0)
     inv_perp = jnp.where(has_perp, 1.0 / jnp.where(has_perp, perp, 1.0), 0.0)
 
-    def to_rows(c):
+    def combination(c):
         c = jnp.where(free, c, 0.0)
         beta = c[:, -1] * inv_perp
-        alpha = ((c[:, :-1] - beta[:, None] * par) * inv) @ u.T
-        return (jnp.matmul(alpha, centred, precision=jax.lax.Precision.HIGHEST)
-                + beta[:, None] * direction)
+        return ((c[:, :-1] - beta[:, None] * par) * inv) @ u.T, beta
 
     pad = jnp.zeros((hc.shape[0], 1), dtype)
     return (jnp.concatenate([jnp.where(keep, hc, 0.0), pad], axis=1),
-            jnp.concatenate([par, perp[None]]), free, to_rows)
+            jnp.concatenate([par, perp[None]]), free, combination)
 
 
 def _stack(honest, byz_row, f):

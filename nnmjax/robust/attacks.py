@@ -495,11 +495,13 @@ def adaptive(honest: Real[ArrayLike, "h d"], f: int, *, rule: Callable,
     coordinates), the damage's gradient with respect to each row lies in the span of the
     centred rows, so the ascent never leaves the span of the centred honest rows and the
     start. There it runs on the rows' ``h + 1`` coordinates in an orthonormal frame of
-    that span (one QR over ``d``; ``sigma`` the honest coordinates' standard deviation),
-    and the rows are mapped back once; the rule runs over ``d`` only to score the two
-    starts and the result (coordinates reproduce it to round-off, which can flip a near
-    tie of a selection, where the optimal attacks' ``eta`` sits). ``"range"`` is
-    not rotation invariant, so with it the ascent runs over ``d`` for every rule.
+    that span (the optimal attacks' coordinates, from the honest rows' Gram matrix;
+    ``sigma`` the honest coordinates' standard deviation), and the rows are mapped back
+    once, as fixed combinations of the centred honest rows and the start (so their
+    derivative is that of those combinations). The rule runs over ``d`` only to score the
+    two starts and the result: coordinates reproduce it to round-off, which can flip a
+    near tie of a selection, where the optimal attacks' ``eta`` sits. ``"range"`` is not
+    rotation invariant, so with it the ascent runs over ``d`` for every rule.
 
     A randomized rule is called with ``key`` (the attacker's own draw). A rule that cannot
     be differentiated (e.g. CAF's ``while_loop``) gets the starting rows, with a warning.
@@ -554,10 +556,15 @@ def adaptive(honest: Real[ArrayLike, "h d"], f: int, *, rule: Callable,
     # sits)
     scores = jnp.stack([_rows_damage(rule, honest, b, s, key) for b in starts])
     best = jnp.argmax(scores)
-    hc, start, free, to_rows = _subspace.frame(honest - s, jnp.stack(starts)[best, 0] - s)
+    centred, direction = honest - s, jnp.stack(starts)[best, 0] - s
+    hc, start, free, combination = _subspace.frame(*jax.lax.stop_gradient((centred, direction)))
     rows = _adaptive_rows(rule, hc, [_repeat(start, f)], key, steps, lr, constraint, radius,
                           free=free)
-    rows = (s + to_rows(rows)).astype(honest.dtype)
+    alpha, beta = jax.lax.stop_gradient(combination(rows))
+    dtype = alpha.dtype  # at least float32
+    rows = (s.astype(dtype) + beta[:, None] * direction.astype(dtype)
+            + jnp.matmul(alpha, centred.astype(dtype), precision=jax.lax.Precision.HIGHEST))
+    rows = rows.astype(honest.dtype)
     gain = _rows_damage(rule, honest, rows, s, key) > scores[best]
     return jnp.where(gain, rows, jnp.stack(starts)[best].astype(honest.dtype))
 
